@@ -1,0 +1,149 @@
+/* The op interface: one table of forward/backward functions per backend (cpu, cuda), chosen at run
+ * time by name. Model code is written once against it; only the ops have two implementations. */
+#pragma once
+
+#include <stdint.h>
+
+#include "status.h"
+#include "tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct Backend Backend;
+
+/* Conventions for every op below:
+ * - N is the number of tokens (B*T, rows), shapes are row-major, weights are HF's [out, in].
+ * - Forward outputs are overwritten. Backward: gradients of inputs (dx) are overwritten, gradients
+ *   of parameters (dw, db, dtable) are ACCUMULATED (+=), so micro-batches accumulate for free.
+ * - An absent optional tensor (tensor_none()) means "no bias" or "this gradient is not wanted".
+ * - Every shape is checked; a mismatch is an error naming the op and the argument.
+ * - On the CPU backend results are bitwise identical whatever the thread count. */
+
+typedef struct {
+    float kl_weight;      /* w_kl: weight of T^2 * KL(p_teacher^T || p_student^T) */
+    float ce_weight;      /* w_ce: weight of CE(student, next token), at temperature 1 */
+    float temperature;    /* T > 0 */
+    int32_t ignore_index; /* targets equal to this are not counted (HF uses -100) */
+    int64_t chunk_tokens; /* tokens per logits chunk; 0 = backend default */
+} LossConfig;
+
+/* Sums over the counted tokens of one call; divide by `counted` for means. */
+typedef struct {
+    double loss;          /* sum of kl_weight*T^2*kl + ce_weight*ce */
+    double kl;            /* sum of KL(p_t^T || p_s^T), without the T^2 factor */
+    double ce;            /* sum of -log p_s(target) */
+    int64_t counted;      /* tokens whose target != ignore_index */
+    int64_t top1_agree;   /* counted tokens where argmax student == argmax teacher */
+} LossSums;
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t step;         /* 1-based step number, for bias correction */
+} AdamWConfig;
+
+typedef struct {
+    /* out[N, D] = table[ids[n], :]. ids: i32 [N], every id in [0, V). */
+    Status (*embedding_forward)(Backend *be, Tensor out, Tensor ids, Tensor table);
+    /* dtable[V, D] += scatter of dout[N, D] by ids; deterministic (no order-dependent sums). */
+    Status (*embedding_backward)(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
+
+    /* y[N, D] = x / sqrt(mean(x^2) + eps) * w; rstd[N] saved for backward. */
+    Status (*rmsnorm_forward)(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
+    Status (*rmsnorm_backward)(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                               Tensor rstd);
+
+    /* y[N, O] = x[N, I] w[O, I]^T (+ b[O]). */
+    Status (*linear_forward)(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
+    /* dx[N, I] = dy w (optional); dw[O, I] += dy^T x; db[O] += sum_n dy (optional). */
+    Status (*linear_backward)(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x,
+                              Tensor w);
+
+    /* Rotary embedding in HF's rotate-half layout, in place. x is [N, H, S] with a head stride S;
+     * within each head the dims [offset, offset + 2P) are rotated, pair i being (offset+i,
+     * offset+P+i) at angle pos[n] * inv_freq[i], read from the tables cos/sin [max_pos, P]
+     * (rope_tables() in model/rope.h). pos: i32 [N]. Backward rotates by the opposite angle. */
+    Status (*rope_forward)(Backend *be, Tensor x, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+    Status (*rope_backward)(Backend *be, Tensor dx, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+
+    /* Causal self-attention over B sequences of T tokens, for GQA and MLA alike:
+     *   q       [B, T, H,  Dk + Ds]   per-head query
+     *   k       [B, T, Hk, Dk]        per-kv-head key; query head h reads kv head h / (H / Hk)
+     *   k_shared[B, T, Ds]            optional key part shared by all heads (MLA's rope key), Ds
+     *                                 taken from its shape; absent for GQA (Ds = 0)
+     *   v       [B, T, Hk, Dv]        Dv may differ from Dk + Ds
+     *   out     [B, T, H, Dv];  lse [B, H, T] log-sum-exp of the scaled scores, kept for backward.
+     * score(h, i, j) = scale * q[i,h] . [k[j,g(h)] ; k_shared[j]] for j <= i. The T x T matrix is
+     * never stored. Backward overwrites dq, dk, dk_shared (summed over heads), dv. */
+    Status (*attention_forward)(Backend *be, Tensor out, Tensor lse, Tensor q, Tensor k,
+                                Tensor k_shared, Tensor v, float scale);
+    Status (*attention_backward)(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv,
+                                 Tensor dout, Tensor out, Tensor lse, Tensor q, Tensor k,
+                                 Tensor k_shared, Tensor v, float scale);
+
+    /* out[N, F] = silu(gate) * up. */
+    Status (*swiglu_forward)(Backend *be, Tensor out, Tensor gate, Tensor up);
+    Status (*swiglu_backward)(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate,
+                              Tensor up);
+
+    /* The LM head fused with the distillation loss, chunked over tokens so that no [N, V] float
+     * matrix ever exists for either model:
+     *   student logits z = h[N, D] w[V, D]^T, teacher logits zt = ht[N, Dt] wt[V, Dt]^T (teacher
+     *   absent: CE only), targets i32 [N] (ignore_index = not counted).
+     * Adds the per-token sums to *sums. Writes dh[N, D] and accumulates dw[V, D] (either optional)
+     * for the loss sum scaled by grad_scale (1 / tokens counted in the whole global batch). */
+    Status (*lm_head_loss)(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                           Tensor ht, Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
+
+    /* One AdamW step on a parameter (decoupled weight decay, bias correction), all f32 [n]. */
+    Status (*adamw_step)(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
+
+    /* *out = sum of squares of t, in double, reduced in an order fixed by the size alone. */
+    Status (*sum_squares)(Backend *be, double *out, Tensor t);
+    /* t *= s */
+    Status (*scale)(Backend *be, Tensor t, float s);
+    /* y += x (same shape) */
+    Status (*accumulate)(Backend *be, Tensor y, Tensor x);
+} Ops;
+
+struct Backend {
+    const char *name;          /* "cpu" or "cuda" */
+    Ops ops;
+    void *impl;                /* backend-private state (thread count, handles, workspace) */
+
+    /* Memory in this backend's address space. alloc zero-fills. */
+    Status (*alloc)(Backend *be, Tensor *t, DType dt, int ndim, const int64_t *shape);
+    void (*release)(Backend *be, Tensor *t);
+    Status (*upload)(Backend *be, Tensor dst, const void *host_src);   /* host bytes -> dst */
+    Status (*download)(Backend *be, void *host_dst, Tensor src);       /* src -> host bytes */
+    Status (*zero)(Backend *be, Tensor t);
+    Status (*synchronize)(Backend *be);
+    void (*destroy)(Backend *be);
+};
+
+typedef struct {
+    int threads;    /* cpu: worker threads, 0 = OpenMP's default */
+    int device;     /* cuda: device ordinal */
+} BackendOptions;
+
+/* "cpu" or "cuda". The cuda backend exists only in builds with CUDA (an error says so otherwise). */
+Status backend_create(Backend **out, const char *name, BackendOptions opts);
+void backend_destroy(Backend *be);
+
+/* Errors unless every op of the table is present, listing the ones this backend lacks. */
+Status backend_check_ops(const Backend *be);
+
+/* Validates the AdamW hyperparameters every backend's adamw_step relies on. */
+Status adamw_config_check(AdamWConfig cfg);
+
+/* Number of CUDA devices visible to this process; 0 when none or when built without CUDA. */
+int backend_cuda_device_count(void);
+
+/* Convenience: global gradient norm over a list of tensors and clipping to max_norm (no clipping
+ * when max_norm <= 0). Writes the pre-clip norm. */
+Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double *norm_out);
+
+#ifdef __cplusplus
+}
+#endif

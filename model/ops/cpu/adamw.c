@@ -1,0 +1,34 @@
+/* AdamW on the CPU (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments, float32
+ * master weights. Elementwise, so every thread count gives the same bits. */
+#include "cpu_ops.h"
+
+#include <math.h>
+
+Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg) {
+    TRY(tensor_check("adamw_step", "param", param, DT_F32, param.ndim, param.shape));
+    TRY(tensor_check("adamw_step", "grad", grad, DT_F32, param.ndim, param.shape));
+    TRY(tensor_check("adamw_step", "m", m, DT_F32, param.ndim, param.shape));
+    TRY(tensor_check("adamw_step", "v", v, DT_F32, param.ndim, param.shape));
+    if (cfg.step < 1) return errorf("adamw_step: step must be >= 1 (bias correction), got %lld", (long long)cfg.step);
+    if (!(cfg.beta1 >= 0 && cfg.beta1 < 1) || !(cfg.beta2 >= 0 && cfg.beta2 < 1))
+        return errorf("adamw_step: betas must lie in [0, 1), got %g and %g", cfg.beta1, cfg.beta2);
+
+    float *p = tensor_f32(param), *mm = tensor_f32(m), *vv = tensor_f32(v);
+    const float *g = tensor_f32(grad);
+    int64_t n = tensor_numel(param);
+    /* Bias corrections in double: 1 - beta^t loses digits in float for large t. */
+    float bc1 = (float)(1.0 - pow(cfg.beta1, (double)cfg.step));
+    float bc2 = (float)(1.0 - pow(cfg.beta2, (double)cfg.step));
+    float lr = cfg.lr, b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps, wd = cfg.weight_decay;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = b1 * mm[i] + (1.0f - b1) * gi;
+        float vi = b2 * vv[i] + (1.0f - b2) * gi * gi;
+        mm[i] = mi;
+        vv[i] = vi;
+        float mhat = mi / bc1, vhat = vi / bc2;
+        p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+    }
+    return STATUS_OK;
+}

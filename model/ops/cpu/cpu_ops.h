@@ -1,0 +1,38 @@
+/* The CPU backend's ops: float32, OpenMP-parallel, matrix products through OpenBLAS. Each is the
+ * reference its CUDA twin is checked against; see core/backend.h for the contracts. */
+#pragma once
+
+#include "core/backend.h"
+
+/* Backend-private state. */
+typedef struct {
+    int threads;
+} CpuState;
+
+Status cpu_backend_create(Backend **out, BackendOptions opts);
+
+/* Rows per block in every reduction over rows: partial sums are formed per fixed block and added
+ * in block order, so the result does not depend on how many threads there are. */
+enum { CPU_REDUCE_BLOCK = 1024 };
+
+Status cpu_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table);
+Status cpu_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
+Status cpu_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
+Status cpu_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd);
+Status cpu_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
+Status cpu_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w);
+Status cpu_rope_forward(Backend *be, Tensor x, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+Status cpu_rope_backward(Backend *be, Tensor dx, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+Status cpu_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared,
+                             Tensor v, float scale);
+Status cpu_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
+                              Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
+                              float scale);
+Status cpu_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
+Status cpu_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
+Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
+                        Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
+Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
+Status cpu_sum_squares(Backend *be, double *out, Tensor t);
+Status cpu_scale(Backend *be, Tensor t, float s);
+Status cpu_accumulate(Backend *be, Tensor y, Tensor x);

@@ -1,0 +1,47 @@
+/* Small whole-tensor ops on the CPU: the deterministic sum of squares behind the gradient norm,
+ * scaling, and accumulation. */
+#include "cpu_ops.h"
+
+#include <stdlib.h>
+
+Status cpu_sum_squares(Backend *be, double *out, Tensor t) {
+    if (t.data == NULL || t.dtype != DT_F32) return errorf("sum_squares: expected an f32 tensor");
+    const float *x = tensor_f32(t);
+    int64_t n = tensor_numel(t);
+    int64_t nblocks = (n + CPU_REDUCE_BLOCK - 1) / CPU_REDUCE_BLOCK;
+    double stack_partial[64];
+    double *partial = nblocks <= 64 ? stack_partial : malloc((size_t)nblocks * sizeof(double));
+    if (!partial) return errorf("sum_squares: out of memory for %lld partial sums", (long long)nblocks);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t end = (b + 1) * CPU_REDUCE_BLOCK < n ? (b + 1) * CPU_REDUCE_BLOCK : n;
+        double s = 0;
+        for (int64_t i = b * CPU_REDUCE_BLOCK; i < end; i++) s += (double)x[i] * x[i];
+        partial[b] = s;
+    }
+    double total = 0;
+    for (int64_t b = 0; b < nblocks; b++) total += partial[b];
+    if (partial != stack_partial) free(partial);
+    *out = total;
+    return STATUS_OK;
+}
+
+Status cpu_scale(Backend *be, Tensor t, float s) {
+    if (t.data == NULL || t.dtype != DT_F32) return errorf("scale: expected an f32 tensor");
+    float *x = tensor_f32(t);
+    int64_t n = tensor_numel(t);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+    return STATUS_OK;
+}
+
+Status cpu_accumulate(Backend *be, Tensor y, Tensor x) {
+    TRY(tensor_check("accumulate", "y", y, DT_F32, y.ndim, y.shape));
+    TRY(tensor_check("accumulate", "x", x, DT_F32, y.ndim, y.shape));
+    float *py = tensor_f32(y);
+    const float *px = tensor_f32(x);
+    int64_t n = tensor_numel(y);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) py[i] += px[i];
+    return STATUS_OK;
+}
