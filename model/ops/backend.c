@@ -2,6 +2,7 @@
 #include "core/backend.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
@@ -27,6 +28,36 @@ void backend_destroy(Backend *be) {
     if (be) be->destroy(be);
 }
 
+Status backend_check_ops(const Backend *be) {
+    /* Ops is a struct of function pointers only, so it can be walked as an array. */
+    static const char *const names[] = {
+        "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward",
+        "linear_forward", "linear_backward", "rope_forward", "rope_backward",
+        "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
+        "lm_head_loss", "adamw_step", "sum_squares", "scale", "accumulate"};
+    _Static_assert(sizeof(Ops) == sizeof(names) / sizeof(names[0]) * sizeof(void (*)(void)),
+                   "the names above must list every op of Ops");
+    void (*const *fn)(void) = (void (*const *)(void))(const void *)&be->ops;
+    char missing[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (fn[i] == NULL && used < sizeof missing)
+            used += (size_t)snprintf(missing + used, sizeof missing - used, "%s%s", used ? ", " : "", names[i]);
+    if (used) return errorf("device \"%s\": this build's %s backend lacks the ops %s", be->name, be->name, missing);
+    return STATUS_OK;
+}
+
+Status adamw_config_check(AdamWConfig cfg) {
+    if (cfg.step < 1) return errorf("adamw: step must be >= 1 (bias correction), got %lld", (long long)cfg.step);
+    if (!(cfg.beta1 >= 0 && cfg.beta1 < 1) || !(cfg.beta2 >= 0 && cfg.beta2 < 1))
+        return errorf("adamw: beta1 and beta2 must lie in [0, 1), got %g and %g", cfg.beta1, cfg.beta2);
+    if (!(cfg.eps > 0) || !isfinite(cfg.eps)) return errorf("adamw: eps must be > 0, got %g", cfg.eps);
+    if (!isfinite(cfg.lr) || cfg.lr < 0) return errorf("adamw: lr must be finite and >= 0, got %g", cfg.lr);
+    if (!isfinite(cfg.weight_decay) || cfg.weight_decay < 0)
+        return errorf("adamw: weight_decay must be finite and >= 0, got %g", cfg.weight_decay);
+    return STATUS_OK;
+}
+
 Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double *norm_out) {
     double total = 0;
     for (int i = 0; i < n; i++) {
@@ -43,4 +74,12 @@ Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double
         for (int i = 0; i < n; i++) TRY(be->ops.scale(be, grads[i], s));
     }
     return STATUS_OK;
+}
+
+int backend_cuda_device_count(void) {
+#ifdef MLATRAIN_HAVE_CUDA
+    return cuda_device_count();
+#else
+    return 0;
+#endif
 }

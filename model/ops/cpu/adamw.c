@@ -9,9 +9,7 @@ Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v
     TRY(tensor_check("adamw_step", "grad", grad, DT_F32, param.ndim, param.shape));
     TRY(tensor_check("adamw_step", "m", m, DT_F32, param.ndim, param.shape));
     TRY(tensor_check("adamw_step", "v", v, DT_F32, param.ndim, param.shape));
-    if (cfg.step < 1) return errorf("adamw_step: step must be >= 1 (bias correction), got %lld", (long long)cfg.step);
-    if (!(cfg.beta1 >= 0 && cfg.beta1 < 1) || !(cfg.beta2 >= 0 && cfg.beta2 < 1))
-        return errorf("adamw_step: betas must lie in [0, 1), got %g and %g", cfg.beta1, cfg.beta2);
+    TRY(adamw_config_check(cfg));
 
     float *p = tensor_f32(param), *mm = tensor_f32(m), *vv = tensor_f32(v);
     const float *g = tensor_f32(grad);

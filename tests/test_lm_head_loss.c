@@ -1,0 +1,410 @@
+/* Tests of the fused LM head + distillation loss: sums against a float64 reference, gradients
+ * against the reference's analytic gradient and central finite differences, chunking, gradient
+ * accumulation, bitwise thread-count independence, and bad inputs. */
+#include "harness.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { IGNORE = -100 };
+
+/* One problem: float32 inputs for the op and float64 copies for the reference (which finite
+ * differences perturb). Dt == 0 means no teacher. */
+typedef struct {
+    int64_t N, D, Dt, V;
+    float *h, *w, *ht, *wt;
+    double *h64, *w64, *ht64, *wt64;
+    int32_t *targets;
+    LossConfig cfg;
+    float grad_scale;
+} Problem;
+
+typedef struct {
+    double loss, kl, ce;
+    int64_t counted, top1_agree;
+} RefSums;
+
+/* Logits of std about 2, so softmaxes are neither flat nor one-hot. Every fourth token from the
+ * third on is ignored when with_ignored is set. */
+static Problem problem_make(int64_t N, int64_t D, int64_t Dt, int64_t V, uint64_t stream, int with_ignored) {
+    Problem p = {.N = N, .D = D, .Dt = Dt, .V = V};
+    p.h = test_alloc((size_t)(N * D) * sizeof(float));
+    p.w = test_alloc((size_t)(V * D) * sizeof(float));
+    p.h64 = test_alloc((size_t)(N * D) * sizeof(double));
+    p.w64 = test_alloc((size_t)(V * D) * sizeof(double));
+    fill_normal(p.h, N * D, stream, 1.0f);
+    fill_normal(p.w, V * D, stream + 1, 2.0f / sqrtf((float)D));
+    copy_f32_to_f64(p.h64, p.h, N * D);
+    copy_f32_to_f64(p.w64, p.w, V * D);
+    if (Dt > 0) {
+        p.ht = test_alloc((size_t)(N * Dt) * sizeof(float));
+        p.wt = test_alloc((size_t)(V * Dt) * sizeof(float));
+        p.ht64 = test_alloc((size_t)(N * Dt) * sizeof(double));
+        p.wt64 = test_alloc((size_t)(V * Dt) * sizeof(double));
+        fill_normal(p.ht, N * Dt, stream + 2, 1.0f);
+        fill_normal(p.wt, V * Dt, stream + 3, 2.0f / sqrtf((float)Dt));
+        copy_f32_to_f64(p.ht64, p.ht, N * Dt);
+        copy_f32_to_f64(p.wt64, p.wt, V * Dt);
+    }
+    p.targets = test_alloc((size_t)N * sizeof(int32_t));
+    int64_t counted = 0;
+    for (int64_t n = 0; n < N; n++) {
+        p.targets[n] = with_ignored && n % 4 == 2 ? IGNORE : (int32_t)((n * 7 + 3) % V);
+        counted += p.targets[n] != IGNORE;
+    }
+    p.cfg = (LossConfig){.kl_weight = 0.5f, .ce_weight = 0.5f, .temperature = 1.0f,
+                         .ignore_index = IGNORE, .chunk_tokens = 0};
+    p.grad_scale = counted ? 1.0f / (float)counted : 1.0f;
+    return p;
+}
+
+static void problem_free(Problem *p) {
+    free(p->h), free(p->w), free(p->ht), free(p->wt);
+    free(p->h64), free(p->w64), free(p->ht64), free(p->wt64);
+    free(p->targets);
+}
+
+/* The op on p, through the backend's table; dh, dw NULL = not wanted. */
+static Status run_op(Backend *be, const Problem *p, LossSums *sums, float *dh, float *dw) {
+    Tensor h = tensor_view(p->h, DT_F32, 2, (int64_t[]){p->N, p->D});
+    Tensor w = tensor_view(p->w, DT_F32, 2, (int64_t[]){p->V, p->D});
+    Tensor ht = p->Dt ? tensor_view(p->ht, DT_F32, 2, (int64_t[]){p->N, p->Dt}) : tensor_none();
+    Tensor wt = p->Dt ? tensor_view(p->wt, DT_F32, 2, (int64_t[]){p->V, p->Dt}) : tensor_none();
+    Tensor tg = tensor_view(p->targets, DT_I32, 1, (int64_t[]){p->N});
+    Tensor tdh = dh ? tensor_view(dh, DT_F32, 2, (int64_t[]){p->N, p->D}) : tensor_none();
+    Tensor tdw = dw ? tensor_view(dw, DT_F32, 2, (int64_t[]){p->V, p->D}) : tensor_none();
+    return be->ops.lm_head_loss(be, sums, tdh, tdw, h, w, ht, wt, tg, p->cfg, p->grad_scale);
+}
+
+/* The float64 reference, straight from the definitions: full logits per token, softmaxes, KL, CE.
+ * Fills the sums, and when dh/dw are given the gradient of grad_scale * sum(loss) (dw += ). */
+static void reference(const Problem *p, RefSums *out, double *dh, double *dw) {
+    const int64_t V = p->V, D = p->D, Dt = p->Dt;
+    const double T = p->cfg.temperature, klw = p->cfg.kl_weight, cew = p->cfg.ce_weight;
+    double *z = test_alloc((size_t)V * sizeof(double)), *zt = test_alloc((size_t)V * sizeof(double));
+    double *ps = test_alloc((size_t)V * sizeof(double)), *ps1 = test_alloc((size_t)V * sizeof(double));
+    double *pt = test_alloc((size_t)V * sizeof(double));
+    RefSums s = {0};
+    for (int64_t n = 0; n < p->N; n++) {
+        if (dh) memset(dh + n * D, 0, (size_t)D * sizeof(double));
+        int32_t target = p->targets[n];
+        if (target == p->cfg.ignore_index) continue;
+        for (int64_t v = 0; v < V; v++) {
+            z[v] = 0;
+            for (int64_t d = 0; d < D; d++) z[v] += p->w64[v * D + d] * p->h64[n * D + d];
+            zt[v] = 0;
+            for (int64_t d = 0; d < Dt; d++) zt[v] += p->wt64[v * Dt + d] * p->ht64[n * Dt + d];
+        }
+        /* softmax(x / temp) into out, returning log of its normaliser */
+        double lse1 = 0, lse_s = 0, lse_t = 0;
+        {
+            double m = z[0], mt = zt[0];
+            for (int64_t v = 0; v < V; v++) m = fmax(m, z[v]), mt = fmax(mt, zt[v]);
+            double s1 = 0, s_s = 0, s_t = 0;
+            for (int64_t v = 0; v < V; v++) {
+                s1 += exp(z[v] - m);
+                s_s += exp((z[v] - m) / T);
+                s_t += exp((zt[v] - mt) / T);
+            }
+            lse1 = m + log(s1);
+            lse_s = m / T + log(s_s);
+            lse_t = mt / T + log(s_t);
+        }
+        double kl = 0;
+        int64_t arg = 0, arg_t = 0;
+        for (int64_t v = 0; v < V; v++) {
+            ps1[v] = exp(z[v] - lse1);
+            ps[v] = exp(z[v] / T - lse_s);
+            pt[v] = exp(zt[v] / T - lse_t);
+            if (Dt) kl += pt[v] * ((zt[v] / T - lse_t) - (z[v] / T - lse_s));
+            if (z[v] > z[arg]) arg = v;
+            if (zt[v] > zt[arg_t]) arg_t = v;
+        }
+        double ce = lse1 - z[target];
+        s.loss += Dt ? klw * T * T * kl + cew * ce : cew * ce;
+        s.kl += kl;
+        s.ce += ce;
+        s.counted++;
+        s.top1_agree += Dt && arg == arg_t;
+        if (!dh && !dw) continue;
+        for (int64_t v = 0; v < V; v++) {
+            double g = cew * (ps1[v] - (v == target));
+            if (Dt) g += klw * T * (ps[v] - pt[v]);
+            g *= p->grad_scale;
+            for (int64_t d = 0; d < D; d++) {
+                if (dh) dh[n * D + d] += g * p->w64[v * D + d];
+                if (dw) dw[v * D + d] += g * p->h64[n * D + d];
+            }
+        }
+    }
+    *out = s;
+    free(z), free(zt), free(ps), free(ps1), free(pt);
+}
+
+static double reference_scaled_loss(void *ctx) {
+    const Problem *p = ctx;
+    RefSums s;
+    reference(p, &s, NULL, NULL);
+    return p->grad_scale * s.loss;
+}
+
+static double rel_diff(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-30); }
+
+/* The op's sums against the reference's; returns the largest relative error seen. */
+static double check_sums(const char *what, LossSums got, RefSums want, int has_teacher) {
+    double err = fmax(rel_diff(got.loss, want.loss), rel_diff(got.ce, want.ce));
+    if (has_teacher) err = fmax(err, rel_diff(got.kl, want.kl));
+    CHECK(err < 2e-6, "%s: sums rel error %.3g (loss %.9g vs %.9g, kl %.9g vs %.9g, ce %.9g vs %.9g)", what,
+          err, got.loss, want.loss, got.kl, want.kl, got.ce, want.ce);
+    if (!has_teacher) CHECK(got.kl == 0 && got.top1_agree == 0, "%s: no teacher, yet kl %g top1 %lld", what,
+                            got.kl, (long long)got.top1_agree);
+    CHECK(got.counted == want.counted, "%s: counted %lld, expected %lld", what, (long long)got.counted,
+          (long long)want.counted);
+    CHECK(got.top1_agree == want.top1_agree, "%s: top1_agree %lld, expected %lld", what,
+          (long long)got.top1_agree, (long long)want.top1_agree);
+    return err;
+}
+
+static double worst_sums_err = 0, worst_grad_err = 0, worst_fd_err = 0;
+
+/* One configuration against the reference: sums, dh and dw against the analytic float64 gradient,
+ * and against finite differences when with_fd (keep those problems small). */
+static void check_case(Backend *be, const char *what, int64_t N, int64_t D, int64_t Dt, int64_t V,
+                       float T, float klw, float cew, int with_ignored, int64_t chunk, int with_fd) {
+    Problem p = problem_make(N, D, Dt, V, 10 + (uint64_t)(N * 131 + D * 17 + V), with_ignored);
+    p.cfg.temperature = T, p.cfg.kl_weight = klw, p.cfg.ce_weight = cew, p.cfg.chunk_tokens = chunk;
+    float *dh = test_alloc((size_t)(N * D) * sizeof(float));
+    float *dw = test_alloc((size_t)(V * D) * sizeof(float));
+    for (int64_t i = 0; i < N * D; i++) dh[i] = 1e3f; /* overwritten, including ignored rows */
+    LossSums sums = {0};
+    if (!CHECK_OK(run_op(be, &p, &sums, dh, dw))) goto out;
+
+    RefSums want;
+    double *dh_ref = test_alloc((size_t)(N * D) * sizeof(double));
+    double *dw_ref = test_alloc((size_t)(V * D) * sizeof(double));
+    reference(&p, &want, dh_ref, dw_ref);
+    worst_sums_err = fmax(worst_sums_err, check_sums(what, sums, want, Dt > 0));
+    double e_dh = rel_error_f64(dh, dh_ref, N * D), e_dw = rel_error_f64(dw, dw_ref, V * D);
+    worst_grad_err = fmax(worst_grad_err, fmax(e_dh, e_dw));
+    CHECK(e_dh < 5e-6 && e_dw < 5e-6, "%s: dh rel error %.3g, dw rel error %.3g (analytic float64)", what,
+          e_dh, e_dw);
+    for (int64_t n = 0; n < N; n++)
+        if (p.targets[n] == IGNORE)
+            for (int64_t d = 0; d < D; d++)
+                if (dh[n * D + d] != 0) {
+                    CHECK(0, "%s: dh of ignored token %lld is %g, expected 0", what, (long long)n, dh[n * D + d]);
+                    break;
+                }
+
+    if (with_fd) {
+        double *fd_dh = test_alloc((size_t)(N * D) * sizeof(double));
+        double *fd_dw = test_alloc((size_t)(V * D) * sizeof(double));
+        finite_difference(reference_scaled_loss, &p, p.h64, N * D, 1e-5, fd_dh);
+        finite_difference(reference_scaled_loss, &p, p.w64, V * D, 1e-5, fd_dw);
+        double f_dh = rel_error_f64(dh, fd_dh, N * D), f_dw = rel_error_f64(dw, fd_dw, V * D);
+        worst_fd_err = fmax(worst_fd_err, fmax(f_dh, f_dw));
+        CHECK(f_dh < 1e-5 && f_dw < 1e-5, "%s: dh rel error %.3g, dw rel error %.3g (finite differences)",
+              what, f_dh, f_dw);
+        free(fd_dh), free(fd_dw);
+    }
+    free(dh_ref), free(dw_ref);
+out:
+    free(dh), free(dw);
+    problem_free(&p);
+}
+
+static void test_against_reference(Backend *be) {
+    /* finite differences: small problems, V = 11 */
+    check_case(be, "fd T=2.5 mix", 5, 4, 6, 11, 2.5f, 0.7f, 0.3f, 1, 2, 1);
+    check_case(be, "fd T=1 kl only", 5, 4, 4, 11, 1.0f, 1.0f, 0.0f, 1, 0, 1);
+    check_case(be, "fd T=2.5 ce only", 5, 4, 3, 11, 2.5f, 0.0f, 1.0f, 0, 3, 1);
+    check_case(be, "fd no teacher", 5, 4, 0, 11, 1.0f, 0.5f, 1.0f, 1, 0, 1);
+    check_case(be, "fd N=1", 1, 4, 6, 11, 2.5f, 0.5f, 0.5f, 0, 0, 1);
+    /* awkward sizes against the analytic float64 gradient, every chunking */
+    const int64_t chunks[] = {0, 1, 3, 9, 50};
+    for (int i = 0; i < 5; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "V=37 Dt!=D chunk %lld", (long long)chunks[i]);
+        check_case(be, what, 9, 8, 5, 37, 2.5f, 0.6f, 0.4f, 1, chunks[i], 0);
+        snprintf(what, sizeof what, "V=37 T=1 chunk %lld", (long long)chunks[i]);
+        check_case(be, what, 9, 6, 13, 37, 1.0f, 1.0f, 1.0f, 0, chunks[i], 0);
+        snprintf(what, sizeof what, "V=37 no teacher chunk %lld", (long long)chunks[i]);
+        check_case(be, what, 9, 7, 0, 37, 1.0f, 0.3f, 1.0f, 1, chunks[i], 0);
+    }
+    check_case(be, "N=1 V=37", 1, 16, 24, 37, 2.5f, 0.5f, 0.5f, 0, 0, 0);
+    check_case(be, "larger V=1001", 33, 40, 56, 1001, 2.0f, 0.5f, 0.5f, 1, 7, 0);
+}
+
+/* dw accumulates: a call onto random dw adds the gradient; two calls from zero give twice one. */
+static void test_accumulation(Backend *be) {
+    Problem p = problem_make(7, 6, 5, 37, 300, 1);
+    p.cfg.temperature = 2.5f, p.cfg.chunk_tokens = 3;
+    const int64_t n_dw = p.V * p.D;
+    float *dw_once = test_alloc((size_t)n_dw * sizeof(float));
+    float *dw_twice = test_alloc((size_t)n_dw * sizeof(float));
+    float *dw_onto = test_alloc((size_t)n_dw * sizeof(float));
+    float *start = test_alloc((size_t)n_dw * sizeof(float));
+    double *want = test_alloc((size_t)n_dw * sizeof(double));
+    fill_normal(start, n_dw, 301, 1e-2f);
+    memcpy(dw_onto, start, (size_t)n_dw * sizeof(float));
+    LossSums once = {0}, twice = {0}, onto = {0};
+    CHECK_OK(run_op(be, &p, &once, NULL, dw_once));
+    CHECK_OK(run_op(be, &p, &twice, NULL, dw_twice));
+    CHECK_OK(run_op(be, &p, &twice, NULL, dw_twice));
+    CHECK_OK(run_op(be, &p, &onto, NULL, dw_onto));
+
+    for (int64_t i = 0; i < n_dw; i++) want[i] = 2.0 * dw_once[i];
+    double err = rel_error_f64(dw_twice, want, n_dw);
+    CHECK(err < 1e-6, "dw after two calls vs twice one call: rel error %.3g", err);
+    RefSums ref;
+    memset(want, 0, (size_t)n_dw * sizeof(double));
+    reference(&p, &ref, NULL, want);
+    for (int64_t i = 0; i < n_dw; i++) want[i] += start[i];
+    err = rel_error_f64(dw_onto, want, n_dw);
+    CHECK(err < 1e-6, "dw accumulated onto a random start: rel error %.3g", err);
+    CHECK(twice.counted == 2 * once.counted && rel_diff(twice.loss, 2 * once.loss) < 1e-12,
+          "sums add up over calls: counted %lld vs 2 x %lld, loss %.9g vs 2 x %.9g", (long long)twice.counted,
+          (long long)once.counted, twice.loss, once.loss);
+    free(dw_once), free(dw_twice), free(dw_onto), free(start), free(want);
+    problem_free(&p);
+}
+
+/* Without dh and dw only the sums are formed, and they are the same bits as with gradients. */
+static void test_sums_only_and_all_ignored(Backend *be) {
+    Problem p = problem_make(11, 8, 9, 37, 400, 1);
+    p.cfg.temperature = 2.5f;
+    float *dh = test_alloc((size_t)(p.N * p.D) * sizeof(float));
+    float *dw = test_alloc((size_t)(p.V * p.D) * sizeof(float));
+    LossSums with_grad = {0}, sums_only = {0};
+    CHECK_OK(run_op(be, &p, &with_grad, dh, dw));
+    CHECK_OK(run_op(be, &p, &sums_only, NULL, NULL));
+    CHECK(memcmp(&with_grad, &sums_only, sizeof with_grad) == 0,
+          "sums without gradients differ from sums with them: loss %.17g vs %.17g", sums_only.loss,
+          with_grad.loss);
+
+    for (int64_t n = 0; n < p.N; n++) p.targets[n] = IGNORE;
+    for (int64_t i = 0; i < p.N * p.D; i++) dh[i] = 5.0f;
+    memset(dw, 0, (size_t)(p.V * p.D) * sizeof(float));
+    LossSums none = {0};
+    CHECK_OK(run_op(be, &p, &none, dh, dw));
+    int zero = none.loss == 0 && none.kl == 0 && none.ce == 0 && none.counted == 0 && none.top1_agree == 0;
+    for (int64_t i = 0; i < p.N * p.D; i++) zero &= dh[i] == 0;
+    for (int64_t i = 0; i < p.V * p.D; i++) zero &= dw[i] == 0;
+    CHECK(zero, "all targets ignored: sums, dh and dw must be 0 (counted %lld, loss %g)",
+          (long long)none.counted, none.loss);
+    free(dh), free(dw);
+    problem_free(&p);
+}
+
+/* The same call with 1, 2 and 3 threads gives the same bytes. The shapes include those where
+ * OpenBLAS's own threading is not bitwise stable (one-row products, a long inner dimension). */
+static void test_thread_count_independence(void) {
+    Problem p = problem_make(70, 129, 65, 2003, 500, 1);
+    p.cfg.temperature = 2.5f;
+    const int64_t chunks[] = {0, 16, 1};
+    const int64_t n_dh = p.N * p.D, n_dw = p.V * p.D;
+    for (int c = 0; c < 3; c++) {
+        p.cfg.chunk_tokens = chunks[c];
+        float *dh[3], *dw[3];
+        LossSums sums[3] = {{0}};
+        for (int t = 0; t < 3; t++) {
+            dh[t] = test_alloc((size_t)n_dh * sizeof(float));
+            dw[t] = test_alloc((size_t)n_dw * sizeof(float));
+            fill_normal(dw[t], n_dw, 501, 1e-2f);
+            Backend *be = test_cpu_backend(t + 1);
+            CHECK_OK(run_op(be, &p, &sums[t], dh[t], dw[t]));
+            backend_destroy(be);
+        }
+        for (int t = 1; t < 3; t++) {
+            int same = memcmp(dh[0], dh[t], (size_t)n_dh * sizeof(float)) == 0 &&
+                       memcmp(dw[0], dw[t], (size_t)n_dw * sizeof(float)) == 0 &&
+                       memcmp(&sums[0], &sums[t], sizeof sums[0]) == 0;
+            CHECK(same, "chunk %lld: %d threads differ from 1 thread (dh rel %.3g, dw rel %.3g, loss %.17g vs %.17g)",
+                  (long long)chunks[c], t + 1, rel_error_f32(dh[t], dh[0], n_dh), rel_error_f32(dw[t], dw[0], n_dw),
+                  sums[t].loss, sums[0].loss);
+        }
+        for (int t = 0; t < 3; t++) free(dh[t]), free(dw[t]);
+    }
+    problem_free(&p);
+}
+
+static void test_bad_inputs(Backend *be) {
+    Problem p = problem_make(6, 4, 5, 11, 600, 1);
+    float *dh = test_alloc((size_t)(p.N * p.D) * sizeof(float));
+    float *dw = test_alloc((size_t)(p.V * p.D) * sizeof(float));
+    LossSums sums = {.loss = 1.5, .kl = 2.5, .ce = 3.5, .counted = 4, .top1_agree = 5};
+    const LossSums before = sums;
+
+    p.targets[3] = (int32_t)p.V;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "token 3");
+    p.targets[3] = -1;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "target -1 of token 3");
+    p.targets[3] = 0;
+
+    LossConfig good = p.cfg;
+    p.cfg.temperature = 0;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "temperature");
+    p.cfg.temperature = NAN;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "temperature");
+    p.cfg = good, p.cfg.kl_weight = -1;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "kl_weight");
+    p.cfg = good, p.cfg.ce_weight = INFINITY;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "ce_weight");
+    p.cfg = good, p.cfg.chunk_tokens = -2;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "chunk_tokens");
+    p.cfg = good;
+
+    Tensor h = tensor_view(p.h, DT_F32, 2, (int64_t[]){p.N, p.D});
+    Tensor w = tensor_view(p.w, DT_F32, 2, (int64_t[]){p.V, p.D});
+    Tensor ht = tensor_view(p.ht, DT_F32, 2, (int64_t[]){p.N, p.Dt});
+    Tensor wt = tensor_view(p.wt, DT_F32, 2, (int64_t[]){p.V, p.Dt});
+    Tensor tg = tensor_view(p.targets, DT_I32, 1, (int64_t[]){p.N});
+    Tensor tdh = tensor_view(dh, DT_F32, 2, (int64_t[]){p.N, p.D});
+    Tensor tdw = tensor_view(dw, DT_F32, 2, (int64_t[]){p.V, p.D});
+    Tensor wt_short = tensor_view(p.wt, DT_F32, 2, (int64_t[]){p.V - 1, p.Dt});
+    Tensor wt_narrow = tensor_view(p.wt, DT_F32, 2, (int64_t[]){p.V, p.Dt - 1});
+    Tensor dh_wrong = tensor_view(dh, DT_F32, 2, (int64_t[]){p.N, p.D + 1});
+    Tensor tg_f32 = tensor_view(p.targets, DT_F32, 1, (int64_t[]){p.N});
+    float gs = p.grad_scale;
+    Status (*op)(Backend *, LossSums *, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, LossConfig,
+                 float) = be->ops.lm_head_loss;
+    CHECK_ERR(op(be, &sums, tdh, tdw, h, w, ht, wt_short, tg, p.cfg, gs), "lm_head_loss: wt has shape [10, 5]");
+    CHECK_ERR(op(be, &sums, tdh, tdw, h, w, ht, wt_narrow, tg, p.cfg, gs), "wt has shape");
+    CHECK_ERR(op(be, &sums, tdh, tdw, h, w, tensor_none(), wt, tg, p.cfg, gs), "ht is missing");
+    CHECK_ERR(op(be, &sums, dh_wrong, tdw, h, w, ht, wt, tg, p.cfg, gs), "dh has shape");
+    CHECK_ERR(op(be, &sums, tdh, tdw, h, w, ht, wt, tg_f32, p.cfg, gs), "targets has dtype");
+    CHECK_ERR(op(be, NULL, tdh, tdw, h, w, ht, wt, tg, p.cfg, gs), "sums");
+    CHECK_ERR(op(be, &sums, tdh, tdw, h, w, ht, wt, tg, p.cfg, NAN), "grad_scale");
+
+    /* a NaN in a hidden state is named by its token, for the student and for the teacher */
+    p.h[1 * p.D + 1] = NAN;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "student logits of token 1 are not finite");
+    p.h[1 * p.D + 1] = 0;
+    /* an ignored token's hidden state would reach dw through a zero gradient: 0 * NaN */
+    CHECK(p.targets[2] == IGNORE, "token 2 is ignored in this problem");
+    p.h[2 * p.D + 3] = -INFINITY;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "hidden state of token 2 (ignored) is not finite");
+    p.h[2 * p.D + 3] = 0;
+    p.ht[4 * p.Dt] = INFINITY;
+    CHECK_ERR(run_op(be, &p, &sums, dh, dw), "teacher logits of token 4 are not finite");
+    p.ht[4 * p.Dt] = 0;
+    CHECK(memcmp(&sums, &before, sizeof sums) == 0, "a failed call must leave the sums as they were");
+    CHECK_OK(run_op(be, &p, &sums, dh, dw));
+
+    free(dh), free(dw);
+    problem_free(&p);
+}
+
+int main(void) {
+    Backend *be = test_cpu_backend(0);
+    test_against_reference(be);
+    test_accumulation(be);
+    test_sums_only_and_all_ignored(be);
+    test_bad_inputs(be);
+    backend_destroy(be);
+    test_thread_count_independence();
+    printf("lm_head_loss: worst rel error: sums %.3g, gradients vs float64 %.3g, vs finite differences %.3g\n",
+           worst_sums_err, worst_grad_err, worst_fd_err);
+    return test_finish("test_lm_head_loss");
+}
