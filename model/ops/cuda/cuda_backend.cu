@@ -1,0 +1,142 @@
+/* The CUDA backend's lifetime and memory: device choice, the stream and library handles, device
+ * allocation and host<->device copies. Ops live in their own files and are wired in here. */
+#include "cuda_backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_ops.h"
+#include "cuda_state.h"
+
+/* 32 MiB: what cuBLASLt's heuristics want for the largest Hopper kernels. */
+static const size_t CUBLASLT_WORKSPACE_BYTES = 32u << 20;
+
+extern "C" int cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no device" error */
+        return 0;
+    }
+    return n;
+}
+
+static Status cuda_alloc(Backend *be, Tensor *t, DType dt, int ndim, const int64_t *shape) {
+    if (ndim < 0 || ndim > TENSOR_MAX_DIMS)
+        return errorf("cuda alloc: %d dimensions (at most %d)", ndim, TENSOR_MAX_DIMS);
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) return errorf("cuda alloc: negative dimension %lld", (long long)shape[i]);
+    *t = tensor_view(NULL, dt, ndim, shape);
+    size_t bytes = tensor_bytes(*t);
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
+    if (err != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return errorf("cuda alloc: cannot allocate %zu bytes (%s; %zu of %zu bytes free)", bytes,
+                      cudaGetErrorString(err), free_b, total_b);
+    }
+    CUDA_TRY(cudaMemsetAsync(p, 0, bytes, cuda_state(be)->stream));
+    t->data = p;
+    return STATUS_OK;
+}
+
+static void cuda_release(Backend *be, Tensor *t) {
+    if (t->data) cudaFree(t->data);
+    t->data = NULL;
+}
+
+static Status cuda_upload(Backend *be, Tensor dst, const void *src) {
+    CudaState *st = cuda_state(be);
+    CUDA_TRY(cudaMemcpyAsync(dst.data, src, tensor_bytes(dst), cudaMemcpyHostToDevice, st->stream));
+    CUDA_TRY(cudaStreamSynchronize(st->stream));
+    return STATUS_OK;
+}
+
+static Status cuda_download(Backend *be, void *dst, Tensor src) {
+    CudaState *st = cuda_state(be);
+    CUDA_TRY(cudaMemcpyAsync(dst, src.data, tensor_bytes(src), cudaMemcpyDeviceToHost, st->stream));
+    CUDA_TRY(cudaStreamSynchronize(st->stream));
+    return STATUS_OK;
+}
+
+static Status cuda_zero(Backend *be, Tensor t) {
+    CUDA_TRY(cudaMemsetAsync(t.data, 0, tensor_bytes(t), cuda_state(be)->stream));
+    return STATUS_OK;
+}
+
+static Status cuda_synchronize(Backend *be) {
+    CUDA_TRY(cudaStreamSynchronize(cuda_state(be)->stream));
+    return STATUS_OK;
+}
+
+static void cuda_state_free(CudaState *st) {
+    if (!st) return;
+    if (st->reduce_scratch) cudaFree(st->reduce_scratch);
+    if (st->workspace) cudaFree(st->workspace);
+    if (st->cudnn) cudnnDestroy(st->cudnn);
+    if (st->cublaslt) cublasLtDestroy(st->cublaslt);
+    if (st->cublas) cublasDestroy(st->cublas);
+    if (st->stream) cudaStreamDestroy(st->stream);
+    free(st);
+}
+
+static void cuda_destroy(Backend *be) {
+    cuda_state_free(cuda_state(be));
+    free(be);
+}
+
+static Status cuda_state_init(CudaState *st, int device) {
+    int count = cuda_device_count();
+    if (count == 0) return errorf("device \"cuda\": no CUDA device is visible to this process");
+    if (device < 0 || device >= count)
+        return errorf("device \"cuda\": device %d requested, but %d CUDA device(s) are visible", device, count);
+    st->device = device;
+    CUDA_TRY(cudaSetDevice(device));
+    CUDA_TRY(cudaGetDeviceProperties(&st->prop, device));
+    CUDA_TRY(cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(cublasCreate(&st->cublas));
+    CUBLAS_TRY(cublasSetStream(st->cublas, st->stream));
+    /* Determinism by default: no atomics-based split-K reductions in cuBLAS. */
+    CUBLAS_TRY(cublasSetAtomicsMode(st->cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
+    CUBLAS_TRY(cublasLtCreate(&st->cublaslt));
+    CUDNN_TRY(cudnnCreate(&st->cudnn));
+    CUDNN_TRY(cudnnSetStream(st->cudnn, st->stream));
+    st->workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
+    CUDA_TRY(cudaMalloc(&st->workspace, st->workspace_bytes));
+    st->reduce_scratch_len = CUDA_REDUCE_BLOCKS;
+    CUDA_TRY(cudaMalloc((void **)&st->reduce_scratch, st->reduce_scratch_len * sizeof(double)));
+    return STATUS_OK;
+}
+
+extern "C" Status cuda_backend_create(Backend **out, BackendOptions opts) {
+    *out = NULL;
+    CudaState *st = (CudaState *)calloc(1, sizeof *st);
+    Backend *be = (Backend *)calloc(1, sizeof *be);
+    if (!st || !be) {
+        free(st);
+        free(be);
+        return errorf("cuda backend: out of host memory");
+    }
+    if (cuda_state_init(st, opts.device) != STATUS_OK) {
+        cuda_state_free(st);
+        free(be);
+        return STATUS_ERROR;
+    }
+    be->name = "cuda";
+    be->impl = st;
+    be->alloc = cuda_alloc;
+    be->release = cuda_release;
+    be->upload = cuda_upload;
+    be->download = cuda_download;
+    be->zero = cuda_zero;
+    be->synchronize = cuda_synchronize;
+    be->destroy = cuda_destroy;
+    memset(&be->ops, 0, sizeof be->ops);
+    be->ops.adamw_step = cuda_adamw_step;
+    be->ops.sum_squares = cuda_sum_squares;
+    be->ops.scale = cuda_scale;
+    be->ops.accumulate = cuda_accumulate;
+    *out = be;
+    return STATUS_OK;
+}

@@ -1,0 +1,89 @@
+/* The CUDA backend's memory, AdamW and reductions against the CPU backend; two runs give the same
+ * bits. Reports "skipped: no CUDA device" where there is none. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static Tensor upload_f32(Backend *be, const float *host, int64_t n) {
+    Tensor t;
+    CHECK_OK(be->alloc(be, &t, DT_F32, 1, &n));
+    CHECK_OK(be->upload(be, t, host));
+    return t;
+}
+
+static void download_f32(Backend *be, float *host, Tensor t) { CHECK_OK(be->download(be, host, t)); }
+
+int main(void) {
+    if (backend_cuda_device_count() == 0) {
+        printf("skipped: no CUDA device\n");
+        return TEST_SKIPPED;
+    }
+    Backend *gpu = NULL, *cpu = test_cpu_backend(0);
+    BackendOptions opts = {0, 0};
+    if (!CHECK_OK(backend_create(&gpu, "cuda", opts))) return test_finish("test_gpu_elementwise");
+
+    const int64_t n = 1000003; /* more than one grid's worth, not a multiple of the block */
+    float *p = test_alloc((size_t)n * 4), *g = test_alloc((size_t)n * 4), *zeros = test_alloc((size_t)n * 4);
+    float *out_gpu = test_alloc((size_t)n * 4), *poison = test_alloc((size_t)n * 4);
+    fill_normal(p, n, 1, 1.0f);
+    fill_normal(g, n, 2, 0.1f);
+    for (int64_t i = 0; i < n; i++) poison[i] = NAN;
+
+    /* Round trip through device memory. */
+    Tensor dp = upload_f32(gpu, p, n);
+    download_f32(gpu, out_gpu, dp);
+    CHECK(memcmp(out_gpu, p, (size_t)n * 4) == 0, "upload then download returns the same bytes");
+
+    /* AdamW: GPU vs CPU, three steps; the output is poisoned first so an unwritten element fails. */
+    Tensor dg = upload_f32(gpu, g, n), dm = upload_f32(gpu, zeros, n), dv = upload_f32(gpu, zeros, n);
+    Tensor cp, cg, cm, cv;
+    int64_t shape[1] = {n};
+    CHECK_OK(cpu->alloc(cpu, &cp, DT_F32, 1, shape));
+    CHECK_OK(cpu->alloc(cpu, &cg, DT_F32, 1, shape));
+    CHECK_OK(cpu->alloc(cpu, &cm, DT_F32, 1, shape));
+    CHECK_OK(cpu->alloc(cpu, &cv, DT_F32, 1, shape));
+    memcpy(cp.data, p, (size_t)n * 4);
+    memcpy(cg.data, g, (size_t)n * 4);
+    for (int step = 1; step <= 3; step++) {
+        AdamWConfig cfg = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = step};
+        CHECK_OK(gpu->ops.adamw_step(gpu, dp, dg, dm, dv, cfg));
+        CHECK_OK(cpu->ops.adamw_step(cpu, cp, cg, cm, cv, cfg));
+    }
+    memcpy(out_gpu, poison, (size_t)n * 4);
+    download_f32(gpu, out_gpu, dp);
+    double err = rel_error_f32(out_gpu, tensor_f32(cp), n);
+    CHECK(err < 1e-6, "adamw gpu vs cpu (fp32 both): rel error %.3g", err);
+
+    /* Sum of squares: against the CPU's, and bitwise equal run to run. */
+    double s_gpu1 = 0, s_gpu2 = 0, s_cpu = 0;
+    CHECK_OK(gpu->ops.sum_squares(gpu, &s_gpu1, dg));
+    CHECK_OK(gpu->ops.sum_squares(gpu, &s_gpu2, dg));
+    CHECK_OK(cpu->ops.sum_squares(cpu, &s_cpu, cg));
+    CHECK(fabs(s_gpu1 - s_cpu) <= 1e-12 * s_cpu, "sum_squares gpu %.17g vs cpu %.17g", s_gpu1, s_cpu);
+    CHECK(memcmp(&s_gpu1, &s_gpu2, sizeof(double)) == 0, "sum_squares: two runs give the same bits");
+
+    /* Scale and accumulate. */
+    CHECK_OK(gpu->ops.scale(gpu, dg, 0.5f));
+    CHECK_OK(gpu->ops.accumulate(gpu, dg, dg));
+    download_f32(gpu, out_gpu, dg);
+    CHECK(memcmp(out_gpu, g, (size_t)n * 4) == 0, "scale by 0.5 then doubling is exact");
+
+    gpu->release(gpu, &dp);
+    gpu->release(gpu, &dg);
+    gpu->release(gpu, &dm);
+    gpu->release(gpu, &dv);
+    backend_destroy(gpu);
+    cpu->release(cpu, &cp);
+    cpu->release(cpu, &cg);
+    cpu->release(cpu, &cm);
+    cpu->release(cpu, &cv);
+    backend_destroy(cpu);
+    free(p);
+    free(g);
+    free(zeros);
+    free(out_gpu);
+    free(poison);
+    return test_finish("test_gpu_elementwise");
+}
