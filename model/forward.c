@@ -1,0 +1,229 @@
+/* The whole decoder, forward and backward: embedding, the layers in order (GQA or MLA attention,
+ * then the MLP, each pre-norm with a residual), the final norm; and the buffers that carries. */
+#include <stdlib.h>
+
+#include "model/layers.h"
+
+static Status own(ForwardState *st, Tensor *t, int ndim, int64_t d0, int64_t d1, int64_t d2, DType dt) {
+    if (st->n_owned == st->cap_owned) {
+        int cap = st->cap_owned ? 2 * st->cap_owned : 64;
+        Tensor **grown = realloc(st->owned, (size_t)cap * sizeof *grown);
+        if (!grown) return errorf("forward state: out of memory");
+        st->owned = grown;
+        st->cap_owned = cap;
+    }
+    int64_t shape[3] = {d0, d1, d2};
+    TRY(st->be->alloc(st->be, t, dt, ndim, shape));
+    st->owned[st->n_owned++] = t;
+    return STATUS_OK;
+}
+
+#define F32_2(t, a, b) TRY(own(st, &(t), 2, a, b, 0, DT_F32))
+#define F32_1(t, a) TRY(own(st, &(t), 1, a, 0, 0, DT_F32))
+
+/* Widths a layer of either kind may need, so buffers fit whichever kind they serve. */
+typedef struct {
+    int64_t q, k, k_rope, v, attn, latent, q_lora;
+} LayerWidths;
+
+static LayerWidths widths_of(const ModelConfig *c, AttentionKind kind) {
+    LayerWidths w = {0};
+    int64_t H = c->num_attention_heads;
+    if (kind == ATTENTION_GQA) {
+        w.q = H * c->head_dim;
+        w.k = w.v = c->num_key_value_heads * c->head_dim;
+        w.attn = H * c->head_dim;
+    } else {
+        const MlaDims *a = &c->mla;
+        w.q = H * (a->qk_nope_head_dim + a->qk_rope_head_dim);
+        w.k = H * a->qk_nope_head_dim;
+        w.k_rope = a->qk_rope_head_dim;
+        w.v = w.attn = H * a->v_head_dim;
+        w.latent = a->kv_lora_rank;
+        w.q_lora = a->q_lora_rank;
+    }
+    return w;
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static LayerWidths widest(const ModelConfig *c) {
+    LayerWidths m = {0};
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        LayerWidths w = widths_of(c, c->layer_attention[l]);
+        m.q = max64(m.q, w.q);
+        m.k = max64(m.k, w.k);
+        m.k_rope = max64(m.k_rope, w.k_rope);
+        m.v = max64(m.v, w.v);
+        m.attn = max64(m.attn, w.attn);
+        m.latent = max64(m.latent, w.latent);
+        m.q_lora = max64(m.q_lora, w.q_lora);
+    }
+    return m;
+}
+
+/* Buffers of one layer, shaped for its kind (a reused cache is shaped for the widest). */
+static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cfg, LayerWidths w, int latent_norm) {
+    int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
+    F32_2(c->x, N, D);
+    F32_1(c->rstd1, N);
+    F32_2(c->a, N, D);
+    F32_2(c->q, N, w.q);
+    F32_2(c->k, N, w.k);
+    F32_2(c->v, N, w.v);
+    if (w.k_rope) F32_2(c->k_rope, N, w.k_rope);
+    if (w.q_lora) {
+        F32_2(c->q_a, N, w.q_lora);
+        F32_1(c->q_a_rstd, N);
+        F32_2(c->q_a_n, N, w.q_lora);
+    }
+    if (w.latent) {
+        F32_2(c->c, N, w.latent);
+        if (latent_norm) {
+            F32_1(c->c_rstd, N);
+            F32_2(c->c_n, N, w.latent);
+        } else {
+            c->c_n = c->c;
+        }
+    }
+    F32_2(c->attn, N, w.attn);
+    TRY(own(st, &c->lse, 3, st->B, cfg->num_attention_heads, st->T, DT_F32));
+    F32_2(c->h, N, D);
+    F32_1(c->rstd2, N);
+    F32_2(c->a2, N, D);
+    F32_2(c->gate, N, F);
+    F32_2(c->up, N, F);
+    F32_2(c->act, N, F);
+    return STATUS_OK;
+}
+
+static Status alloc_scratch(ForwardState *st, const ModelConfig *cfg) {
+    BackwardScratch *g = &st->g;
+    LayerWidths w = widest(cfg);
+    int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
+    F32_2(g->dx, N, D);
+    F32_2(g->dh, N, D);
+    F32_2(g->da, N, D);
+    F32_2(g->dtmp, N, D);
+    F32_2(g->dq, N, w.q);
+    F32_2(g->dk, N, w.k);
+    F32_2(g->dv, N, w.v);
+    F32_2(g->dattn, N, w.attn);
+    if (w.k_rope) F32_2(g->dk_rope, N, w.k_rope);
+    if (w.q_lora) {
+        F32_2(g->dq_a, N, w.q_lora);
+        F32_2(g->dq_a_n, N, w.q_lora);
+    }
+    if (w.latent) {
+        F32_2(g->dc, N, w.latent);
+        F32_2(g->dc_n, N, w.latent);
+        F32_2(g->dc_tmp, N, w.latent);
+    }
+    F32_2(g->dgate, N, F);
+    F32_2(g->dup, N, F);
+    F32_2(g->dact, N, F);
+    return STATUS_OK;
+}
+
+#undef F32_1
+#undef F32_2
+
+static Status forward_state_init(ForwardState *st, const Model *m) {
+    const ModelConfig *cfg = &m->cfg;
+    int L = (int)cfg->num_hidden_layers;
+    int ncache = st->keep ? L : 1;
+    st->caches = calloc((size_t)ncache, sizeof *st->caches);
+    if (!st->caches) return errorf("forward state: out of memory");
+    for (int i = 0; i < ncache; i++) {
+        LayerWidths w = st->keep ? widths_of(cfg, cfg->layer_attention[i]) : widest(cfg);
+        TRY(alloc_cache(st, &st->caches[i], cfg, w, cfg->mla.latent_norm));
+    }
+    TRY(own(st, &st->x_final, 2, st->N, cfg->hidden_size, 0, DT_F32));
+    TRY(own(st, &st->rstd_final, 1, st->N, 0, 0, DT_F32));
+    if (st->keep) TRY(alloc_scratch(st, cfg));
+
+    TRY(own(st, &st->pos, 1, st->N, 0, 0, DT_I32));
+    int32_t *pos = malloc((size_t)st->N * sizeof(int32_t));
+    if (!pos) return errorf("forward state: out of memory");
+    for (int64_t n = 0; n < st->N; n++) pos[n] = (int32_t)(n % st->T);
+    Status s = st->be->upload(st->be, st->pos, pos);
+    free(pos);
+    return s;
+}
+
+Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, int keep_activations) {
+    *out = NULL;
+    if (batch < 1 || seq < 1) return errorf("forward state: batch and seq must be >= 1, got %lld x %lld", (long long)batch, (long long)seq);
+    if (seq > m->max_seq)
+        return errorf("forward state: sequences of %lld tokens exceed the model's rope tables (%lld)",
+                      (long long)seq, (long long)m->max_seq);
+    ForwardState *st = calloc(1, sizeof *st);
+    if (!st) return errorf("forward state: out of memory");
+    st->be = m->be;
+    st->B = batch;
+    st->T = seq;
+    st->N = batch * seq;
+    st->keep = keep_activations;
+    if (forward_state_init(st, m) != STATUS_OK) {
+        forward_state_destroy(st);
+        return STATUS_ERROR;
+    }
+    *out = st;
+    return STATUS_OK;
+}
+
+void forward_state_destroy(ForwardState *st) {
+    if (!st) return;
+    for (int i = 0; i < st->n_owned; i++) st->be->release(st->be, st->owned[i]);
+    free(st->owned);
+    free(st->caches);
+    free(st);
+}
+
+Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
+    Backend *be = m->be;
+    const ModelConfig *cfg = &m->cfg;
+    int L = (int)cfg->num_hidden_layers;
+    TRY(tensor_check("model_forward", "ids", ids, DT_I32, 1, (int64_t[]){st->N}));
+    TRY(tensor_check("model_forward", "hidden", hidden, DT_F32, 2, (int64_t[]){st->N, cfg->hidden_size}));
+    st->ran = 0;
+    st->ids = ids;
+
+    TRY(be->ops.embedding_forward(be, st->caches[0].x, ids, m->embed));
+    for (int l = 0; l < L; l++) {
+        /* A reused cache is shaped for the widest layer; the blocks view it at their widths. */
+        LayerCache *c = &st->caches[st->keep ? l : 0];
+        if (cfg->layer_attention[l] == ATTENTION_GQA) {
+            if (gqa_attention_forward(m, st, l, c) != STATUS_OK) return error_context("layer %d: ", l);
+        } else {
+            if (mla_attention_forward(m, st, l, c) != STATUS_OK) return error_context("layer %d: ", l);
+        }
+        /* The next layer's input: its own cache when kept, else this cache's x (no longer needed). */
+        Tensor x_next = l + 1 == L ? st->x_final : st->keep ? st->caches[l + 1].x : c->x;
+        if (mlp_forward(m, st, l, c, x_next) != STATUS_OK) return error_context("layer %d: ", l);
+    }
+    TRY(be->ops.rmsnorm_forward(be, hidden, st->rstd_final, st->x_final, m->final_norm, (float)cfg->rms_norm_eps));
+    st->ran = 1;
+    return STATUS_OK;
+}
+
+Status model_backward(Model *m, ForwardState *st, Tensor dhidden) {
+    Backend *be = m->be;
+    const ModelConfig *cfg = &m->cfg;
+    if (!st->keep) return errorf("model_backward: the forward state keeps no activations (created for inference)");
+    if (!st->ran) return errorf("model_backward: no forward pass has been run on this state");
+    if (!m->has_grads) return errorf("model_backward: gradients are not allocated (model_alloc_grads)");
+    TRY(tensor_check("model_backward", "dhidden", dhidden, DT_F32, 2, (int64_t[]){st->N, cfg->hidden_size}));
+
+    BackwardScratch *g = &st->g;
+    TRY(be->ops.rmsnorm_backward(be, g->dx, m->grad_final_norm, dhidden, st->x_final, m->final_norm, st->rstd_final));
+    for (int l = (int)cfg->num_hidden_layers - 1; l >= 0; l--) {
+        LayerCache *c = &st->caches[l];
+        if (mlp_backward(m, st, l, c) != STATUS_OK) return error_context("layer %d backward: ", l);
+        Status s = cfg->layer_attention[l] == ATTENTION_GQA ? gqa_attention_backward(m, st, l, c)
+                                                             : mla_attention_backward(m, st, l, c);
+        if (s != STATUS_OK) return error_context("layer %d backward: ", l);
+    }
+    TRY(be->ops.embedding_backward(be, m->grad_embed, g->dx, st->ids));
+    return STATUS_OK;
+}

@@ -1,0 +1,244 @@
+/* The model's parameters: allocation on the backend, the named registry the optimizer, the
+ * checkpoint and the safetensors I/O walk, random initialisation, and the RoPE tables. */
+#include "model/model.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+
+/* The registry can hold every tensor of every layer (at most 19 per layer) plus the globals. */
+static int max_params(const ModelConfig *cfg) { return 19 * (int)cfg->num_hidden_layers + 4; }
+
+static Status alloc_param(Model *m, Tensor *value, int decay, const char *name, int ndim, int64_t d0, int64_t d1) {
+    int64_t shape[2] = {d0, d1};
+    if (m->be->alloc(m->be, value, DT_F32, ndim, shape) != STATUS_OK)
+        return error_context("allocating %s: ", name);
+    Param *p = &m->params[m->n_params++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->value = value;
+    p->grad = NULL;
+    p->decay = decay;
+    return STATUS_OK;
+}
+
+#define MATRIX(field, rows, cols, suffix) \
+    TRY(alloc_param(m, &w->field, 1, (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name), 2, rows, cols))
+#define VECTOR(field, len, suffix) \
+    TRY(alloc_param(m, &w->field, 0, (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name), 1, len, 0))
+
+static Status alloc_layer(Model *m, int l) {
+    const ModelConfig *c = &m->cfg;
+    LayerWeights *w = &m->layers[l];
+    char name[96];
+    int64_t D = c->hidden_size, H = c->num_attention_heads, F = c->intermediate_size;
+    w->kind = c->layer_attention[l];
+    VECTOR(input_norm, D, "input_layernorm.weight");
+    if (w->kind == ATTENTION_GQA) {
+        int64_t K = c->num_key_value_heads, hd = c->head_dim;
+        MATRIX(q_proj, H * hd, D, "self_attn.q_proj.weight");
+        MATRIX(k_proj, K * hd, D, "self_attn.k_proj.weight");
+        MATRIX(v_proj, K * hd, D, "self_attn.v_proj.weight");
+        if (c->qkv_bias) {
+            VECTOR(q_bias, H * hd, "self_attn.q_proj.bias");
+            VECTOR(k_bias, K * hd, "self_attn.k_proj.bias");
+            VECTOR(v_bias, K * hd, "self_attn.v_proj.bias");
+        }
+        MATRIX(o_proj, D, H * hd, "self_attn.o_proj.weight");
+    } else {
+        const MlaDims *a = &c->mla;
+        int64_t dqk = a->qk_nope_head_dim + a->qk_rope_head_dim;
+        if (a->q_lora_rank > 0) {
+            MATRIX(q_a_proj, a->q_lora_rank, D, "self_attn.q_a_proj.weight");
+            VECTOR(q_a_norm, a->q_lora_rank, "self_attn.q_a_layernorm.weight");
+            MATRIX(q_b_proj, H * dqk, a->q_lora_rank, "self_attn.q_b_proj.weight");
+        } else {
+            MATRIX(q_proj, H * dqk, D, "self_attn.q_proj.weight");
+        }
+        MATRIX(kv_a_latent, a->kv_lora_rank, D, "self_attn.kv_a_proj_latent.weight");
+        MATRIX(kv_a_rope, a->qk_rope_head_dim, D, "self_attn.kv_a_proj_rope.weight");
+        if (a->latent_norm) VECTOR(kv_a_norm, a->kv_lora_rank, "self_attn.kv_a_layernorm.weight");
+        if (a->qk_nope_head_dim > 0)
+            MATRIX(kv_b_k, H * a->qk_nope_head_dim, a->kv_lora_rank, "self_attn.kv_b_proj_k.weight");
+        MATRIX(kv_b_v, H * a->v_head_dim, a->kv_lora_rank, "self_attn.kv_b_proj_v.weight");
+        MATRIX(o_proj, D, H * a->v_head_dim, "self_attn.o_proj.weight");
+    }
+    VECTOR(post_norm, D, "post_attention_layernorm.weight");
+    MATRIX(gate_proj, F, D, "mlp.gate_proj.weight");
+    MATRIX(up_proj, F, D, "mlp.up_proj.weight");
+    MATRIX(down_proj, D, F, "mlp.down_proj.weight");
+    return STATUS_OK;
+}
+
+#undef MATRIX
+#undef VECTOR
+
+/* cos/sin tables on the backend for the given frequencies. */
+static Status upload_rope_tables(Model *m, const float *inv_freq, int pairs, Tensor *cos, Tensor *sin) {
+    int64_t shape[2] = {m->max_seq, pairs};
+    size_t n = (size_t)m->max_seq * (size_t)pairs;
+    float *hc = malloc(n * sizeof(float)), *hs = malloc(n * sizeof(float));
+    Status st = STATUS_OK;
+    if (!hc || !hs) st = errorf("rope tables: out of memory (%zu values)", n);
+    if (st == STATUS_OK) st = rope_tables(inv_freq, pairs, (int)m->max_seq, hc, hs);
+    if (st == STATUS_OK && cos->data == NULL) st = m->be->alloc(m->be, cos, DT_F32, 2, shape);
+    if (st == STATUS_OK && sin->data == NULL) st = m->be->alloc(m->be, sin, DT_F32, 2, shape);
+    if (st == STATUS_OK) st = m->be->upload(m->be, *cos, hc);
+    if (st == STATUS_OK) st = m->be->upload(m->be, *sin, hs);
+    free(hc);
+    free(hs);
+    return st;
+}
+
+Status model_set_mla_rope(Model *m, int layer, const float *inv_freq) {
+    if (layer < 0 || layer >= m->cfg.num_hidden_layers || m->cfg.layer_attention[layer] != ATTENTION_MLA)
+        return errorf("model_set_mla_rope: layer %d is not an MLA layer", layer);
+    int pairs = (int)(m->cfg.mla.qk_rope_head_dim / 2);
+    memcpy(m->mla_inv_freq + (size_t)layer * pairs, inv_freq, (size_t)pairs * sizeof(float));
+    return upload_rope_tables(m, inv_freq, pairs, &m->mla_cos[layer], &m->mla_sin[layer]);
+}
+
+Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq) {
+    *out = NULL;
+    TRY(model_config_validate(cfg));
+    if (max_seq < 1) return errorf("model: max_seq must be >= 1, got %lld", (long long)max_seq);
+    Model *m = calloc(1, sizeof *m);
+    if (!m) return errorf("model: out of memory");
+    m->cfg = *cfg;
+    m->be = be;
+    m->max_seq = max_seq;
+    int L = (int)cfg->num_hidden_layers;
+    int pairs_mla = (int)(cfg->mla.qk_rope_head_dim / 2);
+    m->layers = calloc((size_t)L, sizeof *m->layers);
+    m->params = calloc((size_t)max_params(cfg), sizeof *m->params);
+    m->mla_cos = calloc((size_t)L, sizeof(Tensor));
+    m->mla_sin = calloc((size_t)L, sizeof(Tensor));
+    m->mla_inv_freq = calloc((size_t)L * (size_t)(pairs_mla > 0 ? pairs_mla : 1), sizeof(float));
+    Status st = STATUS_OK;
+    if (!m->layers || !m->params || !m->mla_cos || !m->mla_sin || !m->mla_inv_freq)
+        st = errorf("model: out of memory");
+
+    int64_t V = cfg->vocab_size, D = cfg->hidden_size;
+    if (st == STATUS_OK) st = alloc_param(m, &m->embed, 0, "model.embed_tokens.weight", 2, V, D);
+    for (int l = 0; l < L && st == STATUS_OK; l++) st = alloc_layer(m, l);
+    if (st == STATUS_OK) st = alloc_param(m, &m->final_norm, 0, "model.norm.weight", 1, D, 0);
+    if (st == STATUS_OK) {
+        if (cfg->tie_word_embeddings) m->lm_head = m->embed;
+        else st = alloc_param(m, &m->lm_head, 1, "lm_head.weight", 2, V, D);
+    }
+
+    /* RoPE: the GQA tables from the config; MLA layers start from DeepSeek's base^(-2i/dr). */
+    float *inv = NULL;
+    int pairs_gqa = (int)(cfg->head_dim / 2);
+    int need_gqa = model_config_mla_layers(cfg) < L;
+    if (st == STATUS_OK) {
+        int n = pairs_gqa > pairs_mla ? pairs_gqa : pairs_mla;
+        inv = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+        if (!inv) st = errorf("model: out of memory");
+    }
+    if (st == STATUS_OK && need_gqa) st = rope_inv_freq(&cfg->rope, (int)cfg->head_dim, inv);
+    if (st == STATUS_OK && need_gqa) st = upload_rope_tables(m, inv, pairs_gqa, &m->rope_cos, &m->rope_sin);
+    if (st == STATUS_OK && pairs_mla > 0) {
+        RopeConfig plain = cfg->rope;
+        st = rope_inv_freq(&plain, (int)cfg->mla.qk_rope_head_dim, inv);
+        for (int l = 0; l < L && st == STATUS_OK; l++)
+            if (cfg->layer_attention[l] == ATTENTION_MLA) st = model_set_mla_rope(m, l, inv);
+    }
+    free(inv);
+    if (st != STATUS_OK) {
+        model_destroy(m);
+        return STATUS_ERROR;
+    }
+    *out = m;
+    return STATUS_OK;
+}
+
+void model_destroy(Model *m) {
+    if (!m) return;
+    Backend *be = m->be;
+    /* Every allocated tensor is in the registry once, gradients beside it. */
+    for (int i = 0; i < m->n_params; i++) {
+        if (m->params[i].value->data) be->release(be, m->params[i].value);
+        if (m->params[i].grad && m->params[i].grad->data) be->release(be, m->params[i].grad);
+    }
+    for (int l = 0; m->mla_cos && l < m->cfg.num_hidden_layers; l++) {
+        if (m->mla_cos[l].data) be->release(be, &m->mla_cos[l]);
+        if (m->mla_sin[l].data) be->release(be, &m->mla_sin[l]);
+    }
+    if (m->rope_cos.data) be->release(be, &m->rope_cos);
+    if (m->rope_sin.data) be->release(be, &m->rope_sin);
+    free(m->layers);
+    free(m->grad_layers);
+    free(m->params);
+    free(m->mla_cos);
+    free(m->mla_sin);
+    free(m->mla_inv_freq);
+    free(m);
+}
+
+/* The gradient tensor that mirrors a weight tensor: same offset in the mirror structure. */
+static Tensor *mirror_of(Model *m, Tensor *value) {
+    if (value == &m->embed) return &m->grad_embed;
+    if (value == &m->final_norm) return &m->grad_final_norm;
+    if (value == &m->lm_head) return &m->grad_lm_head;
+    size_t off = (size_t)((char *)value - (char *)m->layers);
+    return (Tensor *)((char *)m->grad_layers + off);
+}
+
+Status model_alloc_grads(Model *m) {
+    if (m->has_grads) return STATUS_OK;
+    m->grad_layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->grad_layers);
+    if (!m->grad_layers) return errorf("model: out of memory for gradients");
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) m->grad_layers[l].kind = m->layers[l].kind;
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        p->grad = mirror_of(m, p->value);
+        if (m->be->alloc(m->be, p->grad, DT_F32, p->value->ndim, p->value->shape) != STATUS_OK)
+            return error_context("allocating the gradient of %s: ", p->name);
+    }
+    if (m->cfg.tie_word_embeddings) m->grad_lm_head = m->grad_embed;
+    m->has_grads = 1;
+    return STATUS_OK;
+}
+
+Status model_zero_grads(Model *m) {
+    if (!m->has_grads) return errorf("model_zero_grads: gradients are not allocated");
+    for (int i = 0; i < m->n_params; i++) TRY(m->be->zero(m->be, *m->params[i].grad));
+    return STATUS_OK;
+}
+
+Param *model_find_param(Model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+    return NULL;
+}
+
+int64_t model_num_parameters(const Model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++) n += tensor_numel(*m->params[i].value);
+    return n;
+}
+
+Status model_init_random(Model *m, uint64_t seed, float std) {
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        int64_t n = tensor_numel(*p->value);
+        float *host = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+        if (!host) return errorf("model_init_random: out of memory for %s", p->name);
+        int is_norm = strstr(p->name, "norm") != NULL;
+        int is_bias = strstr(p->name, ".bias") != NULL;
+        if (is_norm) {
+            for (int64_t j = 0; j < n; j++) host[j] = 1.0f;
+        } else if (is_bias) {
+            for (int64_t j = 0; j < n; j++) host[j] = 0.0f;
+        } else {
+            rng_fill_normal(host, n, seed, (uint64_t)i + 1, 0.0f, std);
+        }
+        Status st = m->be->upload(m->be, *p->value, host);
+        free(host);
+        if (st != STATUS_OK) return error_context("model_init_random: %s: ", p->name);
+    }
+    return STATUS_OK;
+}

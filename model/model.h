@@ -1,0 +1,106 @@
+/* The decoder, written once against the op interface: Llama-family GQA layers and DeepSeek-V2
+ * MLA layers (a student may mix them), forward and backward, with parameters named as in HF. */
+#pragma once
+
+#include <stdint.h>
+
+#include "core/backend.h"
+#include "model/config.h"
+
+/* One decoder layer's weights (or, in a gradient mirror, their gradients). Which fields exist
+ * depends on the layer's attention kind and the config; absent ones have data == NULL. */
+typedef struct {
+    AttentionKind kind;
+    Tensor input_norm;     /* [D]  input_layernorm */
+    /* GQA (teacher, hybrid layers) */
+    Tensor q_proj;         /* [H*hd, D]; MLA without q_lora_rank: [H*(dn+dr), D] */
+    Tensor q_bias;         /* [H*hd] (Qwen2) */
+    Tensor k_proj;         /* [K*hd, D] */
+    Tensor k_bias;         /* [K*hd] */
+    Tensor v_proj;         /* [K*hd, D] */
+    Tensor v_bias;         /* [K*hd] */
+    /* MLA */
+    Tensor q_a_proj;       /* [q_lora, D]           (q_lora_rank > 0) */
+    Tensor q_a_norm;       /* [q_lora]              q_a_layernorm */
+    Tensor q_b_proj;       /* [H*(dn+dr), q_lora] */
+    Tensor kv_a_latent;    /* [r, D]   W_dkv: the first r rows of kv_a_proj_with_mqa */
+    Tensor kv_a_rope;      /* [dr, D]  W_kr: its last dr rows */
+    Tensor kv_a_norm;      /* [r]      kv_a_layernorm (absent when latent_norm is off) */
+    Tensor kv_b_k;         /* [H*dn, r] W_uk: per head, the k rows of kv_b_proj */
+    Tensor kv_b_v;         /* [H*dv, r] W_uv: per head, the v rows of kv_b_proj */
+    /* both */
+    Tensor o_proj;         /* [D, H*hd] or [D, H*dv] */
+    Tensor post_norm;      /* [D]  post_attention_layernorm */
+    Tensor gate_proj;      /* [F, D] */
+    Tensor up_proj;        /* [F, D] */
+    Tensor down_proj;      /* [D, F] */
+} LayerWeights;
+
+/* A named parameter: its value, its gradient (once allocated), and whether weight decay applies. */
+typedef struct {
+    char name[96];         /* HF-style name; the MLA split tensors have their own (see model.c) */
+    Tensor *value;
+    Tensor *grad;
+    int decay;             /* 0 for norms, embeddings and biases */
+} Param;
+
+typedef struct {
+    ModelConfig cfg;
+    Backend *be;
+    int64_t max_seq;       /* longest sequence the rope tables cover */
+
+    Tensor embed;          /* [V, D] */
+    LayerWeights *layers;  /* [L] */
+    Tensor final_norm;     /* [D] */
+    Tensor lm_head;        /* [V, D]; aliases embed when tied */
+
+    /* Gradients, mirroring the weights (allocated by model_alloc_grads). */
+    int has_grads;
+    Tensor grad_embed, grad_final_norm, grad_lm_head;
+    LayerWeights *grad_layers;
+
+    Param *params;         /* every trainable tensor once (a tied head is the embedding) */
+    int n_params;
+
+    /* RoPE tables on the backend: GQA layers share [max_seq, hd/2]; each MLA layer has its own
+     * [max_seq, dr/2] for the frequency pairs it kept (mla_inv_freq, host, [L][dr/2]). */
+    Tensor rope_cos, rope_sin;
+    Tensor *mla_cos, *mla_sin;
+    float *mla_inv_freq;
+} Model;
+
+/* Allocates the weights (zeros) on the backend for sequences up to max_seq tokens. MLA layers start
+ * with DeepSeek's own rope frequencies, theta^(-2i/dr); conversion replaces them. */
+Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq);
+void model_destroy(Model *m);
+
+/* Normal(0, std) for matrices and embeddings, ones for norms, zeros for biases; each parameter
+ * draws from its own RNG stream, so the result does not depend on threads or allocation order. */
+Status model_init_random(Model *m, uint64_t seed, float std);
+
+/* Replaces the frequencies of MLA layer `layer`'s rope part (dr/2 pairs) and rebuilds its tables. */
+Status model_set_mla_rope(Model *m, int layer, const float *inv_freq);
+
+Status model_alloc_grads(Model *m);
+Status model_zero_grads(Model *m);
+
+/* Looks a parameter up by name; NULL when absent. */
+Param *model_find_param(Model *m, const char *name);
+
+/* Number of trainable values. */
+int64_t model_num_parameters(const Model *m);
+
+/* Saved forward state: per-layer activations for backward (training), or one set of buffers
+ * reused layer after layer (inference: the teacher keeps nothing). */
+typedef struct ForwardState ForwardState;
+
+Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, int keep_activations);
+void forward_state_destroy(ForwardState *st);
+
+/* Forward over B sequences of T tokens (ids: i32 [B*T]); hidden [B*T, D] receives the final-norm
+ * output (what the LM head reads). Positions restart at 0 in each sequence. */
+Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden);
+
+/* Backward from dhidden [B*T, D] (the LM-head loss's dh); accumulates into the gradients.
+ * Needs a state created with keep_activations and the forward just run on it. */
+Status model_backward(Model *m, ForwardState *st, Tensor dhidden);
