@@ -129,7 +129,8 @@ Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t ma
         else st = alloc_param(m, &m->lm_head, 1, "lm_head.weight", 2, V, D);
     }
 
-    /* RoPE: the GQA tables from the config; MLA layers start from DeepSeek's base^(-2i/dr). */
+    /* RoPE: the GQA tables from the config; MLA layers start from DeepSeek's base^(-2i/dr), the base
+     * being the MLA one (mla.rope_theta, when a re-based export was read back). */
     float *inv = NULL;
     int pairs_gqa = (int)(cfg->head_dim / 2);
     int need_gqa = model_config_mla_layers(cfg) < L;
@@ -141,8 +142,9 @@ Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t ma
     if (st == STATUS_OK && need_gqa) st = rope_inv_freq(&cfg->rope, (int)cfg->head_dim, inv);
     if (st == STATUS_OK && need_gqa) st = upload_rope_tables(m, inv, pairs_gqa, &m->rope_cos, &m->rope_sin);
     if (st == STATUS_OK && pairs_mla > 0) {
-        RopeConfig plain = cfg->rope;
-        st = rope_inv_freq(&plain, (int)cfg->mla.qk_rope_head_dim, inv);
+        RopeConfig mla_rope = cfg->rope;
+        mla_rope.theta = model_config_mla_rope_theta(cfg);
+        st = rope_inv_freq(&mla_rope, (int)cfg->mla.qk_rope_head_dim, inv);
         for (int l = 0; l < L && st == STATUS_OK; l++)
             if (cfg->layer_attention[l] == ATTENTION_MLA) st = model_set_mla_rope(m, l, inv);
     }
