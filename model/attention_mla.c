@@ -40,7 +40,7 @@ Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
         TRY(op->rmsnorm_forward(be, c->c_n, c->c_rstd, c->c, w->kv_a_norm, MLA_LATENT_NORM_EPS));
     TRY(op->linear_forward(be, c->k_rope, c->a, w->kv_a_rope, tensor_none()));
     TRY(op->rope_forward(be, reshape3(c->k_rope, s.N, 1, s.dr), 0, cos, sin, st->pos));
-    TRY(op->linear_forward(be, k, c->c_n, w->kv_b_k, tensor_none()));
+    if (s.dn > 0) TRY(op->linear_forward(be, k, c->c_n, w->kv_b_k, tensor_none()));
     TRY(op->linear_forward(be, v, c->c_n, w->kv_b_v, tensor_none()));
     TRY(op->attention_forward(be, reshape4(attn, s.B, s.T, s.H, s.dv), c->lse,
                               reshape4(q, s.B, s.T, s.H, dq), reshape4(k, s.B, s.T, s.H, s.dn),
@@ -75,11 +75,14 @@ Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     TRY(op->rope_backward(be, reshape3(dq, s.N, s.H, dqk), s.dn, cos, sin, st->pos));
     TRY(op->rope_backward(be, reshape3(g->dk_rope, s.N, 1, s.dr), 0, cos, sin, st->pos));
 
-    /* The latent: both up-projections read c_n. */
+    /* The latent: both up-projections read c_n (the key one is absent when dn = 0, as in the
+     * exact conversion, whose keys are all in the shared rope part). */
     Tensor dc_n = m->cfg.mla.latent_norm ? g->dc_n : g->dc;
-    TRY(op->linear_backward(be, dc_n, gw->kv_b_k, tensor_none(), dk, c->c_n, w->kv_b_k));
-    TRY(op->linear_backward(be, g->dc_tmp, gw->kv_b_v, tensor_none(), dv, c->c_n, w->kv_b_v));
-    TRY(op->accumulate(be, dc_n, g->dc_tmp));
+    TRY(op->linear_backward(be, dc_n, gw->kv_b_v, tensor_none(), dv, c->c_n, w->kv_b_v));
+    if (s.dn > 0) {
+        TRY(op->linear_backward(be, g->dc_tmp, gw->kv_b_k, tensor_none(), dk, c->c_n, w->kv_b_k));
+        TRY(op->accumulate(be, dc_n, g->dc_tmp));
+    }
     if (m->cfg.mla.latent_norm)
         TRY(op->rmsnorm_backward(be, g->dc, gw->kv_a_norm, g->dc_n, c->c, w->kv_a_norm, c->c_rstd));
 

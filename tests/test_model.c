@@ -123,6 +123,8 @@ int main(void) {
     ModelConfig mla_qlora = tiny_student_config(0x3, 6, 1);
     ModelConfig mla_nonorm = tiny_student_config(0x3, 0, 0);
     ModelConfig hybrid = tiny_student_config(0x2, 5, 1);
+    ModelConfig mla_rope_only = tiny_student_config(0x3, 0, 0);
+    mla_rope_only.mla.qk_nope_head_dim = 0; /* every key dim in the shared rope part */
 
     check_gradients("gqa", be, &teacher);
     check_gradients("gqa+bias+tied", be, &teacher_bias);
@@ -130,6 +132,7 @@ int main(void) {
     check_gradients("mla+q_lora", be, &mla_qlora);
     check_gradients("mla, no latent norm", be, &mla_nonorm);
     check_gradients("hybrid", be, &hybrid);
+    check_gradients("mla, dn = 0", be, &mla_rope_only);
 
     check_inference_matches_training(be, &teacher, "gqa");
     check_inference_matches_training(be, &hybrid, "hybrid");
