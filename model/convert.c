@@ -1,0 +1,461 @@
+/* mla_convert: the student's config from the teacher's and the options, the passes over the
+ * calibration tokens (RoPE pair importance, per-layer conversion with latent-norm scales and the
+ * attention-output error, each layer fed the teacher's own input), and the report. */
+#include "model/convert.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "model/convert_layer.h"
+#include "model/layers.h"
+
+static Status student_config(const ModelConfig *tc, const ConvertOptions *o, ModelConfig *sc) {
+    *sc = *tc;
+    sc->mla = o->dims;
+    sc->mla.rope_theta = 0;
+    int L = (int)tc->num_hidden_layers;
+    for (int l = 0; l < L; l++) {
+        if (tc->layer_attention[l] != ATTENTION_GQA)
+            return errorf("convert: the teacher's layer %d is not GQA attention; conversion starts from a GQA model", l);
+        sc->layer_attention[l] = ATTENTION_MLA;
+    }
+    for (int i = 0; i < o->n_gqa_layers; i++) {
+        int l = o->gqa_layers[i];
+        if (l < 0 || l >= L)
+            return errorf("student.mla.gqa_layers: layer %d does not exist (the teacher has %d layers)", l, L);
+        sc->layer_attention[l] = ATTENTION_GQA;
+    }
+    if (model_config_mla_layers(sc) == 0)
+        return errorf("student.mla.gqa_layers: every layer keeps GQA attention; nothing to convert");
+    if (o->init == MLA_INIT_EXACT) {
+        if (o->dims.q_lora_rank != 0)
+            return errorf("student.mla.q_lora_rank: the exact conversion needs 0 (a normed q bottleneck is lossy)");
+        int64_t kv = tc->num_key_value_heads * tc->head_dim;
+        sc->mla.kv_lora_rank = kv;
+        sc->mla.qk_rope_head_dim = kv;
+        sc->mla.qk_nope_head_dim = 0;
+        sc->mla.v_head_dim = tc->head_dim;
+    }
+    if (tc->qkv_bias && o->init != MLA_INIT_RANDOM && !o->drop_biases)
+        return errorf("student.mla.drop_biases: the teacher has q/k/v biases (Qwen2) and MLA layers in DeepSeek-V2's "
+                      "layout have none; set drop_biases to true to drop them (the report shows the error this causes)");
+    if (o->energy > 0) sc->mla.kv_lora_rank = 8; /* a placeholder the energy pass replaces */
+    strcpy(sc->architecture, "DeepseekV2ForCausalLM");
+    strcpy(sc->model_type, "deepseek_v2");
+    if (model_config_validate(sc) != STATUS_OK) return error_context("student: ");
+    return STATUS_OK;
+}
+
+/* Host copies of backend tensors. */
+static Status download_new(Backend *be, Tensor t, float **out) {
+    *out = malloc(tensor_bytes(t) ? tensor_bytes(t) : 1);
+    if (!*out) return errorf("convert: out of memory (%zu bytes)", tensor_bytes(t));
+    return be->download(be, *out, t);
+}
+
+/* Every student parameter whose name and shape the teacher shares starts as the teacher's. */
+static Status copy_shared_params(Model *student, Model *teacher) {
+    Backend *be = student->be;
+    for (int i = 0; i < student->n_params; i++) {
+        Param *p = &student->params[i];
+        Param *q = model_find_param(teacher, p->name);
+        if (!q || q->value->ndim != p->value->ndim || tensor_numel(*q->value) != tensor_numel(*p->value)) continue;
+        float *host = NULL;
+        Status st = download_new(be, *q->value, &host);
+        if (st == STATUS_OK) st = be->upload(be, *p->value, host);
+        free(host);
+        TRY(st);
+    }
+    return STATUS_OK;
+}
+
+/* Pair importance from weights: per pair, sum over query heads of ||W_q pair rows|| x ||W_k pair rows||
+ * of the head's group. */
+static Status importance_from_weights(Backend *be, const ModelConfig *c, const LayerWeights *w, double *imp) {
+    int64_t D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads, hd = c->head_dim, half = hd / 2;
+    float *wq = NULL, *wk = NULL;
+    Status st = download_new(be, w->q_proj, &wq);
+    if (st == STATUS_OK) st = download_new(be, w->k_proj, &wk);
+    for (int64_t i = 0; st == STATUS_OK && i < half; i++) {
+        imp[i] = 0;
+        for (int64_t h = 0; h < H; h++) {
+            int64_t g = h / (H / K);
+            double nq = 0, nk = 0;
+            for (int64_t d = 0; d < D; d++) {
+                double a = wq[(h * hd + i) * D + d], b = wq[(h * hd + half + i) * D + d];
+                double e = wk[(g * hd + i) * D + d], f = wk[(g * hd + half + i) * D + d];
+                nq += a * a + b * b;
+                nk += e * e + f * f;
+            }
+            imp[i] += sqrt(nq) * sqrt(nk);
+        }
+    }
+    free(wq);
+    free(wk);
+    return st;
+}
+
+/* Pair importance from activations: per pair, sum over query heads of mean |q pair| x mean |k pair|
+ * of the head's group (MHA2MLA), q and k as the layer computes them on calibration tokens. */
+static Status importance_from_activations(Backend *be, const ModelConfig *c, const LayerCache *cache, int64_t N,
+                                          double *imp) {
+    int64_t H = c->num_attention_heads, K = c->num_key_value_heads, hd = c->head_dim, half = hd / 2;
+    float *q = NULL, *k = NULL;
+    double *mq = calloc((size_t)(H * half), sizeof(double)), *mk = calloc((size_t)(K * half), sizeof(double));
+    Status st = mq && mk ? STATUS_OK : errorf("convert: out of memory");
+    if (st == STATUS_OK) st = download_new(be, cache->q, &q);
+    if (st == STATUS_OK) st = download_new(be, cache->k, &k);
+    for (int64_t n = 0; st == STATUS_OK && n < N; n++) {
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < half; i++)
+                mq[h * half + i] += hypot(q[(n * H + h) * hd + i], q[(n * H + h) * hd + half + i]);
+        for (int64_t g = 0; g < K; g++)
+            for (int64_t i = 0; i < half; i++)
+                mk[g * half + i] += hypot(k[(n * K + g) * hd + i], k[(n * K + g) * hd + half + i]);
+    }
+    for (int64_t i = 0; st == STATUS_OK && i < half; i++) {
+        imp[i] = 0;
+        for (int64_t h = 0; h < H; h++) imp[i] += (mq[h * half + i] / (double)N) * (mk[(h / (H / K)) * half + i] / (double)N);
+    }
+    free(q);
+    free(k);
+    free(mq);
+    free(mk);
+    return st;
+}
+
+typedef struct {
+    Model *teacher;
+    ForwardState *tst;
+    Tensor ids;
+    int layer;          /* the next layer to run; -1 before the embedding */
+} TeacherStream;
+
+/* Runs the teacher's embedding and layers < `layer`'s attention, so the reused cache holds layer
+ * `layer`'s input x, normed input a, q, k and its attention output h - x. */
+static Status stream_begin(TeacherStream *s, Model *teacher, const int32_t *ids, int64_t B, int64_t T) {
+    memset(s, 0, sizeof *s);
+    s->teacher = teacher;
+    Backend *be = teacher->be;
+    int64_t N = B * T;
+    TRY(forward_state_create(&s->tst, teacher, B, T, 0));
+    TRY(be->alloc(be, &s->ids, DT_I32, 1, &N));
+    TRY(be->upload(be, s->ids, ids));
+    TRY(be->ops.embedding_forward(be, s->tst->caches[0].x, s->ids, teacher->embed));
+    return STATUS_OK;
+}
+
+static Status stream_attention(TeacherStream *s, int l) {
+    return gqa_attention_forward(s->teacher, s->tst, l, &s->tst->caches[0]);
+}
+
+static Status stream_mlp(TeacherStream *s, int l) {
+    LayerCache *c = &s->tst->caches[0];
+    return mlp_forward(s->teacher, s->tst, l, c, c->x);
+}
+
+static void stream_end(TeacherStream *s) {
+    if (s->ids.data) s->teacher->be->release(s->teacher->be, &s->ids);
+    forward_state_destroy(s->tst);
+}
+
+/* Calibration rows through a weight on the backend: out [N, rows] = a [N, D] w^T, to the host. */
+static Status project_calibration(Backend *be, Tensor a, Tensor w, float **out) {
+    Tensor t;
+    TRY(be->alloc(be, &t, DT_F32, 2, (int64_t[]){a.shape[0], w.shape[0]}));
+    Status st = be->ops.linear_forward(be, t, a, w, tensor_none());
+    if (st == STATUS_OK) st = download_new(be, t, out);
+    be->release(be, &t);
+    return st;
+}
+
+/* ||(h_s - x) - (h_t - x)|| / ||h_t - x||: the attention outputs, the residual input cancelled. */
+static Status attention_error(Backend *be, Tensor x, Tensor h_teacher, Tensor h_student, double *err) {
+    float *x_ = NULL, *ht = NULL, *hs = NULL;
+    Status st = download_new(be, x, &x_);
+    if (st == STATUS_OK) st = download_new(be, h_teacher, &ht);
+    if (st == STATUS_OK) st = download_new(be, h_student, &hs);
+    if (st == STATUS_OK) {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < tensor_numel(x); i++) {
+            double ot = (double)ht[i] - x_[i], os = (double)hs[i] - x_[i];
+            num += (os - ot) * (os - ot);
+            den += ot * ot;
+        }
+        *err = den > 0 ? sqrt(num / den) : sqrt(num);
+    }
+    free(x_);
+    free(ht);
+    free(hs);
+    return st;
+}
+
+typedef struct {
+    MlaWeights w;
+    float *buffers[7];
+} HostMla;
+
+static void host_mla_free(HostMla *h) {
+    for (int i = 0; i < 7; i++) free(h->buffers[i]);
+}
+
+static Status host_mla_alloc(HostMla *h, const ModelConfig *sc) {
+    memset(h, 0, sizeof *h);
+    const MlaDims *a = &sc->mla;
+    int64_t D = sc->hidden_size, H = sc->num_attention_heads;
+    MlaWeights *w = &h->w;
+    *w = (MlaWeights){.D = D, .H = H, .r = a->kv_lora_rank, .dn = a->qk_nope_head_dim, .dr = a->qk_rope_head_dim,
+                      .dv = a->v_head_dim};
+    int64_t sizes[7] = {H * (w->dn + w->dr) * D, w->r * D, w->dr * D, H * w->dn * w->r + 1, H * w->dv * w->r,
+                        D * H * w->dv, w->dr / 2};
+    for (int i = 0; i < 7; i++) {
+        h->buffers[i] = calloc((size_t)sizes[i], sizeof(float));
+        if (!h->buffers[i]) return errorf("convert: out of memory");
+    }
+    w->q = h->buffers[0];
+    w->latent = h->buffers[1];
+    w->rope_key = h->buffers[2];
+    w->up_k = h->buffers[3];
+    w->up_v = h->buffers[4];
+    w->o = h->buffers[5];
+    w->inv_freq = h->buffers[6];
+    return STATUS_OK;
+}
+
+/* Moves a converted layer into the student, fitting the norms that follow the latent and the q
+ * bottleneck to the calibration rows a [N, D] (the layer's normed input). */
+static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
+    Backend *be = student->be;
+    LayerWeights *w = &student->layers[l];
+    const MlaDims *d = &student->cfg.mla;
+    const MlaWeights *m = &h->w;
+    int64_t N = a.shape[0];
+    TRY(be->upload(be, w->kv_a_latent, m->latent));
+    TRY(be->upload(be, w->kv_a_rope, m->rope_key));
+    if (d->qk_nope_head_dim > 0) TRY(be->upload(be, w->kv_b_k, m->up_k));
+    TRY(be->upload(be, w->kv_b_v, m->up_v));
+    TRY(be->upload(be, w->o_proj, m->o));
+    TRY(model_set_mla_rope(student, l, m->inv_freq));
+    Status st = STATUS_OK;
+    float *c = NULL, *g = NULL, *qa = NULL, *qb = NULL;
+    if (d->latent_norm) {
+        g = malloc((size_t)d->kv_lora_rank * sizeof(float));
+        if (!g) return errorf("convert: out of memory");
+        st = project_calibration(be, a, w->kv_a_latent, &c);
+        if (st == STATUS_OK) st = latent_norm_scales(c, N, d->kv_lora_rank, MLA_LATENT_NORM_EPS, g);
+        if (st == STATUS_OK) st = be->upload(be, w->kv_a_norm, g);
+        free(c);
+        free(g);
+        c = g = NULL;
+        TRY(st);
+    }
+    if (d->q_lora_rank == 0) return be->upload(be, w->q_proj, m->q);
+    int64_t rows = m->H * (m->dn + m->dr), k = d->q_lora_rank;
+    qa = malloc((size_t)(k * m->D) * sizeof(float));
+    qb = malloc((size_t)(rows * k) * sizeof(float));
+    g = malloc((size_t)k * sizeof(float));
+    st = qa && qb && g ? STATUS_OK : errorf("convert: out of memory");
+    if (st == STATUS_OK) st = factor_low_rank(m->q, rows, m->D, k, qa, qb);
+    if (st == STATUS_OK) st = be->upload(be, w->q_a_proj, qa);
+    if (st == STATUS_OK) st = be->upload(be, w->q_b_proj, qb);
+    if (st == STATUS_OK) st = project_calibration(be, a, w->q_a_proj, &c);
+    if (st == STATUS_OK) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
+    if (st == STATUS_OK) st = be->upload(be, w->q_a_norm, g);
+    free(c);
+    free(qa);
+    free(qb);
+    free(g);
+    return st;
+}
+
+static Status convert_layer(Model *student, Model *teacher, int l, const ConvertOptions *o, const float *teacher_inv_freq,
+                            const int *pairs, Tensor a, LayerReport *rep) {
+    Backend *be = teacher->be;
+    const ModelConfig *tc = &teacher->cfg;
+    const LayerWeights *tw = &teacher->layers[l];
+    float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL;
+    HostMla h;
+    Status st = host_mla_alloc(&h, &student->cfg);
+    if (st == STATUS_OK) st = download_new(be, tw->q_proj, &wq);
+    if (st == STATUS_OK) st = download_new(be, tw->k_proj, &wk);
+    if (st == STATUS_OK) st = download_new(be, tw->v_proj, &wv);
+    if (st == STATUS_OK) st = download_new(be, tw->o_proj, &wo);
+    GqaWeights g = {tc->hidden_size, tc->num_attention_heads, tc->num_key_value_heads, tc->head_dim, wq, wk, wv, wo};
+    int P = (int)(student->cfg.mla.qk_rope_head_dim / 2);
+    if (st == STATUS_OK && o->init == MLA_INIT_EXACT) {
+        st = mla_weights_exact(&g, teacher_inv_freq, &h.w);
+        rep->kept_energy = 1.0;
+        rep->n_rope_pairs = P < MODEL_MAX_LAYERS ? P : MODEL_MAX_LAYERS;
+        for (int j = 0; j < rep->n_rope_pairs; j++) rep->rope_pairs[j] = (int)(j % (tc->head_dim / 2));
+    } else if (st == STATUS_OK) {
+        st = mla_weights_from_svd(&g, teacher_inv_freq, pairs, P, o->seed + (uint64_t)l * 1000003u, &h.w,
+                                  &rep->kept_energy);
+        rep->n_rope_pairs = P;
+        memcpy(rep->rope_pairs, pairs, (size_t)P * sizeof(int));
+    }
+    if (st == STATUS_OK) st = install_layer(student, l, &h, a);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wo);
+    host_mla_free(&h);
+    if (st != STATUS_OK) return error_context("convert layer %d: ", l);
+    return STATUS_OK;
+}
+
+/* Random calibration tokens when no data is given. */
+static int32_t *random_ids(const ConvertOptions *o, int64_t vocab, int64_t N) {
+    int32_t *ids = malloc((size_t)N * sizeof(int32_t));
+    if (ids)
+        for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)rng_below(o->seed, 77, (uint64_t)i, (uint64_t)vocab);
+    return ids;
+}
+
+typedef struct {
+    ModelConfig sc;
+    int (*pairs)[MODEL_MAX_LAYERS];   /* [L][MODEL_MAX_LAYERS] */
+    float *teacher_inv_freq;
+    int32_t *own_ids;
+    TeacherStream ts;
+    ForwardState *sst;
+} ConvertWork;
+
+static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const ConvertOptions *o, ConvertReport *rep,
+                          const int32_t *ids) {
+    Backend *be = teacher->be;
+    const ModelConfig *tc = &teacher->cfg;
+    int L = (int)tc->num_hidden_layers;
+    int64_t hd = tc->head_dim, B = o->n_calib_seqs, T = o->calib_seq, N = B * T;
+    TRY(student_config(tc, o, &wk->sc));
+    ModelConfig *sc = &wk->sc;
+    wk->teacher_inv_freq = malloc((size_t)(hd / 2) * sizeof(float));
+    wk->pairs = calloc((size_t)L, sizeof *wk->pairs);
+    if (!wk->teacher_inv_freq || !wk->pairs) return errorf("convert: out of memory");
+    TRY(rope_inv_freq(&tc->rope, (int)hd, wk->teacher_inv_freq));
+
+    /* Which RoPE pairs each MLA layer keeps. */
+    int P = (int)(sc->mla.qk_rope_head_dim / 2);
+    if (o->init == MLA_INIT_SVD) {
+        double *imp = calloc((size_t)(hd / 2), sizeof(double));
+        if (!imp) return errorf("convert: out of memory");
+        Status st = STATUS_OK;
+        int from_acts = o->rope_select == ROPE_SELECT_NORM && o->calib_from_data;
+        if (from_acts) st = stream_begin(&wk->ts, teacher, ids, B, T);
+        for (int l = 0; st == STATUS_OK && l < L; l++) {
+            if (from_acts) st = stream_attention(&wk->ts, l);
+            if (st == STATUS_OK && sc->layer_attention[l] == ATTENTION_MLA && o->rope_select == ROPE_SELECT_NORM)
+                st = from_acts ? importance_from_activations(be, tc, &wk->ts.tst->caches[0], N, imp)
+                               : importance_from_weights(be, tc, &teacher->layers[l], imp);
+            if (st == STATUS_OK && sc->layer_attention[l] == ATTENTION_MLA)
+                st = rope_select_pairs(o->rope_select, (int)hd, P * 2, imp, wk->pairs[l]);
+            if (st == STATUS_OK && from_acts) st = stream_mlp(&wk->ts, l);
+            if (st != STATUS_OK) error_context("layer %d: ", l);
+        }
+        if (from_acts) stream_end(&wk->ts);
+        memset(&wk->ts, 0, sizeof wk->ts);
+        free(imp);
+        TRY(st);
+    }
+
+    /* Ranks by energy: the largest any layer needs, since DeepSeek's config has one kv_lora_rank. */
+    if (o->init == MLA_INIT_SVD && o->energy > 0) {
+        int64_t rows = tc->num_key_value_heads * (2 * hd - 2 * P), k = rows < tc->hidden_size ? rows : tc->hidden_size;
+        double *sigma = malloc((size_t)k * sizeof(double));
+        if (!sigma) return errorf("convert: out of memory");
+        int64_t r_max = 8;
+        for (int l = 0; l < L; l++) {
+            if (sc->layer_attention[l] != ATTENTION_MLA) continue;
+            float *wk_ = NULL, *wv_ = NULL;
+            Status st = download_new(be, teacher->layers[l].k_proj, &wk_);
+            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].v_proj, &wv_);
+            GqaWeights g = {tc->hidden_size, tc->num_attention_heads, tc->num_key_value_heads, hd, NULL, wk_, wv_, NULL};
+            int64_t count = 0;
+            if (st == STATUS_OK) st = latent_spectrum(&g, wk->pairs[l], P, sigma, &count);
+            free(wk_);
+            free(wv_);
+            if (st != STATUS_OK) {
+                free(sigma);
+                return error_context("layer %d spectrum: ", l);
+            }
+            rep->layers[l].rank_chosen = rank_for_energy(sigma, count, o->energy);
+            if (rep->layers[l].rank_chosen > r_max) r_max = rep->layers[l].rank_chosen;
+        }
+        free(sigma);
+        sc->mla.kv_lora_rank = r_max;
+    }
+
+    Model *student = NULL;
+    TRY(model_create(&student, be, sc, teacher->max_seq));
+    *out = student;
+    TRY(model_init_random(student, o->seed, 0.02f));
+    TRY(copy_shared_params(student, teacher));
+
+    /* The conversion pass: each layer converted from the teacher's weights, its norms fitted and
+     * its error measured on the teacher's own input to that layer. */
+    TRY(stream_begin(&wk->ts, teacher, ids, B, T));
+    TRY(forward_state_create(&wk->sst, student, B, T, 0));
+    LayerCache *tcache = &wk->ts.tst->caches[0], *scache = &wk->sst->caches[0];
+    for (int l = 0; l < L; l++) {
+        LayerReport *lr = &rep->layers[l];
+        lr->kind = sc->layer_attention[l];
+        TRY(stream_attention(&wk->ts, l));
+        if (lr->kind == ATTENTION_MLA) {
+            if (o->init != MLA_INIT_RANDOM)
+                TRY(convert_layer(student, teacher, l, o, wk->teacher_inv_freq, wk->pairs[l], tcache->a, lr));
+            TRY(be->zero(be, scache->x));
+            TRY(be->ops.accumulate(be, scache->x, tcache->x));
+            if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
+            TRY(attention_error(be, tcache->x, tcache->h, scache->h, &lr->attn_rel_error));
+            if (o->init == MLA_INIT_RANDOM) lr->kept_energy = 0;
+        } else {
+            lr->kept_energy = 1.0;
+            lr->attn_rel_error = 0.0;
+        }
+        TRY(stream_mlp(&wk->ts, l));
+    }
+
+    rep->n_layers = L;
+    rep->dims = sc->mla;
+    rep->calib_tokens = N;
+    rep->kv_bytes_teacher = rep->kv_bytes_student = 0;
+    for (int l = 0; l < L; l++) {
+        rep->kv_bytes_teacher += 2 * model_config_kv_values_per_token(tc, l);
+        rep->kv_bytes_student += 2 * model_config_kv_values_per_token(sc, l);
+    }
+    static const char *const inits[] = {"svd", "exact", "random"};
+    static const char *const selects[] = {"high", "low", "uniform", "norm"};
+    snprintf(rep->method, sizeof rep->method, "%s%s%s", inits[o->init], o->init == MLA_INIT_SVD ? ", rope_select " : "",
+             o->init == MLA_INIT_SVD ? selects[o->rope_select] : "");
+    return STATUS_OK;
+}
+
+Status mla_convert(Model **out, Model *teacher, const ConvertOptions *o, ConvertReport *rep) {
+    *out = NULL;
+    memset(rep, 0, sizeof *rep);
+    if (o->n_calib_seqs < 1 || o->calib_seq < 1)
+        return errorf("convert: calibration needs at least one sequence of one token (got %lld x %lld)",
+                      (long long)o->n_calib_seqs, (long long)o->calib_seq);
+    ConvertWork wk;
+    memset(&wk, 0, sizeof wk);
+    const int32_t *ids = o->calib_ids;
+    if (!ids) {
+        wk.own_ids = random_ids(o, teacher->cfg.vocab_size, o->n_calib_seqs * o->calib_seq);
+        if (!wk.own_ids) return errorf("convert: out of memory");
+        ids = wk.own_ids;
+    }
+    Model *student = NULL;
+    Status st = run_convert(&wk, &student, teacher, o, rep, ids);
+    stream_end(&wk.ts);
+    forward_state_destroy(wk.sst);
+    free(wk.pairs);
+    free(wk.teacher_inv_freq);
+    free(wk.own_ids);
+    if (st != STATUS_OK) {
+        model_destroy(student);
+        return STATUS_ERROR;
+    }
+    *out = student;
+    return STATUS_OK;
+}

@@ -1,0 +1,71 @@
+/* GQA -> MLA conversion: builds a DeepSeek-V2-style student from a pretrained GQA teacher (joint
+ * SVD as X-EcoMLA, partial-RoPE selection as MHA2MLA, the lossless form as TransMLA) and reports
+ * what each layer kept. */
+#pragma once
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model/model.h"
+
+typedef enum {
+    MLA_INIT_SVD = 0,   /* joint SVD of [W_K_nope ; W_V] over the query heads (X-EcoMLA) */
+    MLA_INIT_EXACT,     /* GQA written as MLA with no loss: keys in the shared rope part, latent = V */
+    MLA_INIT_RANDOM,    /* attention from scratch; embeddings, norms and MLPs from the teacher */
+} MlaInit;
+
+typedef enum {
+    ROPE_SELECT_HIGH = 0,   /* the dr/2 fastest-rotating pairs */
+    ROPE_SELECT_LOW,        /* the dr/2 slowest */
+    ROPE_SELECT_UNIFORM,    /* every (hd/dr)-th pair from the fastest */
+    ROPE_SELECT_NORM,       /* the pairs carrying most of |q| x |k| (MHA2MLA's 2-norm criterion) */
+} RopeSelect;
+
+typedef struct {
+    MlaInit init;
+    RopeSelect rope_select;
+    MlaDims dims;               /* r, q_lora, dn, dr, dv, latent_norm; exact sets its own (see .c) */
+    double energy;              /* > 0: each layer's rank is the smallest keeping this share of the
+                                   spectrum, rounded up to 8; the student uses the largest */
+    int gqa_layers[MODEL_MAX_LAYERS];   /* layers that keep the teacher's GQA attention */
+    int n_gqa_layers;
+    int drop_biases;            /* a teacher with q/k/v biases: drop them (else refused) */
+    uint64_t seed;              /* random init, padding rows */
+    /* Calibration tokens (i32 host array, n_calib_seqs x calib_seq): pair norms for rope_select =
+     * norm when from_data, the latent-norm scales, and the report. */
+    const int32_t *calib_ids;
+    int64_t n_calib_seqs, calib_seq;
+    int calib_from_data;        /* tokens are real text; otherwise norm selection uses weight norms */
+} ConvertOptions;
+
+typedef struct {
+    AttentionKind kind;
+    int64_t rank_chosen;        /* by energy, before taking the largest over layers */
+    double kept_energy;         /* sum of kept sigma^2 / total, at the rank used */
+    double attn_rel_error;      /* ||o_student - o_teacher|| / ||o_teacher|| on the calibration tokens,
+                                   each layer fed the teacher's own input */
+    int rope_pairs[MODEL_MAX_LAYERS];  /* teacher pair index behind each student rope pair */
+    int n_rope_pairs;
+} LayerReport;
+
+typedef struct {
+    int n_layers;
+    LayerReport layers[MODEL_MAX_LAYERS];
+    MlaDims dims;                       /* what the student got */
+    int64_t kv_bytes_teacher;           /* per token, all layers, bf16 */
+    int64_t kv_bytes_student;
+    int64_t calib_tokens;
+    char method[64];
+} ConvertReport;
+
+/* Builds the student on the teacher's backend. The teacher is read, not changed. */
+Status mla_convert(Model **student, Model *teacher, const ConvertOptions *opts, ConvertReport *report);
+
+/* The per-layer table and the totals, human-readable. */
+void convert_report_print(const ConvertReport *r, FILE *out);
+/* The report as JSON, written atomically. */
+Status convert_report_write_json(const ConvertReport *r, const char *path);
+
+/* The teacher pair indices (P = dr/2 of them, ascending) a selection keeps, from hd/2 pairs.
+ * importance[i] (hd/2 values) is read by ROPE_SELECT_NORM only. */
+Status rope_select_pairs(RopeSelect how, int head_dim, int rope_dim, const double *importance, int *pairs);

@@ -1,0 +1,44 @@
+/* The SVD and the small float64 products the conversion needs. OpenBLAS's LAPACK is pinned to one
+ * thread for the call: its blocked routines otherwise change the bits with the thread count. */
+#include "model/linalg.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
+    int64_t k = m < n ? m : n;
+    if (m < 1 || n < 1) return errorf("svd: empty matrix [%lld, %lld]", (long long)m, (long long)n);
+    if (m > INT32_MAX || n > INT32_MAX) return errorf("svd: matrix [%lld, %lld] too large for LAPACK", (long long)m, (long long)n);
+    for (int64_t i = 0; i < m * n; i++)
+        if (!isfinite(A[i])) return errorf("svd: the matrix holds a NaN or Inf (element %lld)", (long long)i);
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
+                                     (lapack_int)k, VT, (lapack_int)n);
+    openblas_set_num_threads(saved);
+    if (info != 0)
+        return errorf("svd: LAPACK dgesdd failed on a [%lld, %lld] matrix (info %d%s)", (long long)m, (long long)n,
+                      (int)info, info > 0 ? ": did not converge" : "");
+    /* Fix each singular vector pair's sign. */
+    for (int64_t j = 0; j < k; j++) {
+        int64_t arg = 0;
+        for (int64_t i = 1; i < m; i++)
+            if (fabs(U[i * k + j]) > fabs(U[arg * k + j])) arg = i;
+        if (U[arg * k + j] < 0) {
+            for (int64_t i = 0; i < m; i++) U[i * k + j] = -U[i * k + j];
+            for (int64_t i = 0; i < n; i++) VT[j * n + i] = -VT[j * n + i];
+        }
+    }
+    return STATUS_OK;
+}
+
+void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n) {
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0, A, (int)k, B, (int)n, 0.0, C,
+                (int)n);
+    openblas_set_num_threads(saved);
+}

@@ -1,0 +1,15 @@
+/* Dense linear algebra for the conversion, in float64 on the host: the thin SVD (LAPACK's
+ * divide-and-conquer dgesdd), run single-threaded so the result does not depend on thread count. */
+#pragma once
+
+#include <stdint.h>
+
+#include "core/status.h"
+
+/* A [m, n] row-major (destroyed) = U [m, k] diag(S [k]) VT [k, n], k = min(m, n), singular values
+ * descending. Signs are made deterministic: the largest-magnitude entry of each column of U is
+ * positive. */
+Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT);
+
+/* C [m, n] = A [m, k] B [k, n], all row-major float64 (single-threaded, fixed order). */
+void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
