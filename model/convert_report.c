@@ -1,12 +1,11 @@
 /* The conversion report: per layer the rank, the kept share of the spectrum and the attention
  * output error on calibration tokens; the KV-cache bytes per token of teacher and student. */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "core/file_io.h"
 #include "model/convert.h"
 
 void convert_report_print(const ConvertReport *r, FILE *out) {
@@ -66,22 +65,7 @@ Status convert_report_write_json(const ConvertReport *r, const char *path) {
     char *text = root ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text) return errorf("%s: out of memory formatting the report", path);
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        free(text);
-        return errorf("%s: cannot write: %s", tmp, strerror(errno));
-    }
-    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    ok = fflush(f) == 0 && ok;
-    ok = fsync(fileno(f)) == 0 && ok;
-    ok = fclose(f) == 0 && ok;
+    Status st = file_write_atomic(path, text, strlen(text));
     free(text);
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return errorf("%s: cannot write: %s", path, strerror(e));
-    }
-    return STATUS_OK;
+    return st;
 }

@@ -2,6 +2,8 @@
  * students read into a ModelConfig, students written back out as DeepSeek-V2 (or GQA models). */
 #include "model/hf_config.h"
 
+#include "core/file_io.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -735,49 +737,20 @@ Status hf_config_gqa_json(const ModelConfig *cfg, cJSON **out) {
     return finish(&b, out);
 }
 
-static Status write_all(int fd, const char *data, size_t len, const char *name) {
-    for (size_t done = 0; done < len;) {
-        ssize_t n = write(fd, data + done, len - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return errorf("%s: write failed: %s", name, n < 0 ? strerror(errno) : "no progress");
-        done += (size_t)n;
-    }
-    return STATUS_OK;
-}
-
-/* Temporary file in the same folder (so rename is atomic), fsync, rename, then fsync the folder so
- * the rename itself survives a crash. The temporary file is removed on any error. */
+/* The JSON text, pretty-printed with a final newline, replacing path whole (core/file_io.h). */
 static Status write_json_atomic(const cJSON *json, const char *path) {
     char *text = cJSON_Print(json);
-    size_t tmp_size = strlen(path) + 16;
-    char *tmp = malloc(tmp_size);
-    int fd = -1;
-    Status st = text && tmp ? STATUS_OK : errorf("%s: out of memory", path);
+    if (!text) return errorf("%s: out of memory", path);
+    size_t n = strlen(text);
+    char *with_newline = malloc(n + 2);
+    Status st = with_newline ? STATUS_OK : errorf("%s: out of memory", path);
     if (st == STATUS_OK) {
-        snprintf(tmp, tmp_size, "%s.tmp.XXXXXX", path);
-        fd = mkstemp(tmp);
-        if (fd < 0) st = errorf("%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+        memcpy(with_newline, text, n);
+        with_newline[n] = '\n';
+        st = file_write_atomic(path, with_newline, n + 1);
     }
-    if (fd >= 0) {
-        st = write_all(fd, text, strlen(text), tmp);
-        if (st == STATUS_OK) st = write_all(fd, "\n", 1, tmp);
-        /* mkstemp creates the file readable by its owner only; a config.json is for everyone. */
-        if (st == STATUS_OK && fchmod(fd, 0644) != 0) st = errorf("%s: chmod failed: %s", tmp, strerror(errno));
-        if (st == STATUS_OK && fsync(fd) != 0) st = errorf("%s: fsync failed: %s", tmp, strerror(errno));
-        if (close(fd) != 0 && st == STATUS_OK) st = errorf("%s: close failed: %s", tmp, strerror(errno));
-        if (st == STATUS_OK && rename(tmp, path) != 0)
-            st = errorf("%s: rename from %s failed: %s", path, tmp, strerror(errno));
-        if (st != STATUS_OK) unlink(tmp);
-    }
-    if (st == STATUS_OK) { /* best effort: some filesystems refuse fsync on a folder */
-        const char *slash = strrchr(path, '/');
-        char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-        int dfd = dir ? open(dir, O_RDONLY) : -1;
-        if (dfd >= 0) (void)fsync(dfd), close(dfd);
-        free(dir);
-    }
+    free(with_newline);
     cJSON_free(text);
-    free(tmp);
     return st;
 }
 
