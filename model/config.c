@@ -71,7 +71,8 @@ Status model_config_validate(const ModelConfig *cfg) {
         return errorf("num_key_value_heads = %lld does not divide num_attention_heads = %lld",
                       (long long)cfg->num_key_value_heads, (long long)cfg->num_attention_heads);
     TRY(check_positive("head_dim", cfg->head_dim, MODEL_DIM_MAX));
-    if (cfg->head_dim % 2 != 0)
+    /* head_dim shapes GQA layers only; an all-MLA model never rotates it. */
+    if (cfg->head_dim % 2 != 0 && model_config_mla_layers(cfg) < cfg->num_hidden_layers)
         return errorf("head_dim = %lld must be even (RoPE rotates pairs)", (long long)cfg->head_dim);
     TRY(check_positive("max_position_embeddings", cfg->max_position_embeddings, MODEL_POSITIONS_MAX));
     if (!(cfg->rms_norm_eps > 0) || !isfinite(cfg->rms_norm_eps))
