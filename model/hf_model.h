@@ -22,7 +22,10 @@ typedef struct {
 
 /* Writes `m` (a student with MLA layers) to <dir> in DeepSeek-V2's HF layout: config.json,
  * model.safetensors (or shards + index), lm_head written even when tied; atomically per file.
- * Refuses what the format cannot express exactly (see hf_model.c) unless opts allow it. */
+ * Refuses what the format cannot express exactly (see hf_model.c) unless opts allow it.
+ * opts NULL: bf16, one file, no re-basing (a zeroed ExportOptions means f32). <dir> is created
+ * when missing; its config.json is removed first and written last, so a directory with a
+ * config.json holds a complete model (docs/export.md). */
 Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opts);
 
 /* Writes a GQA-only model in its own family's layout (llama/qwen2/mistral): tests and tools. */

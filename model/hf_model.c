@@ -1,0 +1,513 @@
+/* Models in HuggingFace's on-disk layout: which file tensor holds which model tensor, loading a
+ * teacher or an exported student, exporting a student as DeepSeek-V2, saving a GQA model. */
+#include "model/hf_model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/hf_config.h"
+#include "model/safetensors.h"
+
+/*
+ * The file layout. GQA layers, norms, MLPs, the embedding and the head are stored as the model
+ * names them (HF's Llama/Qwen2 names). An MLA layer differs from the model in three tensors:
+ * - kv_a_proj_with_mqa [r + dr, D] is the model's kv_a_latent (W_dkv) over kv_a_rope (W_kr);
+ * - kv_b_proj [H*(dn + dv), r] holds, per head, that head's dn rows of kv_b_k then its dv rows of
+ *   kv_b_v (DeepSeek views it as [H, dn + dv, r] and splits the middle axis);
+ * - rope rows are interleaved: mlatrain rotates the pair (j, dr/2 + j) of a rope slice (HF
+ *   Llama's rotate-half), DeepSeek the pair (2j, 2j + 1) (its q_pe/k_pe view(d/2, 2).transpose),
+ *   so stored row 2j is mlatrain row j and stored row 2j + 1 is mlatrain row dr/2 + j. This
+ *   applies to W_kr and to the last dr rows of each head's dn + dr rows in q_proj / q_b_proj.
+ */
+
+typedef enum {
+    FILE_COPY,     /* one model tensor, row for row */
+    FILE_Q_ROPE,   /* q_proj or q_b_proj of an MLA layer: each head's rope rows interleaved */
+    FILE_KV_A,     /* kv_a_proj_with_mqa: [kv_a_latent ; interleaved kv_a_rope] */
+    FILE_KV_B,     /* kv_b_proj: per head, its kv_b_k rows then its kv_b_v rows */
+} FileTensorKind;
+
+typedef struct {
+    char name[96];
+    FileTensorKind kind;
+    const Tensor *parts[2];   /* the model tensors it is made of; parts[1] only for KV_A and KV_B,
+                                 and KV_B's parts[0] is absent (data NULL) when dn = 0 */
+    int ndim;
+    int64_t shape[2];
+} FileTensor;
+
+typedef struct {
+    FileTensor *tensors;
+    int count;
+    int64_t dn, dr, dv, r;
+} FileLayout;
+
+/* Row `stored` of an interleaved rope slice of width dr holds this row of the rotate-half slice. */
+static int64_t rope_row_from_interleaved(int64_t stored, int64_t dr) {
+    return stored % 2 == 0 ? stored / 2 : dr / 2 + stored / 2;
+}
+
+/* Which part, and which row of it, row `row` of file tensor t holds. */
+static void row_source(const FileLayout *lay, const FileTensor *t, int64_t row, int *part, int64_t *part_row) {
+    int64_t dn = lay->dn, dr = lay->dr, dv = lay->dv;
+    *part = 0;
+    *part_row = row;
+    switch (t->kind) {
+    case FILE_COPY: break;
+    case FILE_Q_ROPE: {
+        int64_t head = row / (dn + dr), i = row % (dn + dr);
+        if (i >= dn) *part_row = head * (dn + dr) + dn + rope_row_from_interleaved(i - dn, dr);
+        break;
+    }
+    case FILE_KV_A:
+        if (row >= lay->r) {
+            *part = 1;
+            *part_row = rope_row_from_interleaved(row - lay->r, dr);
+        }
+        break;
+    case FILE_KV_B: {
+        int64_t head = row / (dn + dv), i = row % (dn + dv);
+        if (i < dn) {
+            *part_row = head * dn + i;
+        } else {
+            *part = 1;
+            *part_row = head * dv + (i - dn);
+        }
+        break;
+    }
+    }
+}
+
+static int64_t file_rows(const FileTensor *t) { return t->shape[0]; }
+static int64_t file_cols(const FileTensor *t) { return t->ndim == 2 ? t->shape[1] : 1; }
+static int64_t file_numel(const FileTensor *t) { return file_rows(t) * file_cols(t); }
+
+/* file <- parts (export) */
+static void gather_rows(const FileLayout *lay, const FileTensor *t, float *const parts[2], float *file) {
+    int64_t cols = file_cols(t);
+    for (int64_t row = 0; row < file_rows(t); row++) {
+        int part;
+        int64_t src;
+        row_source(lay, t, row, &part, &src);
+        memcpy(file + row * cols, parts[part] + src * cols, (size_t)cols * sizeof(float));
+    }
+}
+
+/* parts <- file (load) */
+static void scatter_rows(const FileLayout *lay, const FileTensor *t, const float *file, float *const parts[2]) {
+    int64_t cols = file_cols(t);
+    for (int64_t row = 0; row < file_rows(t); row++) {
+        int part;
+        int64_t dst;
+        row_source(lay, t, row, &part, &dst);
+        memcpy(parts[part] + dst * cols, file + row * cols, (size_t)cols * sizeof(float));
+    }
+}
+
+static void add_file_tensor(FileLayout *lay, const char *name, FileTensorKind kind, const Tensor *a,
+                            const Tensor *b, int64_t rows, int64_t cols) {
+    FileTensor *t = &lay->tensors[lay->count++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->kind = kind;
+    t->parts[0] = a;
+    t->parts[1] = b;
+    t->ndim = cols > 0 ? 2 : 1;
+    t->shape[0] = rows;
+    t->shape[1] = cols;
+}
+
+/* Walks the model's parameter registry, so a tensor the model gains is stored without a change
+ * here. with_tied_head adds lm_head.weight as a copy of the embedding when the two are tied. */
+static Status layout_build(const Model *m, int with_tied_head, FileLayout *lay) {
+    const ModelConfig *c = &m->cfg;
+    memset(lay, 0, sizeof *lay);
+    lay->dn = c->mla.qk_nope_head_dim;
+    lay->dr = c->mla.qk_rope_head_dim;
+    lay->dv = c->mla.v_head_dim;
+    lay->r = c->mla.kv_lora_rank;
+    lay->tensors = calloc((size_t)m->n_params + 1, sizeof *lay->tensors);
+    if (!lay->tensors) return errorf("out of memory for the tensor list");
+    int64_t H = c->num_attention_heads;
+    for (int i = 0; i < m->n_params; i++) {
+        const Param *p = &m->params[i];
+        const Tensor *v = p->value;
+        int64_t cols = v->ndim == 2 ? v->shape[1] : 0;
+        int l;
+        if (sscanf(p->name, "model.layers.%d.", &l) != 1 || l < 0 || l >= c->num_hidden_layers ||
+            c->layer_attention[l] != ATTENTION_MLA) {
+            add_file_tensor(lay, p->name, FILE_COPY, v, NULL, v->shape[0], cols);
+            continue;
+        }
+        const LayerWeights *w = &m->layers[l];
+        char name[96];
+        if (v == &w->kv_a_latent) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
+            add_file_tensor(lay, name, FILE_KV_A, &w->kv_a_latent, &w->kv_a_rope, lay->r + lay->dr, cols);
+        } else if (v == &w->kv_b_v) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.kv_b_proj.weight", l);
+            add_file_tensor(lay, name, FILE_KV_B, &w->kv_b_k, &w->kv_b_v, H * (lay->dn + lay->dv), cols);
+        } else if (v == &w->kv_a_rope || v == &w->kv_b_k) {
+            continue; /* inside the two above */
+        } else if (v == &w->q_proj || v == &w->q_b_proj) {
+            add_file_tensor(lay, p->name, FILE_Q_ROPE, v, NULL, v->shape[0], cols);
+        } else {
+            add_file_tensor(lay, p->name, FILE_COPY, v, NULL, v->shape[0], cols);
+        }
+    }
+    if (with_tied_head && c->tie_word_embeddings)
+        add_file_tensor(lay, "lm_head.weight", FILE_COPY, &m->embed, NULL, c->vocab_size, c->hidden_size);
+    return STATUS_OK;
+}
+
+static const char *shape_str(int ndim, const int64_t *shape, char *buf, size_t n) {
+    return tensor_shape_str(tensor_view(NULL, DT_F32, ndim, shape), buf, n);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* ---- loading ---- */
+
+/* Tensors a file may carry that the model does not read: a tied model's head (checked against the
+ * embedding), and the rotary_emb.inv_freq buffers of older checkpoints (recomputed from the
+ * config). */
+static int ignored_on_load(const ModelConfig *c, const char *name) {
+    if (c->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0) return 1;
+    return ends_with(name, "rotary_emb.inv_freq");
+}
+
+/* Every tensor the layout needs is present with its shape, and nothing else is there: checked
+ * on names and headers before any data is read. */
+static Status check_tensor_names(const SafetensorsSet *s, const FileLayout *lay, const ModelConfig *c,
+                                 const char *dir) {
+    for (int i = 0; i < lay->count; i++) {
+        const FileTensor *t = &lay->tensors[i];
+        const SafetensorsTensor *f = safetensors_find(s, t->name);
+        if (!f)
+            return errorf("%s: tensor '%s' is missing (the %s model of config.json has it)", dir, t->name,
+                          c->model_type);
+        int same = f->ndim == t->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = f->shape[d] == t->shape[d];
+        if (!same) {
+            char got[96], want[96];
+            return errorf("%s: tensor '%s' has shape %s, expected %s from config.json",
+                          safetensors_file_path(s, f->file_index), t->name, shape_str(f->ndim, f->shape, got, sizeof got),
+                          shape_str(t->ndim, t->shape, want, sizeof want));
+        }
+    }
+    for (int64_t i = 0; i < safetensors_count(s); i++) {
+        const SafetensorsTensor *f = safetensors_tensor(s, i);
+        if (ignored_on_load(c, f->name)) continue;
+        int known = 0;
+        for (int k = 0; !known && k < lay->count; k++) known = strcmp(lay->tensors[k].name, f->name) == 0;
+        if (!known)
+            return errorf("%s: tensor '%s' is not part of the %s model that config.json describes",
+                          safetensors_file_path(s, f->file_index), f->name, c->model_type);
+    }
+    return STATUS_OK;
+}
+
+static Status load_tensor(Backend *be, const SafetensorsSet *s, const FileLayout *lay, const FileTensor *t) {
+    int64_t n = file_numel(t);
+    float *file = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    float *parts[2] = {NULL, NULL};
+    Status st = file ? STATUS_OK : errorf("out of memory reading tensor '%s'", t->name);
+    if (st == STATUS_OK) st = safetensors_read_f32(s, t->name, file, t->ndim, t->shape);
+    if (st == STATUS_OK && t->kind == FILE_COPY) {
+        st = be->upload(be, *t->parts[0], file);
+    } else if (st == STATUS_OK) {
+        /* An absent part (kv_b_k when dn = 0) gets no rows; its buffer is never touched. */
+        for (int k = 0; k < 2 && st == STATUS_OK; k++) {
+            int64_t pn = t->parts[k] && tensor_present(*t->parts[k]) ? tensor_numel(*t->parts[k]) : 1;
+            parts[k] = malloc((size_t)pn * sizeof(float));
+            if (!parts[k]) st = errorf("out of memory reading tensor '%s'", t->name);
+        }
+        if (st == STATUS_OK) scatter_rows(lay, t, file, parts);
+        for (int k = 0; k < 2 && st == STATUS_OK; k++)
+            if (t->parts[k] && tensor_present(*t->parts[k])) st = be->upload(be, *t->parts[k], parts[k]);
+    }
+    free(file);
+    free(parts[0]);
+    free(parts[1]);
+    return st;
+}
+
+/* HF omits a tied head; a file that has one anyway must hold the embedding there. */
+static Status check_tied_head(const SafetensorsSet *s, const ModelConfig *c) {
+    const SafetensorsTensor *head = safetensors_find(s, "lm_head.weight");
+    if (!c->tie_word_embeddings || !head) return STATUS_OK;
+    int64_t shape[2] = {c->vocab_size, c->hidden_size}, n = shape[0] * shape[1];
+    float *embed = malloc((size_t)n * sizeof(float)), *lm = malloc((size_t)n * sizeof(float));
+    Status st = embed && lm ? STATUS_OK : errorf("out of memory comparing lm_head.weight with the embedding");
+    if (st == STATUS_OK) st = safetensors_read_f32(s, "model.embed_tokens.weight", embed, 2, shape);
+    if (st == STATUS_OK) st = safetensors_read_f32(s, "lm_head.weight", lm, 2, shape);
+    for (int64_t i = 0; st == STATUS_OK && i < n; i++)
+        if (memcmp(&embed[i], &lm[i], sizeof(float)) != 0)
+            st = errorf("%s: tensor 'lm_head.weight' differs from model.embed_tokens.weight at [%lld, %lld] "
+                        "(%.9g vs %.9g), but config.json has tie_word_embeddings = true",
+                        safetensors_file_path(s, head->file_index), (long long)(i / shape[1]),
+                        (long long)(i % shape[1]), lm[i], embed[i]);
+    free(embed);
+    free(lm);
+    return st;
+}
+
+/* An exported student's rope is what stock loaders compute from its config.json: DeepSeek's
+ * base^(-2i/dr) with the MLA base and the config's scaling, whatever the conversion had chosen. */
+static Status set_config_rope(Model *m) {
+    int dr = (int)m->cfg.mla.qk_rope_head_dim;
+    if (model_config_mla_layers(&m->cfg) == 0) return STATUS_OK;
+    float *inv = malloc((size_t)(dr / 2) * sizeof(float));
+    if (!inv) return errorf("out of memory");
+    RopeConfig rope = m->cfg.rope;
+    rope.theta = model_config_mla_rope_theta(&m->cfg);
+    Status st = rope_inv_freq(&rope, dr, inv);
+    for (int l = 0; l < m->cfg.num_hidden_layers && st == STATUS_OK; l++)
+        if (m->cfg.layer_attention[l] == ATTENTION_MLA) st = model_set_mla_rope(m, l, inv);
+    free(inv);
+    return st;
+}
+
+Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq) {
+    *out = NULL;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return errorf("%s: the path is too long", dir);
+    ModelConfig cfg;
+    TRY(hf_config_read(path, &cfg));
+    Model *m = NULL;
+    if (model_create(&m, be, &cfg, max_seq) != STATUS_OK) return error_context("%s: ", dir);
+
+    SafetensorsSet *s = NULL;
+    FileLayout lay = {0};
+    Status st = set_config_rope(m);
+    if (st == STATUS_OK) st = safetensors_open(&s, dir);
+    if (st == STATUS_OK) st = layout_build(m, 0, &lay);
+    if (st == STATUS_OK) st = check_tensor_names(s, &lay, &cfg, dir);
+    if (st == STATUS_OK) st = check_tied_head(s, &cfg);
+    for (int i = 0; i < lay.count && st == STATUS_OK; i++) st = load_tensor(be, s, &lay, &lay.tensors[i]);
+    free(lay.tensors);
+    safetensors_close(s);
+    if (st != STATUS_OK) {
+        model_destroy(m);
+        return STATUS_ERROR;
+    }
+    *out = m;
+    return STATUS_OK;
+}
+
+/* ---- writing ---- */
+
+/* mkdir -p */
+static Status make_dirs(const char *dir) {
+    if (!*dir) return errorf("the output directory is an empty path");
+    char *path = strdup(dir);
+    if (!path) return errorf("%s: out of memory", dir);
+    Status st = STATUS_OK;
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char at = *p;
+        *p = '\0';
+        struct stat info;
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) st = errorf("%s: cannot create: %s", path, strerror(errno));
+        else if (stat(path, &info) != 0) st = errorf("%s: %s", path, strerror(errno));
+        else if (!S_ISDIR(info.st_mode)) st = errorf("%s: exists and is not a directory", path);
+        *p = at;
+        if (st != STATUS_OK || at == '\0') break;
+    }
+    free(path);
+    return st;
+}
+
+/* config.json marks a complete model: it goes first, so that a crash from here on leaves a
+ * directory that loaders refuse rather than a new config over old weights or the reverse. */
+static Status remove_config(const char *dir, const char *config_path) {
+    if (unlink(config_path) != 0 && errno != ENOENT)
+        return errorf("%s: cannot remove the previous config.json: %s", config_path, strerror(errno));
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) (void)fsync(fd), close(fd); /* best effort: some filesystems refuse fsync on a folder */
+    return STATUS_OK;
+}
+
+typedef struct {
+    SafetensorsEntry *entries;
+    float **buffers;
+    int count;
+} HostTensors;
+
+static void host_tensors_free(HostTensors *h) {
+    for (int i = 0; h->buffers && i < h->count; i++) free(h->buffers[i]);
+    free(h->buffers);
+    free(h->entries);
+    memset(h, 0, sizeof *h);
+}
+
+/* Downloads the model's tensors and lays them out as the file stores them. */
+static Status download_layout(const Model *m, const FileLayout *lay, HostTensors *h) {
+    Backend *be = m->be;
+    h->entries = calloc((size_t)lay->count, sizeof *h->entries);
+    h->buffers = calloc((size_t)lay->count, sizeof *h->buffers);
+    h->count = lay->count;
+    if (!h->entries || !h->buffers) return errorf("out of memory for %d tensors", lay->count);
+    for (int i = 0; i < lay->count; i++) {
+        const FileTensor *t = &lay->tensors[i];
+        int64_t n = file_numel(t);
+        float *file = h->buffers[i] = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+        if (!file) return errorf("out of memory for tensor '%s'", t->name);
+        if (t->kind == FILE_COPY) {
+            TRY(be->download(be, file, *t->parts[0]));
+        } else {
+            float *parts[2] = {NULL, NULL};
+            Status st = STATUS_OK;
+            for (int k = 0; k < 2 && st == STATUS_OK; k++) {
+                if (!t->parts[k] || !tensor_present(*t->parts[k])) continue;
+                parts[k] = malloc((size_t)tensor_numel(*t->parts[k]) * sizeof(float));
+                if (!parts[k]) st = errorf("out of memory for tensor '%s'", t->name);
+                else st = be->download(be, parts[k], *t->parts[k]);
+            }
+            if (st == STATUS_OK) gather_rows(lay, t, parts, file);
+            free(parts[0]);
+            free(parts[1]);
+            TRY(st);
+        }
+        SafetensorsEntry *e = &h->entries[i];
+        e->name = t->name;
+        e->ndim = t->ndim;
+        e->shape[0] = t->shape[0];
+        e->shape[1] = t->shape[1];
+        e->data = file;
+    }
+    return STATUS_OK;
+}
+
+typedef Status (*ConfigWriter)(const ModelConfig *cfg, const char *path);
+
+/* Weights first, config.json last (see remove_config); each file is written atomically. */
+static Status write_model_dir(const Model *m, const ModelConfig *cfg, const char *dir, int with_tied_head,
+                              DType dtype, size_t max_shard_bytes, ConfigWriter write_config) {
+    if (dtype != DT_F32 && dtype != DT_BF16 && dtype != DT_F16)
+        return errorf("%s: dtype %s cannot be written (f32, bf16 or f16)", dir, dtype_name(dtype));
+    char config_path[4096];
+    if (snprintf(config_path, sizeof config_path, "%s/config.json", dir) >= (int)sizeof config_path)
+        return errorf("%s: the path is too long", dir);
+    FileLayout lay;
+    HostTensors host = {0};
+    Status st = layout_build(m, with_tied_head, &lay);
+    if (st != STATUS_OK) st = error_context("%s: ", dir);
+    if (st == STATUS_OK && download_layout(m, &lay, &host) != STATUS_OK) st = error_context("%s: ", dir);
+    if (st == STATUS_OK) st = make_dirs(dir);
+    if (st == STATUS_OK) st = remove_config(dir, config_path);
+    if (st == STATUS_OK) st = safetensors_write_model(dir, host.entries, host.count, dtype, max_shard_bytes);
+    if (st == STATUS_OK) st = write_config(cfg, config_path);
+    host_tensors_free(&host);
+    free(lay.tensors);
+    return st;
+}
+
+/* ---- export ---- */
+
+/* The first pair (or -1) where MLA layer l's frequencies differ from DeepSeek's base^(-2i/dr)
+ * with the config's scaling by more than float32 rounding. */
+static Status rope_mismatch(const Model *m, int l, double theta, int *pair) {
+    int pairs = (int)(m->cfg.mla.qk_rope_head_dim / 2);
+    float *want = malloc((size_t)pairs * sizeof(float));
+    *pair = -1;
+    if (!want) return errorf("out of memory");
+    RopeConfig rope = m->cfg.rope;
+    rope.theta = theta;
+    Status st = rope_inv_freq(&rope, (int)m->cfg.mla.qk_rope_head_dim, want);
+    const float *have = m->mla_inv_freq + (size_t)l * (size_t)pairs;
+    for (int i = 0; st == STATUS_OK && i < pairs && *pair < 0; i++)
+        if (!(fabs((double)have[i] - (double)want[i]) <= 1e-6 * fabs((double)want[i]))) *pair = i;
+    free(want);
+    return st;
+}
+
+/* The rope_theta to export. DeepSeek loaders compute the rope key's frequencies as
+ * theta^(-2i/dr); the student's are the teacher's theta^(-2i/hd) for the pairs conversion kept.
+ * Two bases express common selections exactly: the student's MLA base (DeepSeek's default,
+ * 'uniform' selection: every hd/dr-th pair) and theta^(dr/hd) ('high': the first dr/2 pairs).
+ * Llama 3 scaling depends only on each frequency's wavelength, so it carries over to either. */
+static Status export_rope_theta(const Model *m, const char *dir, int allow_rebase, double *theta_out) {
+    const ModelConfig *c = &m->cfg;
+    long long dr = (long long)c->mla.qk_rope_head_dim, hd = (long long)c->head_dim;
+    double candidates[2] = {model_config_mla_rope_theta(c), pow(c->rope.theta, (double)dr / (double)hd)};
+    /* Per layer, the first base that fits it (-1: neither); and the first layer each base fails. */
+    int fits[2] = {1, 1}, unfit_layer = -1, unfit_pair = -1, first_fit[2] = {-1, -1};
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        if (c->layer_attention[l] != ATTENTION_MLA) continue;
+        int layer_fits = 0, pair0 = -1;
+        for (int k = 0; k < 2; k++) {
+            int pair;
+            TRY(rope_mismatch(m, l, candidates[k], &pair));
+            if (pair >= 0) fits[k] = 0;
+            else if (first_fit[k] < 0) first_fit[k] = l;
+            layer_fits |= pair < 0;
+            if (k == 0) pair0 = pair;
+        }
+        if (!layer_fits && unfit_layer < 0) unfit_layer = l, unfit_pair = pair0;
+    }
+    for (int k = 0; k < 2; k++)
+        if (fits[k]) {
+            *theta_out = candidates[k];
+            return STATUS_OK;
+        }
+    char why[512];
+    int pairs = (int)(dr / 2);
+    if (unfit_layer >= 0)
+        snprintf(why, sizeof why, "MLA layer %d's rope frequencies (pair %d: %.9g) are DeepSeek's rope_theta^(-2i/%lld) "
+                 "neither for rope_theta = %g (the student's base) nor for %g (= %g^(%lld/%lld), the teacher's "
+                 "fastest pairs)", unfit_layer, unfit_pair,
+                 m->mla_inv_freq[(size_t)unfit_layer * (size_t)pairs + (size_t)unfit_pair], dr, candidates[0],
+                 candidates[1], c->rope.theta, dr, hd);
+    else
+        snprintf(why, sizeof why, "MLA layer %d's rope frequencies are DeepSeek's for rope_theta = %g and MLA layer "
+                 "%d's for %g, but config.json has one rope_theta", first_fit[0], candidates[0], first_fit[1],
+                 candidates[1]);
+    if (!allow_rebase)
+        return errorf("%s: %s; pass allow_rebase (ExportOptions) to export with rope_theta = %g, which changes the "
+                      "model's rope", dir, why, candidates[1]);
+    fprintf(stderr, "%s: exporting with rope_theta = %g: the exported model's rope differs from the trained "
+                    "student's (%s)\n", dir, candidates[1], why);
+    *theta_out = candidates[1];
+    return STATUS_OK;
+}
+
+Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opts) {
+    ExportOptions o = opts ? *opts : (ExportOptions){.dtype = DT_BF16};
+    const ModelConfig *c = &m->cfg;
+    if (model_config_mla_layers(c) == 0)
+        return errorf("%s: the model has no MLA layer: export writes DeepSeek-V2 students (hf_model_save_gqa "
+                      "writes a GQA model)", dir);
+    if (!c->mla.latent_norm)
+        return errorf("%s: the student has no latent norm (kv_a_layernorm), which every DeepSeek-V2 loader "
+                      "(HF transformers, vLLM, SGLang) applies; convert with the latent norm on", dir);
+    ModelConfig out = *c;
+    TRY(export_rope_theta(m, dir, o.allow_rebase, &out.mla.rope_theta));
+    /* Refuse what the config cannot say before any file is touched. */
+    cJSON *json = NULL;
+    if (hf_config_deepseek_v2_json(&out, &json) != STATUS_OK) return error_context("%s: ", dir);
+    cJSON_Delete(json);
+    /* Stock loaders read lm_head.weight whatever tie_word_embeddings says. */
+    return write_model_dir(m, &out, dir, 1, o.dtype, o.max_shard_bytes, hf_config_write_deepseek_v2);
+}
+
+Status hf_model_save_gqa(const Model *m, const char *dir, DType dtype) {
+    int mla = model_config_mla_layers(&m->cfg);
+    if (mla > 0)
+        return errorf("%s: %d layers have MLA attention, which the GQA families cannot store: export the student "
+                      "with hf_model_export", dir, mla);
+    cJSON *json = NULL;
+    if (hf_config_gqa_json(&m->cfg, &json) != STATUS_OK) return error_context("%s: ", dir);
+    cJSON_Delete(json);
+    /* HF omits a tied head, and its loaders tie it back. */
+    return write_model_dir(m, &m->cfg, dir, 0, dtype, 0, hf_config_write_gqa);
+}
