@@ -41,7 +41,7 @@ static Status student_config(const ModelConfig *tc, const ConvertOptions *o, Mod
     if (tc->qkv_bias && o->init != MLA_INIT_RANDOM && !o->drop_biases)
         return errorf("student.mla.drop_biases: the teacher has q/k/v biases (Qwen2) and MLA layers in DeepSeek-V2's "
                       "layout have none; set drop_biases to true to drop them (the report shows the error this causes)");
-    if (o->energy > 0) sc->mla.kv_lora_rank = 8; /* a placeholder the energy pass replaces */
+    if (o->energy > 0 && sc->mla.kv_lora_rank <= 0) sc->mla.kv_lora_rank = 8; /* the energy pass sets it */
     strcpy(sc->architecture, "DeepseekV2ForCausalLM");
     strcpy(sc->model_type, "deepseek_v2");
     if (model_config_validate(sc) != STATUS_OK) return error_context("student: ");
@@ -383,6 +383,8 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
             if (rep->layers[l].rank_chosen > r_max) r_max = rep->layers[l].rank_chosen;
         }
         free(sigma);
+        /* A fixed kv_lora_rank given with energy caps the chosen rank. */
+        if (o->dims.kv_lora_rank > 0 && r_max > o->dims.kv_lora_rank) r_max = o->dims.kv_lora_rank;
         sc->mla.kv_lora_rank = r_max;
     }
 

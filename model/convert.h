@@ -26,7 +26,8 @@ typedef struct {
     RopeSelect rope_select;
     MlaDims dims;               /* r, q_lora, dn, dr, dv, latent_norm; exact sets its own (see .c) */
     double energy;              /* > 0: each layer's rank is the smallest keeping this share of the
-                                   spectrum, rounded up to 8; the student uses the largest */
+                                   spectrum, rounded up to 8; the student uses the largest, capped
+                                   by dims.kv_lora_rank when that is > 0 */
     int gqa_layers[MODEL_MAX_LAYERS];   /* layers that keep the teacher's GQA attention */
     int n_gqa_layers;
     int drop_biases;            /* a teacher with q/k/v biases: drop them (else refused) */

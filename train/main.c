@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "train/cmd_convert.h"
+#include "train/cmd_export.h"
 #include "train/demo.h"
 
 #define MLATRAIN_VERSION "0.1.0"
@@ -17,6 +19,8 @@ static void usage(FILE *out) {
             "Upcycles GQA language models into Multi-head Latent Attention and distills them.\n"
             "\n"
             "commands:\n"
+            "  convert     upcycle a GQA model into an MLA student and export it (DeepSeek-V2 layout)\n"
+            "  export      write a student in DeepSeek-V2's HF layout (dtype, shards)\n"
             "  demo        a small end-to-end distillation on the CPU (nothing to download)\n"
             "  --version   print the version\n"
             "  --help      this message; `mlatrain <command> --help` for a command's options\n");
@@ -93,6 +97,12 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "demo") == 0) {
         st = cmd_demo(argc - 2, argv + 2, &show_help);
         if (show_help) demo_usage(stdout);
+    } else if (strcmp(cmd, "convert") == 0) {
+        st = cmd_convert(argc - 2, argv + 2, &show_help);
+        if (show_help) cmd_convert_usage();
+    } else if (strcmp(cmd, "export") == 0) {
+        st = cmd_export(argc - 2, argv + 2, &show_help);
+        if (show_help) cmd_export_usage();
     } else {
         fprintf(stderr, "mlatrain: unknown command \"%s\"\n", cmd);
         usage(stderr);

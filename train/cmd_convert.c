@@ -1,0 +1,199 @@
+/* The convert command: config -> the GQA model to upcycle -> calibration tokens -> mla_convert ->
+ * report.json and the exported student (plus the tokenizer files beside the source model). */
+#include "train/cmd_convert.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/backend.h"
+#include "core/file_io.h"
+#include "model/convert.h"
+#include "model/hf_model.h"
+#include "train/calibration.h"
+#include "train/config.h"
+
+enum { CONVERT_MAX_SETS = 64, CALIBRATION_SEQ_MAX = 512 };
+
+void cmd_convert_usage(void) {
+    printf("usage: mlatrain convert --config FILE --out DIR [--set key.path=value ...] [--dtype bf16|f16|f32]\n"
+           "\n"
+           "Converts student.init_from (a GQA model: an HF folder or an inline arch) into an MLA student\n"
+           "as student.mla says (init svd|exact|random, rope_select, ranks or energy), prints a per-layer\n"
+           "report (kept energy, attention-output error on calibration tokens, KV bytes per token) and\n"
+           "writes DIR/report.json and the student in DeepSeek-V2's HF layout (default bf16).\n"
+           "Calibration tokens come from data.val when given, else are drawn at random.\n");
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static Status make_dirs(const char *path) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return errorf("%s: path too long", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
+    return STATUS_OK;
+}
+
+/* Serving needs the tokenizer: copy the files HF keeps beside a model, when the source has them. */
+static Status copy_tokenizer_files(const char *src_dir, const char *out_dir) {
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "tokenizer.model", "generation_config.json"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char src[4096], dst[4096];
+        snprintf(src, sizeof src, "%s/%s", src_dir, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s", out_dir, names[i]);
+        FILE *f = fopen(src, "rb");
+        if (!f) continue;
+        Status st = STATUS_OK;
+        char *data = NULL;
+        long n = -1;
+        if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+        if (n < 0 || fseek(f, 0, SEEK_SET) != 0) st = errorf("%s: cannot read: %s", src, strerror(errno));
+        if (st == STATUS_OK) {
+            data = malloc((size_t)n + 1);
+            if (!data || fread(data, 1, (size_t)n, f) != (size_t)n) st = errorf("%s: cannot read", src);
+        }
+        fclose(f);
+        if (st == STATUS_OK) st = file_write_atomic(dst, data, (size_t)n);
+        free(data);
+        TRY(st);
+    }
+    return STATUS_OK;
+}
+
+static Status load_source(Backend *be, const Config *cfg, int64_t max_seq, Model **out) {
+    const ConfigModelSource *src = &cfg->student.init_from;
+    if (src->path[0]) {
+        if (hf_model_load(out, be, src->path, max_seq) != STATUS_OK) return error_context("student.init_from: ");
+        return STATUS_OK;
+    }
+    TRY(model_create(out, be, &src->arch.model, max_seq));
+    return model_init_random(*out, (uint64_t)src->seed, 0.02f);
+}
+
+static ConvertOptions convert_options(const Config *cfg) {
+    const ConfigMla *m = &cfg->student.mla;
+    ConvertOptions o;
+    memset(&o, 0, sizeof o);
+    static const MlaInit inits[] = {[CONFIG_MLA_INIT_SVD] = MLA_INIT_SVD, [CONFIG_MLA_INIT_EXACT] = MLA_INIT_EXACT,
+                                    [CONFIG_MLA_INIT_RANDOM] = MLA_INIT_RANDOM};
+    static const RopeSelect selects[] = {[CONFIG_ROPE_SELECT_HIGH] = ROPE_SELECT_HIGH, [CONFIG_ROPE_SELECT_LOW] = ROPE_SELECT_LOW,
+                                         [CONFIG_ROPE_SELECT_UNIFORM] = ROPE_SELECT_UNIFORM,
+                                         [CONFIG_ROPE_SELECT_NORM] = ROPE_SELECT_NORM};
+    o.init = inits[m->init];
+    o.rope_select = selects[m->rope_select];
+    o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
+                       .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
+                       .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};
+    o.energy = m->energy;
+    o.n_gqa_layers = m->n_gqa_layers;
+    for (int i = 0; i < m->n_gqa_layers; i++) o.gqa_layers[i] = (int)m->gqa_layers[i];
+    o.drop_biases = m->drop_biases;
+    o.seed = (uint64_t)cfg->run.seed;
+    return o;
+}
+
+static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
+    if (!cfg->student.has_mla) return errorf("%s: student.mla: required by convert (it says what to build)", cfg->name);
+    Backend *be = NULL;
+    BackendOptions bo = {.threads = (int)cfg->run.threads, .device = 0};
+    TRY(backend_create(&be, config_device_name(cfg->device), bo));
+    Model *source = NULL, *student = NULL;
+    Calibration cal;
+    memset(&cal, 0, sizeof cal);
+    ConvertReport *report = calloc(1, sizeof *report);
+    Status st = report ? backend_check_ops(be) : errorf("convert: out of memory");
+
+    double t0 = now_seconds();
+    int64_t seq = cfg->data.seq_len < CALIBRATION_SEQ_MAX ? cfg->data.seq_len : CALIBRATION_SEQ_MAX;
+    if (st == STATUS_OK) st = load_source(be, cfg, seq, &source);
+    if (st == STATUS_OK) st = config_check_layers(cfg, source->cfg.num_hidden_layers);
+    if (st == STATUS_OK)
+        printf("source: %s, %lld layers, %lld parameters (%.1f s)\n", source->cfg.architecture,
+               (long long)source->cfg.num_hidden_layers, (long long)model_num_parameters(source), now_seconds() - t0);
+    if (st == STATUS_OK) st = calibration_tokens(cfg, source->cfg.vocab_size, seq, &cal);
+    ConvertOptions o = convert_options(cfg);
+    o.calib_ids = cal.ids;
+    o.n_calib_seqs = cal.n_seqs;
+    o.calib_seq = cal.seq;
+    o.calib_from_data = cal.from_data;
+
+    double t1 = now_seconds();
+    if (st == STATUS_OK) st = mla_convert(&student, source, &o, report);
+    if (st == STATUS_OK) {
+        printf("calibration: %lld sequences of %lld tokens (%s)\n", (long long)cal.n_seqs, (long long)cal.seq,
+               cal.from_data ? "data.val" : "random tokens: no data.val");
+        convert_report_print(report, stdout);
+        printf("converted in %.1f s\n", now_seconds() - t1);
+        fflush(stdout);
+    }
+    char path[4096];
+    if (st == STATUS_OK) st = make_dirs(out_dir);
+    if (st == STATUS_OK) {
+        snprintf(path, sizeof path, "%s/report.json", out_dir);
+        st = convert_report_write_json(report, path);
+    }
+    double t2 = now_seconds();
+    ExportOptions eo = {.dtype = dtype, .max_shard_bytes = (size_t)5 << 30, .allow_rebase = cfg->student.mla.allow_rebase};
+    if (st == STATUS_OK && hf_model_export(student, out_dir, &eo) != STATUS_OK)
+        st = error_context("export to %s: ", out_dir);
+    if (st == STATUS_OK && cfg->student.init_from.path[0]) st = copy_tokenizer_files(cfg->student.init_from.path, out_dir);
+    if (st == STATUS_OK) printf("wrote %s (%s, %.1f s)\n", out_dir, dtype_name(dtype), now_seconds() - t2);
+
+    calibration_free(&cal);
+    model_destroy(student);
+    model_destroy(source);
+    free(report);
+    backend_destroy(be);
+    return st;
+}
+
+Status cmd_convert(int argc, char **argv, int *show_help) {
+    const char *config_path = NULL, *out_dir = NULL;
+    const char *sets[CONVERT_MAX_SETS];
+    int n_sets = 0;
+    DType dtype = DT_BF16;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *show_help = 1;
+            return STATUS_OK;
+        }
+        if (i + 1 >= argc) return errorf("convert: %s: unknown option or missing value (see mlatrain convert --help)", a);
+        const char *v = argv[++i];
+        if (strcmp(a, "--config") == 0) config_path = v;
+        else if (strcmp(a, "--out") == 0) out_dir = v;
+        else if (strcmp(a, "--set") == 0) {
+            if (n_sets == CONVERT_MAX_SETS) return errorf("convert: more than %d --set options", CONVERT_MAX_SETS);
+            sets[n_sets++] = v;
+        } else if (strcmp(a, "--dtype") == 0) {
+            if (strcmp(v, "bf16") == 0) dtype = DT_BF16;
+            else if (strcmp(v, "f16") == 0) dtype = DT_F16;
+            else if (strcmp(v, "f32") == 0) dtype = DT_F32;
+            else return errorf("convert: --dtype: expected bf16, f16 or f32, got \"%s\"", v);
+        } else {
+            return errorf("convert: unknown option %s (see mlatrain convert --help)", a);
+        }
+    }
+    if (!config_path) return errorf("convert: --config FILE is required (see mlatrain convert --help)");
+    if (!out_dir) return errorf("convert: --out DIR is required (see mlatrain convert --help)");
+    Config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg) return errorf("convert: out of memory");
+    Status st = config_load(cfg, config_path, sets, n_sets);
+    if (st == STATUS_OK) st = run_convert(cfg, out_dir, dtype);
+    free(cfg);
+    return st;
+}

@@ -1,0 +1,73 @@
+/* The export command: loads a student (a folder in mlatrain's export layout, as convert writes)
+ * and writes it again in DeepSeek-V2's HF layout with the requested dtype, shards and rope policy. */
+#include "train/cmd_export.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/backend.h"
+#include "model/hf_model.h"
+
+void cmd_export_usage(void) {
+    printf("usage: mlatrain export --checkpoint PATH --out DIR [--dtype bf16|f16|f32] [--max-shard-gb N]\n"
+           "                       [--allow-rebase]\n"
+           "\n"
+           "Writes the student at PATH (a folder that convert or a previous export wrote) to DIR in\n"
+           "DeepSeek-V2's HF layout: config.json, model.safetensors (or shards and an index), lm_head\n"
+           "even when tied, rope rows in DeepSeek's interleaved order. --allow-rebase exports rope\n"
+           "frequencies DeepSeek's config cannot express by re-basing them (the model changes; said\n"
+           "on stderr). Default dtype bf16, shards of 5 GB.\n");
+}
+
+Status cmd_export(int argc, char **argv, int *show_help) {
+    const char *src = NULL, *out = NULL;
+    ExportOptions eo = {.dtype = DT_BF16, .max_shard_bytes = (size_t)5 << 30, .allow_rebase = 0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *show_help = 1;
+            return STATUS_OK;
+        }
+        if (strcmp(a, "--allow-rebase") == 0) {
+            eo.allow_rebase = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return errorf("export: %s: unknown option or missing value (see mlatrain export --help)", a);
+        const char *v = argv[++i];
+        if (strcmp(a, "--checkpoint") == 0) src = v;
+        else if (strcmp(a, "--out") == 0) out = v;
+        else if (strcmp(a, "--dtype") == 0) {
+            if (strcmp(v, "bf16") == 0) eo.dtype = DT_BF16;
+            else if (strcmp(v, "f16") == 0) eo.dtype = DT_F16;
+            else if (strcmp(v, "f32") == 0) eo.dtype = DT_F32;
+            else return errorf("export: --dtype: expected bf16, f16 or f32, got \"%s\"", v);
+        } else if (strcmp(a, "--max-shard-gb") == 0) {
+            char *end = NULL;
+            errno = 0;
+            double gb = strtod(v, &end);
+            if (errno || end == v || *end || !(gb > 0) || gb > 1e6)
+                return errorf("export: --max-shard-gb: expected a positive number, got \"%s\"", v);
+            eo.max_shard_bytes = (size_t)(gb * (double)(1u << 30));
+        } else {
+            return errorf("export: unknown option %s (see mlatrain export --help)", a);
+        }
+    }
+    if (!src) return errorf("export: --checkpoint PATH is required (see mlatrain export --help)");
+    if (!out) return errorf("export: --out DIR is required (see mlatrain export --help)");
+    if (strcmp(src, out) == 0) return errorf("export: --out must differ from --checkpoint (%s)", src);
+
+    Backend *be = NULL;
+    BackendOptions bo = {0, 0};
+    TRY(backend_create(&be, "cpu", bo));
+    Model *m = NULL;
+    /* Export reads no sequence, so the rope tables need one position only. */
+    Status st = hf_model_load(&m, be, src, 1);
+    if (st != STATUS_OK) error_context("export: ");
+    if (st == STATUS_OK && hf_model_export(m, out, &eo) != STATUS_OK) st = error_context("export to %s: ", out);
+    if (st == STATUS_OK) printf("wrote %s (%s)\n", out, dtype_name(eo.dtype));
+    model_destroy(m);
+    backend_destroy(be);
+    return st;
+}
