@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+#include "core/file_io.h"
 #include "model/hf_config.h"
 #include "model/safetensors.h"
 
@@ -276,6 +279,8 @@ static Status set_config_rope(Model *m) {
     return st;
 }
 
+static Status rope_sidecar_read(Model *m, const char *dir);
+
 Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq) {
     *out = NULL;
     char path[4096];
@@ -289,6 +294,7 @@ Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq)
     SafetensorsSet *s = NULL;
     FileLayout lay = {0};
     Status st = set_config_rope(m);
+    if (st == STATUS_OK) st = rope_sidecar_read(m, dir);
     if (st == STATUS_OK) st = safetensors_open(&s, dir);
     if (st == STATUS_OK) st = layout_build(m, 0, &lay);
     if (st == STATUS_OK) st = check_tensor_names(s, &lay, &cfg, dir);
@@ -412,6 +418,93 @@ static Status write_model_dir(const Model *m, const ModelConfig *cfg, const char
     return st;
 }
 
+/* ---- the rope sidecar ---- */
+
+/* mlatrain_rope.json: {"mla_inv_freq": [[...], ...]}, one list of dr/2 frequencies per MLA layer in
+ * layer order, each printed with %.9g so it reads back as the same float32. */
+static Status rope_sidecar_path(const char *dir, char *path, size_t n) {
+    if (snprintf(path, n, "%s/%s", dir, HF_ROPE_SIDECAR) >= (int)n) return errorf("%s: the path is too long", dir);
+    return STATUS_OK;
+}
+
+static Status rope_sidecar_write(const Model *m, const char *dir, int needed) {
+    char path[4096];
+    TRY(rope_sidecar_path(dir, path, sizeof path));
+    if (!needed) {
+        if (unlink(path) != 0 && errno != ENOENT) return errorf("%s: cannot remove: %s", path, strerror(errno));
+        return STATUS_OK;
+    }
+    int pairs = (int)(m->cfg.mla.qk_rope_head_dim / 2);
+    size_t cap = (size_t)m->cfg.num_hidden_layers * (size_t)pairs * 20 + 64, len = 0;
+    char *text = malloc(cap);
+    if (!text) return errorf("%s: out of memory", path);
+    len += (size_t)snprintf(text + len, cap - len, "{\"mla_inv_freq\": [");
+    int first_layer = 1;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        if (m->cfg.layer_attention[l] != ATTENTION_MLA) continue;
+        len += (size_t)snprintf(text + len, cap - len, "%s[", first_layer ? "" : ", ");
+        first_layer = 0;
+        for (int j = 0; j < pairs; j++)
+            len += (size_t)snprintf(text + len, cap - len, "%s%.9g", j ? ", " : "",
+                                    (double)m->mla_inv_freq[(size_t)l * (size_t)pairs + (size_t)j]);
+        len += (size_t)snprintf(text + len, cap - len, "]");
+    }
+    len += (size_t)snprintf(text + len, cap - len, "]}\n");
+    Status st = file_write_atomic(path, text, len);
+    free(text);
+    return st;
+}
+
+/* Applies mlatrain_rope.json when the folder has one. */
+static Status rope_sidecar_read(Model *m, const char *dir) {
+    char path[4096];
+    TRY(rope_sidecar_path(dir, path, sizeof path));
+    FILE *f = fopen(path, "rb");
+    if (!f) return errno == ENOENT ? STATUS_OK : errorf("%s: cannot read: %s", path, strerror(errno));
+    char *text = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    Status st = n >= 0 && n < (64 << 20) && fseek(f, 0, SEEK_SET) == 0 ? STATUS_OK : errorf("%s: cannot read", path);
+    if (st == STATUS_OK) {
+        text = malloc((size_t)n + 1);
+        if (!text || fread(text, 1, (size_t)n, f) != (size_t)n) st = errorf("%s: cannot read", path);
+        else text[n] = '\0';
+    }
+    fclose(f);
+    cJSON *root = st == STATUS_OK ? cJSON_Parse(text) : NULL;
+    free(text);
+    if (st == STATUS_OK && !root) st = errorf("%s: invalid JSON", path);
+    const cJSON *layers = root ? cJSON_GetObjectItemCaseSensitive(root, "mla_inv_freq") : NULL;
+    if (st == STATUS_OK && !cJSON_IsArray(layers)) st = errorf("%s: mla_inv_freq: expected an array", path);
+    int pairs = (int)(m->cfg.mla.qk_rope_head_dim / 2);
+    if (st == STATUS_OK && cJSON_GetArraySize(layers) != model_config_mla_layers(&m->cfg))
+        st = errorf("%s: mla_inv_freq has %d layers, the model %d MLA layers", path, cJSON_GetArraySize(layers),
+                    model_config_mla_layers(&m->cfg));
+    float *inv = malloc((size_t)(pairs > 0 ? pairs : 1) * sizeof(float));
+    if (st == STATUS_OK && !inv) st = errorf("%s: out of memory", path);
+    const cJSON *row = layers ? layers->child : NULL;
+    for (int l = 0; st == STATUS_OK && l < m->cfg.num_hidden_layers; l++) {
+        if (m->cfg.layer_attention[l] != ATTENTION_MLA) continue;
+        if (!cJSON_IsArray(row) || cJSON_GetArraySize(row) != pairs) {
+            st = errorf("%s: mla_inv_freq: MLA layer %d needs %d frequencies", path, l, pairs);
+            break;
+        }
+        int j = 0;
+        for (const cJSON *v = row->child; v; v = v->next, j++) {
+            if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !isfinite(v->valuedouble)) {
+                st = errorf("%s: mla_inv_freq: layer %d, pair %d is not a positive number", path, l, j);
+                break;
+            }
+            inv[j] = (float)v->valuedouble;
+        }
+        if (st == STATUS_OK) st = model_set_mla_rope(m, l, inv);
+        row = row->next;
+    }
+    free(inv);
+    cJSON_Delete(root);
+    return st;
+}
+
 /* ---- export ---- */
 
 /* The first pair (or -1) where MLA layer l's frequencies differ from DeepSeek's base^(-2i/dr)
@@ -436,7 +529,9 @@ static Status rope_mismatch(const Model *m, int l, double theta, int *pair) {
  * Two bases express common selections exactly: the student's MLA base (DeepSeek's default,
  * 'uniform' selection: every hd/dr-th pair) and theta^(dr/hd) ('high': the first dr/2 pairs).
  * Llama 3 scaling depends only on each frequency's wavelength, so it carries over to either. */
-static Status export_rope_theta(const Model *m, const char *dir, int allow_rebase, double *theta_out) {
+static Status export_rope_theta(const Model *m, const char *dir, int allow_rebase, int keep_rope, double *theta_out,
+                                int *needs_sidecar) {
+    *needs_sidecar = 0;
     const ModelConfig *c = &m->cfg;
     long long dr = (long long)c->mla.qk_rope_head_dim, hd = (long long)c->head_dim;
     double candidates[2] = {model_config_mla_rope_theta(c), pow(c->rope.theta, (double)dr / (double)hd)};
@@ -472,6 +567,11 @@ static Status export_rope_theta(const Model *m, const char *dir, int allow_rebas
         snprintf(why, sizeof why, "MLA layer %d's rope frequencies are DeepSeek's for rope_theta = %g and MLA layer "
                  "%d's for %g, but config.json has one rope_theta", first_fit[0], candidates[0], first_fit[1],
                  candidates[1]);
+    if (keep_rope) {
+        *theta_out = candidates[0];
+        *needs_sidecar = 1;
+        return STATUS_OK;
+    }
     if (!allow_rebase)
         return errorf("%s: %s; pass allow_rebase (ExportOptions) to export with rope_theta = %g, which changes the "
                       "model's rope", dir, why, candidates[1]);
@@ -491,13 +591,15 @@ Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opt
         return errorf("%s: the student has no latent norm (kv_a_layernorm), which every DeepSeek-V2 loader "
                       "(HF transformers, vLLM, SGLang) applies; convert with the latent norm on", dir);
     ModelConfig out = *c;
-    TRY(export_rope_theta(m, dir, o.allow_rebase, &out.mla.rope_theta));
+    int sidecar = 0;
+    TRY(export_rope_theta(m, dir, o.allow_rebase, o.keep_rope, &out.mla.rope_theta, &sidecar));
     /* Refuse what the config cannot say before any file is touched. */
     cJSON *json = NULL;
     if (hf_config_deepseek_v2_json(&out, &json) != STATUS_OK) return error_context("%s: ", dir);
     cJSON_Delete(json);
     /* Stock loaders read lm_head.weight whatever tie_word_embeddings says. */
-    return write_model_dir(m, &out, dir, 1, o.dtype, o.max_shard_bytes, hf_config_write_deepseek_v2);
+    TRY(write_model_dir(m, &out, dir, 1, o.dtype, o.max_shard_bytes, hf_config_write_deepseek_v2));
+    return rope_sidecar_write(m, dir, sidecar);
 }
 
 Status hf_model_save_gqa(const Model *m, const char *dir, DType dtype) {

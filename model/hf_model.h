@@ -13,11 +13,17 @@
  * split, its rope frequencies those of the config. */
 Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq);
 
+/* The file beside config.json that keeps MLA rope frequencies DeepSeek's config cannot say. */
+#define HF_ROPE_SIDECAR "mlatrain_rope.json"
+
 typedef struct {
     DType dtype;               /* DT_BF16 (default for serving), DT_F16 or DT_F32 (bitwise round trip) */
     size_t max_shard_bytes;    /* 0: one model.safetensors */
     int allow_rebase;          /* export MLA rope frequencies that DeepSeek's config cannot express
                                   by re-basing them (changes the model; said on stderr) */
+    int keep_rope;             /* frequencies the config cannot express are written beside it, in
+                                  mlatrain_rope.json, which hf_model_load reads: an exact save for
+                                  mlatrain (runs, evaluation), not for stock loaders */
 } ExportOptions;
 
 /* Writes `m` (a student with MLA layers) to <dir> in DeepSeek-V2's HF layout: config.json,

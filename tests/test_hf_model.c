@@ -428,6 +428,26 @@ static void test_rope_bases(Backend *be, int llama3) {
     snprintf(what, sizeof what, "arbitrary pairs, re-based%s", tag);
     check_rope_export(be, m, &rebase, high_theta, 1, what);
 
+    /* keep_rope: an exact save for mlatrain; the frequencies go beside the config and read back
+     * bit for bit, and a later save with expressible frequencies removes the file. */
+    ExportOptions keep = EXPORT_F32;
+    keep.keep_rope = 1;
+    make_tmp_dir(dir);
+    CHECK_OK(hf_model_export(m, dir, &keep));
+    CHECK(file_exists(dir, HF_ROPE_SIDECAR), "keep_rope writes %s%s", HF_ROPE_SIDECAR, tag);
+    Model *back = NULL;
+    if (CHECK_OK(hf_model_load(&back, be, dir, m->max_seq))) {
+        int64_t n = m->cfg.num_hidden_layers * m->cfg.mla.qk_rope_head_dim / 2;
+        CHECK(memcmp(back->mla_inv_freq, m->mla_inv_freq, (size_t)n * sizeof(float)) == 0,
+              "keep_rope: the frequencies read back bit for bit%s", tag);
+        check_same_forward(m, back, "keep_rope round trip");
+        model_destroy(back);
+    }
+    set_teacher_pairs(m, high);
+    CHECK_OK(hf_model_export(m, dir, &keep));
+    CHECK(!file_exists(dir, HF_ROPE_SIDECAR), "an expressible rope leaves no %s%s", HF_ROPE_SIDECAR, tag);
+    remove_tree(dir);
+
     /* Layers that disagree: layer 0 DeepSeek's default, layer 1 the 'high' pairs. */
     float deepseek[2];
     RopeConfig r = cfg.rope;
