@@ -9,6 +9,7 @@ packages=(
   libhdf5-dev                             # hdf5-serial: token datasets, checkpoints
   libcjson-dev                            # configs, HF config.json, safetensors headers
   libopenmpi-dev openmpi-bin              # optional: data-parallel on the CPU
+  bible-kjv                               # the offline corpus of the demo (tools/make-corpus.sh)
 )
 
 missing=()
