@@ -15,6 +15,7 @@
 #include "model/hf_model.h"
 #include "train/calibration.h"
 #include "train/config.h"
+#include "train/models.h"
 
 enum { CONVERT_MAX_SETS = 64, CALIBRATION_SEQ_MAX = 512 };
 
@@ -74,38 +75,6 @@ static Status copy_tokenizer_files(const char *src_dir, const char *out_dir) {
     return STATUS_OK;
 }
 
-static Status load_source(Backend *be, const Config *cfg, int64_t max_seq, Model **out) {
-    const ConfigModelSource *src = &cfg->student.init_from;
-    if (src->path[0]) {
-        if (hf_model_load(out, be, src->path, max_seq) != STATUS_OK) return error_context("student.init_from: ");
-        return STATUS_OK;
-    }
-    TRY(model_create(out, be, &src->arch.model, max_seq));
-    return model_init_random(*out, (uint64_t)src->seed, 0.02f);
-}
-
-static ConvertOptions convert_options(const Config *cfg) {
-    const ConfigMla *m = &cfg->student.mla;
-    ConvertOptions o;
-    memset(&o, 0, sizeof o);
-    static const MlaInit inits[] = {[CONFIG_MLA_INIT_SVD] = MLA_INIT_SVD, [CONFIG_MLA_INIT_EXACT] = MLA_INIT_EXACT,
-                                    [CONFIG_MLA_INIT_RANDOM] = MLA_INIT_RANDOM};
-    static const RopeSelect selects[] = {[CONFIG_ROPE_SELECT_HIGH] = ROPE_SELECT_HIGH, [CONFIG_ROPE_SELECT_LOW] = ROPE_SELECT_LOW,
-                                         [CONFIG_ROPE_SELECT_UNIFORM] = ROPE_SELECT_UNIFORM,
-                                         [CONFIG_ROPE_SELECT_NORM] = ROPE_SELECT_NORM};
-    o.init = inits[m->init];
-    o.rope_select = selects[m->rope_select];
-    o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
-                       .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
-                       .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};
-    o.energy = m->energy;
-    o.n_gqa_layers = m->n_gqa_layers;
-    for (int i = 0; i < m->n_gqa_layers; i++) o.gqa_layers[i] = (int)m->gqa_layers[i];
-    o.drop_biases = m->drop_biases;
-    o.seed = (uint64_t)cfg->run.seed;
-    return o;
-}
-
 static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     if (!cfg->student.has_mla) return errorf("%s: student.mla: required by convert (it says what to build)", cfg->name);
     Backend *be = NULL;
@@ -119,13 +88,13 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
 
     double t0 = now_seconds();
     int64_t seq = cfg->data.seq_len < CALIBRATION_SEQ_MAX ? cfg->data.seq_len : CALIBRATION_SEQ_MAX;
-    if (st == STATUS_OK) st = load_source(be, cfg, seq, &source);
+    if (st == STATUS_OK) st = load_student_source(cfg, be, seq, &source);
     if (st == STATUS_OK) st = config_check_layers(cfg, source->cfg.num_hidden_layers);
     if (st == STATUS_OK)
         printf("source: %s, %lld layers, %lld parameters (%.1f s)\n", source->cfg.architecture,
                (long long)source->cfg.num_hidden_layers, (long long)model_num_parameters(source), now_seconds() - t0);
     if (st == STATUS_OK) st = calibration_tokens(cfg, source->cfg.vocab_size, seq, &cal);
-    ConvertOptions o = convert_options(cfg);
+    ConvertOptions o = convert_options_from_config(cfg);
     o.calib_ids = cal.ids;
     o.n_calib_seqs = cal.n_seqs;
     o.calib_seq = cal.seq;

@@ -1,81 +1,35 @@
 /* The mlatrain command line: parses the subcommand and its options, runs it, and is the only
  * place that prints an error and chooses the exit status. */
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "core/status.h"
+#include "train/cmd_bench.h"
 #include "train/cmd_convert.h"
+#include "train/cmd_data.h"
+#include "train/cmd_eval.h"
 #include "train/cmd_export.h"
-#include "train/demo.h"
+#include "train/cmd_train.h"
 
 #define MLATRAIN_VERSION "0.1.0"
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: mlatrain <command> [options]\n"
+            "usage: mlatrain --config FILE [--set key.path=value ...]\n"
+            "       mlatrain <command> [options]\n"
             "\n"
             "Upcycles GQA language models into Multi-head Latent Attention and distills them.\n"
             "\n"
+            "  --config    train (distill, or next-token train without a teacher) as FILE says\n"
+            "\n"
             "commands:\n"
             "  convert     upcycle a GQA model into an MLA student and export it (DeepSeek-V2 layout)\n"
+            "  eval        evaluate the student and teacher on data.val (--json OUT)\n"
             "  export      write a student in DeepSeek-V2's HF layout (dtype, shards)\n"
-            "  demo        a small end-to-end distillation on the CPU (nothing to download)\n"
-            "  --version   print the version\n"
+            "  bench       time the training step (one JSON line: tok/s, FLOPs, MFU)\n"
+            "  data        prepare token files (text, llm.c .bin, JSON lines) and summarise them\n"
+            "\n"            "  --version   print the version\n"
             "  --help      this message; `mlatrain <command> --help` for a command's options\n");
-}
-
-static void demo_usage(FILE *out) {
-    fprintf(out,
-            "usage: mlatrain demo [--device cpu|cuda] [--threads N] [--teacher-steps N]\n"
-            "                     [--student-steps N] [--seed N]\n"
-            "\n"
-            "Trains a tiny GQA teacher on a synthetic Markov language, then distills a tiny MLA\n"
-            "student from it (0.5 T^2 KL + 0.5 CE), printing the losses and the KV-cache saving.\n");
-}
-
-/* A non-negative integer option value, or an error naming the option. */
-static Status parse_count(const char *opt, const char *text, long long max, long long *out) {
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(text, &end, 10);
-    if (errno || end == text || *end != '\0' || v < 0 || v > max)
-        return errorf("%s: expected an integer in [0, %lld], got \"%s\"", opt, max, text);
-    *out = v;
-    return STATUS_OK;
-}
-
-static Status cmd_demo(int argc, char **argv, int *show_help) {
-    DemoOptions o = {.device = "cpu", .threads = 0, .teacher_steps = 300, .student_steps = 300, .seed = 1234};
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            *show_help = 1;
-            return STATUS_OK;
-        }
-        if (i + 1 >= argc) return errorf("demo: unknown option or missing value: %s", a);
-        const char *val = argv[++i];
-        long long v = 0;
-        if (strcmp(a, "--device") == 0) {
-            o.device = val;
-        } else if (strcmp(a, "--threads") == 0) {
-            TRY(parse_count(a, val, 1024, &v));
-            o.threads = (int)v;
-        } else if (strcmp(a, "--teacher-steps") == 0) {
-            TRY(parse_count(a, val, 1000000, &v));
-            o.teacher_steps = (int)v;
-        } else if (strcmp(a, "--student-steps") == 0) {
-            TRY(parse_count(a, val, 1000000, &v));
-            o.student_steps = (int)v;
-        } else if (strcmp(a, "--seed") == 0) {
-            TRY(parse_count(a, val, (long long)1 << 62, &v));
-            o.seed = (uint64_t)v;
-        } else {
-            return errorf("demo: unknown option %s (see mlatrain demo --help)", a);
-        }
-    }
-    return demo_run(&o);
 }
 
 int main(int argc, char **argv) {
@@ -93,10 +47,18 @@ int main(int argc, char **argv) {
         return 0;
     }
     Status st;
-    int show_help = 0;
-    if (strcmp(cmd, "demo") == 0) {
-        st = cmd_demo(argc - 2, argv + 2, &show_help);
-        if (show_help) demo_usage(stdout);
+    int show_help = 0, preempted = 0;
+    if (strcmp(cmd, "--config") == 0 || strcmp(cmd, "--set") == 0 || strcmp(cmd, "--restart") == 0) {
+        st = cmd_train(argc - 1, argv + 1, &show_help, &preempted);
+        if (show_help) cmd_train_usage();
+    } else if (strcmp(cmd, "eval") == 0) {
+        st = cmd_eval(argc - 2, argv + 2, &show_help);
+        if (show_help) cmd_eval_usage();
+    } else if (strcmp(cmd, "bench") == 0) {
+        st = cmd_bench(argc - 2, argv + 2, &show_help);
+        if (show_help) cmd_bench_usage();
+    } else if (strcmp(cmd, "data") == 0) {
+        st = cmd_data(argc - 2, argv + 2);
     } else if (strcmp(cmd, "convert") == 0) {
         st = cmd_convert(argc - 2, argv + 2, &show_help);
         if (show_help) cmd_convert_usage();
@@ -112,5 +74,5 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mlatrain: error: %s\n", error_message());
         return 1;
     }
-    return 0;
+    return preempted ? EXIT_PREEMPTED : 0;
 }

@@ -89,12 +89,35 @@ expect_error "--out missing" "$bin" convert --config "$here/tiny_convert.json" -
 : >"$work/afile"
 expect_error "an output path under a file" "$bin" convert --config "$here/tiny_convert.json" --out "$work/afile/sub" -- \
     "afile"
-expect_error "unknown demo option" "$bin" demo --steps 3 -- "unknown option --steps"
+expect_error "an unknown option" "$bin" convert --config "$here/tiny_convert.json" --steps 3 -- "unknown option --steps"
 
-# The demo runs end to end (shortened).
-run "$bin" demo --teacher-steps 20 --student-steps 20 --threads 1
-check "demo exits 0 (stderr: $err)" test "$rc" -eq 0
-check "demo prints the student's KL" grep -q "kl " "$work/out"
+# Training end to end on byte-level text (this repository's docs), then evaluation with --json.
+run "$bin" data text "$here/../../README.md" "$here/../../docs/"*.md --docs paragraph --out "$work/train.h5" \
+    --val-out "$work/val.h5" --val-fraction 0.2 --seed 1
+check "data text exits 0 (stderr: $err)" test "$rc" -eq 0
+sets=(--set "run.dir=$work/run" --set "data.train=$work/train.h5" --set "data.val=$work/val.h5")
+run "$bin" --config "$here/tiny_train.json" "${sets[@]}"
+check "training exits 0 (stderr: $err)" test "$rc" -eq 0
+for f in metrics.jsonl effective_config.json final/config.json final/model.safetensors; do
+    check "training wrote $f" test -s "$work/run/$f"
+done
+check "metrics.jsonl: the evaluation at init and a line per logged step, with its evaluation" test "$(grep -c "\"eval\"" "$work/run/metrics.jsonl")" -eq 3 -a "$(wc -l <"$work/run/metrics.jsonl")" -eq 3
+check "the run ends with its summary table" grep -q "student after training" "$work/out"
+expect_error "a second run into the same run.dir" "$bin" --config "$here/tiny_train.json" "${sets[@]}" -- \
+    "already holds a run"
+run "$bin" eval --config "$here/tiny_train.json" "${sets[@]}" --set "student.init_from=\"$work/run/final\"" \
+    --json "$work/eval.json"
+check "eval exits 0 (stderr: $err)" test "$rc" -eq 0
+for key in '"student"' '"loss"' '"ppl"' '"windows"' '"tokens"' '"kv_bytes_per_token"'; do
+    check "eval.json has $key" grep -qF "$key" "$work/eval.json"
+done
+final_loss=$(tail -1 "$work/run/metrics.jsonl" | sed 's/.*"eval": {"loss": \([0-9.e+-]*\).*/\1/')
+check "eval of run.dir/final reproduces the run's last evaluation ($final_loss)" \
+    grep -q "student: loss $(printf '%.4f' "$final_loss")" "$work/out"
+expect_error "a config naming a data file that does not exist" "$bin" --config "$here/tiny_train.json" \
+    --set "run.dir=$work/run2" --set "data.train=$work/missing.h5" -- "missing.h5"
+expect_error "a wrong type via --set" "$bin" --config "$here/tiny_train.json" --set "optim.lr=fast" -- \
+    "optim.lr" "expected a number"
 
 echo "test_cli: $checks checks, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,59 @@
+/* The optimizer's state and its step: the backend's fused AdamW kernel per parameter tensor. */
+#include "optim/optimizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+Status optimizer_create(Optimizer *opt, Model *model, OptimizerConfig cfg) {
+    memset(opt, 0, sizeof *opt);
+    opt->model = model;
+    opt->cfg = cfg;
+    int n = model->n_params;
+    opt->m = calloc((size_t)n, sizeof(Tensor));
+    opt->v = calloc((size_t)n, sizeof(Tensor));
+    if (!opt->m || !opt->v) {
+        optimizer_destroy(opt);
+        return errorf("optimizer: out of memory");
+    }
+    Backend *be = model->be;
+    for (int i = 0; i < n; i++) {
+        Tensor *p = model->params[i].value;
+        if (be->alloc(be, &opt->m[i], DT_F32, p->ndim, p->shape) != STATUS_OK ||
+            be->alloc(be, &opt->v[i], DT_F32, p->ndim, p->shape) != STATUS_OK) {
+            optimizer_destroy(opt);
+            return error_context("optimizer state for %s: ", model->params[i].name);
+        }
+    }
+    return STATUS_OK;
+}
+
+void optimizer_destroy(Optimizer *opt) {
+    if (!opt->model) return;
+    Backend *be = opt->model->be;
+    for (int i = 0; i < opt->model->n_params; i++) {
+        if (opt->m && opt->m[i].data) be->release(be, &opt->m[i]);
+        if (opt->v && opt->v[i].data) be->release(be, &opt->v[i]);
+    }
+    free(opt->m);
+    free(opt->v);
+    memset(opt, 0, sizeof *opt);
+}
+
+int optimizer_decays(const Optimizer *opt, int i) {
+    return opt->model->params[i].decay || opt->cfg.decay_norms_and_embeddings;
+}
+
+Status optimizer_step(Optimizer *opt, double lr) {
+    Model *m = opt->model;
+    if (!m->has_grads) return errorf("optimizer_step: the model has no gradients");
+    opt->step++;
+    for (int i = 0; i < m->n_params; i++) {
+        AdamWConfig c = {.lr = (float)lr, .beta1 = (float)opt->cfg.beta1, .beta2 = (float)opt->cfg.beta2,
+                         .eps = (float)opt->cfg.eps,
+                         .weight_decay = optimizer_decays(opt, i) ? (float)opt->cfg.weight_decay : 0.0f,
+                         .step = opt->step};
+        if (m->be->ops.adamw_step(m->be, *m->params[i].value, *m->params[i].grad, opt->m[i], opt->v[i], c) != STATUS_OK)
+            return error_context("optimizer step on %s: ", m->params[i].name);
+    }
+    return STATUS_OK;
+}

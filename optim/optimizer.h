@@ -1,0 +1,28 @@
+/* AdamW over every parameter of a model: moments on the model's backend, the decay mask (norms,
+ * embeddings and biases exempt unless asked), and one step at a given learning rate. */
+#pragma once
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+    int decay_norms_and_embeddings;
+} OptimizerConfig;
+
+typedef struct {
+    Model *model;
+    OptimizerConfig cfg;
+    Tensor *m, *v;        /* [n_params], shaped as the parameters */
+    int64_t step;         /* optimizer steps taken */
+} Optimizer;
+
+Status optimizer_create(Optimizer *opt, Model *model, OptimizerConfig cfg);
+void optimizer_destroy(Optimizer *opt);
+
+/* One AdamW step on the model's accumulated gradients at learning rate lr. */
+Status optimizer_step(Optimizer *opt, double lr);
+
+/* Whether weight decay applies to parameter i. */
+int optimizer_decays(const Optimizer *opt, int i);

@@ -1,0 +1,85 @@
+/* The training command: parse options, load the config, build the trainer, run it. */
+#include "train/cmd_train.h"
+
+#include <signal.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/trainer.h"
+
+enum { TRAIN_MAX_SETS = 64 };
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    trainer_request_stop();
+}
+
+/* SIGTERM (Slurm's preemption, a scheduler's kill) and SIGUSR1 (sbatch --signal) finish the
+ * current step, write a checkpoint and exit with EXIT_PREEMPTED. */
+static Status install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGUSR1, &sa, NULL) != 0)
+        return errorf("cannot install the SIGTERM/SIGUSR1 handlers");
+    return STATUS_OK;
+}
+
+void cmd_train_usage(void) {
+    printf("usage: mlatrain --config FILE [--set key.path=value ...] [--restart]\n"
+           "\n"
+           "Trains as FILE says (docs/config.md): with a teacher, distillation of the student\n"
+           "(0.5 T^2 KL + 0.5 CE by default); without one, next-token training. The student starts from\n"
+           "student.init_from, converted to MLA when student.mla is given. Writes run.dir/metrics.jsonl,\n"
+           "run.dir/effective_config.json and the final model in run.dir/final.\n"
+           "--set overrides a key: --set optim.lr=3e-4 --set data.train='[\"a.h5\",\"b.h5\"]'\n"
+           "\n"
+           "A run whose run.dir holds a complete checkpoint resumes from it, bitwise as if never stopped;\n"
+           "--restart starts over instead (removing the run's metrics and checkpoints). SIGTERM or\n"
+           "SIGUSR1 finish the current step, write a checkpoint and exit with status %d.\n",
+           EXIT_PREEMPTED);
+}
+
+Status cmd_train(int argc, char **argv, int *show_help, int *preempted) {
+    *preempted = 0;
+    int restart = 0;
+    const char *config_path = NULL;
+    const char *sets[TRAIN_MAX_SETS];
+    int n_sets = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *show_help = 1;
+            return STATUS_OK;
+        }
+        if (strcmp(a, "--restart") == 0) {
+            restart = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return errorf("%s: unknown option or missing value (see mlatrain --help)", a);
+        const char *v = argv[++i];
+        if (strcmp(a, "--config") == 0) config_path = v;
+        else if (strcmp(a, "--set") == 0) {
+            if (n_sets == TRAIN_MAX_SETS) return errorf("more than %d --set options", TRAIN_MAX_SETS);
+            sets[n_sets++] = v;
+        } else {
+            return errorf("unknown option %s (see mlatrain --help)", a);
+        }
+    }
+    if (!config_path) return errorf("--config FILE is required (see mlatrain --help)");
+    Config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg) return errorf("out of memory");
+    Status st = config_load(cfg, config_path, sets, n_sets);
+    Trainer *t = NULL;
+    TrainerOptions opts = {.random_batches = 0, .quiet = 0, .restart = restart, .stop_at_step = 0};
+    if (st == STATUS_OK) st = install_stop_handlers();
+    if (st == STATUS_OK) st = trainer_create(&t, cfg, opts);
+    if (st == STATUS_OK) st = trainer_run(t);
+    if (st == STATUS_OK) *preempted = t->preempted;
+    trainer_destroy(t);
+    free(cfg);
+    return st;
+}

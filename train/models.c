@@ -1,0 +1,84 @@
+/* Building a run's teacher and student from the config, shared by training, evaluation,
+ * benchmarking and conversion. */
+#include "train/models.h"
+
+#include <string.h>
+
+#include "model/hf_model.h"
+#include "train/calibration.h"
+
+static Status build_from_source(const ConfigModelSource *src, const char *key, Backend *be, int64_t max_seq,
+                                Model **out) {
+    *out = NULL;
+    if (src->path[0]) {
+        if (hf_model_load(out, be, src->path, max_seq) != STATUS_OK) return error_context("%s: ", key);
+        return STATUS_OK;
+    }
+    if (model_create(out, be, &src->arch.model, max_seq) != STATUS_OK) return error_context("%s.arch: ", key);
+    return model_init_random(*out, (uint64_t)src->seed, 0.02f);
+}
+
+Status build_teacher(const Config *cfg, Backend *be, int64_t max_seq, Model **out) {
+    *out = NULL;
+    if (!cfg->has_teacher) return STATUS_OK;
+    return build_from_source(&cfg->teacher, "teacher", be, max_seq, out);
+}
+
+Status load_student_source(const Config *cfg, Backend *be, int64_t max_seq, Model **out) {
+    return build_from_source(&cfg->student.init_from, "student.init_from", be, max_seq, out);
+}
+
+ConvertOptions convert_options_from_config(const Config *cfg) {
+    const ConfigMla *m = &cfg->student.mla;
+    ConvertOptions o;
+    memset(&o, 0, sizeof o);
+    static const MlaInit inits[] = {[CONFIG_MLA_INIT_SVD] = MLA_INIT_SVD, [CONFIG_MLA_INIT_EXACT] = MLA_INIT_EXACT,
+                                    [CONFIG_MLA_INIT_RANDOM] = MLA_INIT_RANDOM};
+    static const RopeSelect selects[] = {[CONFIG_ROPE_SELECT_HIGH] = ROPE_SELECT_HIGH,
+                                         [CONFIG_ROPE_SELECT_LOW] = ROPE_SELECT_LOW,
+                                         [CONFIG_ROPE_SELECT_UNIFORM] = ROPE_SELECT_UNIFORM,
+                                         [CONFIG_ROPE_SELECT_NORM] = ROPE_SELECT_NORM};
+    o.init = inits[m->init];
+    o.rope_select = selects[m->rope_select];
+    o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
+                       .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
+                       .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};
+    o.energy = m->energy;
+    o.n_gqa_layers = m->n_gqa_layers;
+    for (int i = 0; i < m->n_gqa_layers; i++) o.gqa_layers[i] = (int)m->gqa_layers[i];
+    o.drop_biases = m->drop_biases;
+    o.seed = (uint64_t)cfg->run.seed;
+    return o;
+}
+
+Status build_student(const Config *cfg, Backend *be, int64_t max_seq, Model **out, ConvertReport *report,
+                     int *converted) {
+    *out = NULL;
+    if (converted) *converted = 0;
+    Model *source = NULL;
+    TRY(load_student_source(cfg, be, max_seq, &source));
+    if (!cfg->student.has_mla) {
+        *out = source;
+        return STATUS_OK;
+    }
+    if (model_config_mla_layers(&source->cfg) > 0) {
+        model_destroy(source);
+        return errorf("%s: student.mla: student.init_from already has MLA layers (an exported student); drop "
+                      "student.mla to continue from it as it is", cfg->name);
+    }
+    Status st = config_check_layers(cfg, source->cfg.num_hidden_layers);
+    Calibration cal;
+    memset(&cal, 0, sizeof cal);
+    if (st == STATUS_OK) st = calibration_tokens(cfg, source->cfg.vocab_size, max_seq < 512 ? max_seq : 512, &cal);
+    ConvertOptions o = convert_options_from_config(cfg);
+    o.calib_ids = cal.ids;
+    o.n_calib_seqs = cal.n_seqs;
+    o.calib_seq = cal.seq;
+    o.calib_from_data = cal.from_data;
+    ConvertReport local;
+    if (st == STATUS_OK) st = mla_convert(out, source, &o, report ? report : &local);
+    if (st == STATUS_OK && converted) *converted = 1;
+    calibration_free(&cal);
+    model_destroy(source);
+    return st;
+}
