@@ -103,8 +103,13 @@ for f in metrics.jsonl effective_config.json final/config.json final/model.safet
 done
 check "metrics.jsonl: the evaluation at init and a line per logged step, with its evaluation" test "$(grep -c "\"eval\"" "$work/run/metrics.jsonl")" -eq 3 -a "$(wc -l <"$work/run/metrics.jsonl")" -eq 3
 check "the run ends with its summary table" grep -q "student after training" "$work/out"
-expect_error "a second run into the same run.dir" "$bin" --config "$here/tiny_train.json" "${sets[@]}" -- \
-    "already holds a run"
+run "$bin" --config "$here/tiny_train.json" "${sets[@]}"
+check "a finished run started again resumes from its last checkpoint and ends (rc $rc)" test "$rc" -eq 0
+check "... saying so" grep -q "resuming from .*step_000000020" "$work/out"
+mv "$work/run/checkpoints" "$work/run/checkpoints.moved"
+expect_error "a run.dir with metrics but no checkpoint" "$bin" --config "$here/tiny_train.json" "${sets[@]}" -- \
+    "already holds a run" "--restart"
+mv "$work/run/checkpoints.moved" "$work/run/checkpoints"
 run "$bin" eval --config "$here/tiny_train.json" "${sets[@]}" --set "student.init_from=\"$work/run/final\"" \
     --json "$work/eval.json"
 check "eval exits 0 (stderr: $err)" test "$rc" -eq 0
