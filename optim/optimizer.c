@@ -57,3 +57,31 @@ Status optimizer_step(Optimizer *opt, double lr) {
     }
     return STATUS_OK;
 }
+
+int64_t optimizer_flat_size(const Model *m) {
+    int64_t n = 0;
+    for (int i = 0; i < m->n_params; i++) n += tensor_numel(*m->params[i].value);
+    return n;
+}
+
+Status optimizer_get_flat_moments(const Optimizer *opt, float *m, float *v) {
+    Backend *be = opt->model->be;
+    int64_t off = 0;
+    for (int i = 0; i < opt->model->n_params; i++) {
+        TRY(be->download(be, m + off, opt->m[i]));
+        TRY(be->download(be, v + off, opt->v[i]));
+        off += tensor_numel(opt->m[i]);
+    }
+    return STATUS_OK;
+}
+
+Status optimizer_set_flat_moments(Optimizer *opt, const float *m, const float *v) {
+    Backend *be = opt->model->be;
+    int64_t off = 0;
+    for (int i = 0; i < opt->model->n_params; i++) {
+        TRY(be->upload(be, opt->m[i], m + off));
+        TRY(be->upload(be, opt->v[i], v + off));
+        off += tensor_numel(opt->m[i]);
+    }
+    return STATUS_OK;
+}

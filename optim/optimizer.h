@@ -26,3 +26,10 @@ Status optimizer_step(Optimizer *opt, double lr);
 
 /* Whether weight decay applies to parameter i. */
 int optimizer_decays(const Optimizer *opt, int i);
+
+/* Number of values of all parameters laid end to end in registry order (the flat order). */
+int64_t optimizer_flat_size(const Model *m);
+
+/* The moments in the flat order, to and from host arrays of optimizer_flat_size values. */
+Status optimizer_get_flat_moments(const Optimizer *opt, float *m, float *v);
+Status optimizer_set_flat_moments(Optimizer *opt, const float *m, const float *v);

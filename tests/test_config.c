@@ -112,8 +112,8 @@ static void check_same(const Config *a, const Config *b, const char *what) {
     const ConfigMla *ma = &a->student.mla, *mb = &b->student.mla;
     int gqa_same = ma->n_gqa_layers == mb->n_gqa_layers;
     for (int i = 0; gqa_same && i < ma->n_gqa_layers; i++) gqa_same = ma->gqa_layers[i] == mb->gqa_layers[i];
-    int tasks_same = a->eval.n_tasks == b->eval.n_tasks;
-    for (int i = 0; tasks_same && i < a->eval.n_tasks; i++) tasks_same = strcmp(a->eval.tasks[i], b->eval.tasks[i]) == 0;
+    int tasks_same = a->eval.tasks.count == b->eval.tasks.count;
+    for (int i = 0; tasks_same && i < a->eval.tasks.count; i++) tasks_same = strcmp(a->eval.tasks.items[i], b->eval.tasks.items[i]) == 0;
     CHECK(strcmp(a->run.dir, b->run.dir) == 0 && a->run.seed == b->run.seed && a->run.threads == b->run.threads,
           "%s: run", what);
     CHECK(a->device == b->device, "%s: device", what);
@@ -182,7 +182,7 @@ static void test_design_example(void) {
           "optim");
     CHECK(c->train.micro_batch == 4 && c->train.global_batch == 256 && c->train.max_steps == 7000, "train");
     CHECK(c->checkpoint.every_steps == 500 && c->checkpoint.keep_last == 3, "checkpoint");
-    CHECK(c->eval.every_steps == 250 && c->eval.max_windows == 512 && c->eval.n_tasks == 0, "eval");
+    CHECK(c->eval.every_steps == 250 && c->eval.max_windows == 512 && c->eval.tasks.count == 0, "eval");
     CHECK(c->log.every_steps == 10, "log");
     CHECK_OK(config_check_train(c));
     CHECK(strcmp(config_device_name(c->device), "cuda") == 0 && strcmp(config_mla_init_name(m->init), "svd") == 0 &&
@@ -207,7 +207,7 @@ static void test_defaults(void) {
               "optim defaults (min_lr %g)", c->optim.min_lr);
         CHECK(c->train.micro_batch == 1 && c->train.global_batch == 1 && c->train.max_steps == 1000, "train defaults");
         CHECK(c->checkpoint.every_steps == 500 && c->checkpoint.keep_last == 3, "checkpoint defaults");
-        CHECK(c->eval.every_steps == 0 && c->eval.max_windows == 512 && c->eval.n_tasks == 0, "eval defaults");
+        CHECK(c->eval.every_steps == 0 && c->eval.max_windows == 512 && c->eval.tasks.count == 0, "eval defaults");
         CHECK(c->log.every_steps == 10, "log defaults");
         CHECK_ERR(config_check_train(c), "t.json: data.train: required for training");
     }
@@ -341,7 +341,7 @@ static void test_inline_arch(void) {
         CHECK(c->student.init_from.arch.present && c->student.init_from.seed == 99, "student seed defaults to run.seed");
         CHECK(strcmp(c->run.dir, "runs/a \"b\"") == 0, "escaped string %s", c->run.dir);
         CHECK(c->student.mla.n_gqa_layers == 1 && c->student.mla.gqa_layers[0] == 1, "gqa_layers");
-        CHECK(c->eval.n_tasks == 2 && strcmp(c->eval.tasks[1], "kv") == 0, "tasks");
+        CHECK(c->eval.tasks.count == 2 && strcmp(c->eval.tasks.items[1], "kv") == 0, "tasks");
         CHECK(c->optim.min_lr == 3e-5, "min_lr");
     }
     char text[4096];

@@ -22,7 +22,6 @@
 
 enum { PATH_LEN = 4096, CHUNK_ELEMENTS = 1 << 20 };
 
-static const char *const FILES_WITHOUT_MANIFEST[] = {"model.h5", "optimizer_rank00000.h5"};
 
 /* snprintf into a PATH_LEN buffer; a path that does not fit is an error, never a truncation. */
 static Status pathf(char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -205,16 +204,15 @@ static Status write_model_file(const char *path, const Model *m, const Checkpoin
     return st;
 }
 
-static Status write_optimizer_file(const char *path, const Optimizer *opt) {
+static Status write_optimizer_file(const char *path, const OptimizerShard *o) {
     hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, H5P_DEFAULT);
     if (f < 0) return h5_fail(path, "cannot create");
-    /* The shard this file holds, as [first, first + count) of the parameter list: all of it until
-     * the optimizer state is sharded across ranks. */
-    Status st = write_i64_attr(f, path, "adamw_step", opt->step);
-    if (st == STATUS_OK) st = write_i64_attr(f, path, "shard_first", 0);
-    if (st == STATUS_OK) st = write_i64_attr(f, path, "shard_count", opt->model->n_params);
-    if (st == STATUS_OK) st = write_tensor_group(f, path, "m", opt->model, opt->m);
-    if (st == STATUS_OK) st = write_tensor_group(f, path, "v", opt->model, opt->v);
+    Status st = write_i64_attr(f, path, "adamw_step", o->adamw_step);
+    if (st == STATUS_OK) st = write_i64_attr(f, path, "n_total", o->n_total);
+    if (st == STATUS_OK) st = write_i64_attr(f, path, "lo", o->lo);
+    if (st == STATUS_OK) st = write_i64_attr(f, path, "hi", o->hi);
+    if (st == STATUS_OK) st = write_f32(f, path, "m", o->m, 1, (int64_t[]){o->hi - o->lo});
+    if (st == STATUS_OK) st = write_f32(f, path, "v", o->v, 1, (int64_t[]){o->hi - o->lo});
     if (H5Fclose(f) < 0 && st == STATUS_OK) st = h5_fail(path, "close");
     return st;
 }
@@ -227,25 +225,41 @@ static Status fsync_path(const char *path) {
     return rc == 0 ? STATUS_OK : errorf("%s: fsync failed: %s", path, strerror(errno));
 }
 
+/* The checkpoint's files: model.h5 and optimizer_rank<R>.h5, sorted by name. */
+static int is_checkpoint_file(const char *name) {
+    return strcmp(name, "model.h5") == 0 || (strncmp(name, "optimizer_rank", 14) == 0 && strstr(name, ".h5"));
+}
+
+static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
 static Status write_manifest(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return errorf("%s: cannot open: %s", dir, strerror(errno));
+    char *names[1024];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 1024)
+        if (is_checkpoint_file(e->d_name)) names[n++] = strdup(e->d_name);
+    closedir(d);
+    qsort(names, (size_t)n, sizeof names[0], compare_names);
     cJSON *root = cJSON_CreateObject(), *files = cJSON_AddObjectToObject(root, "files");
     cJSON_AddNumberToObject(root, "format_version", CHECKPOINT_FORMAT_VERSION);
     Status st = STATUS_OK;
-    for (size_t i = 0; i < sizeof FILES_WITHOUT_MANIFEST / sizeof FILES_WITHOUT_MANIFEST[0] && st == STATUS_OK; i++) {
-        char path[PATH_LEN];
+    char path[PATH_LEN];
+    for (int i = 0; i < n && st == STATUS_OK; i++) {
         uint32_t crc = 0;
         uint64_t size = 0;
-        st = pathf(path, "%s/%s", dir, FILES_WITHOUT_MANIFEST[i]);
+        st = names[i] ? pathf(path, "%s/%s", dir, names[i]) : errorf("%s: out of memory", dir);
         if (st == STATUS_OK) st = fsync_path(path);
         if (st == STATUS_OK) st = crc32_file(path, &crc, &size);
-        cJSON *o = cJSON_AddObjectToObject(files, FILES_WITHOUT_MANIFEST[i]);
+        cJSON *o = cJSON_AddObjectToObject(files, names[i] ? names[i] : "?");
         cJSON_AddNumberToObject(o, "bytes", (double)size);
         cJSON_AddNumberToObject(o, "crc32", (double)crc);
     }
+    for (int i = 0; i < n; i++) free(names[i]);
     char *text = st == STATUS_OK ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (st == STATUS_OK && !text) st = errorf("%s: out of memory", dir);
-    char path[PATH_LEN];
     if (st == STATUS_OK) st = pathf(path, "%s/manifest.json", dir);
     if (st == STATUS_OK) st = file_write_atomic(path, text, strlen(text));
     free(text);
@@ -315,48 +329,67 @@ static Status step_dir(char *out, const char *ckdir, int64_t step) {
     return pathf(out, "%s/step_%09lld", ckdir, (long long)step);
 }
 
-Status checkpoint_save(const char *run_dir, const Model *m, const Optimizer *opt, const CheckpointState *s,
-                       const char *config_json, int keep_last) {
+/* Every rank learns whether all ranks succeeded; a failure anywhere fails the save everywhere. */
+static Status agree(Comm *comm, Status mine, const char *what) {
+    int32_t failed = mine != STATUS_OK;
+    if (comm->all_reduce_max_i32(comm, &failed, 1) != STATUS_OK) return STATUS_ERROR;
+    if (mine != STATUS_OK) return mine;
+    if (failed) return errorf("%s failed on another rank", what);
+    return STATUS_OK;
+}
+
+Status checkpoint_save(Comm *comm, const char *run_dir, const Model *m, const OptimizerShard *shard,
+                       const CheckpointState *s, const char *config_json, int keep_last) {
     hdf5_quiet();
+    int rank = comm->env.rank;
     char ckdir[PATH_LEN], tmp[PATH_LEN], final[PATH_LEN], path[PATH_LEN];
     TRY(pathf(ckdir, "%s/checkpoints", run_dir));
-    if (mkdir(ckdir, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", ckdir, strerror(errno));
-    TRY(pathf(tmp, "%s/.tmp_step_%09lld.%ld", ckdir, (long long)s->step, (long)getpid()));
+    /* One temporary folder for the job, named by the step, so every rank writes into it. */
+    TRY(pathf(tmp, "%s/.tmp_step_%09lld", ckdir, (long long)s->step));
     TRY(step_dir(final, ckdir, s->step));
-    TRY(remove_tree(tmp));
-    if (mkdir(tmp, 0755) != 0) return errorf("%s: cannot create: %s", tmp, strerror(errno));
     Status st = STATUS_OK;
-    st = pathf(path, "%s/model.h5", tmp);
-    if (st == STATUS_OK) st = write_model_file(path, m, s, config_json);
-    if (st == STATUS_OK) st = pathf(path, "%s/optimizer_rank00000.h5", tmp);
-    if (st == STATUS_OK) st = write_optimizer_file(path, opt);
-    if (st == STATUS_OK) st = write_manifest(tmp);
-    if (st == STATUS_OK) st = fsync_path(tmp);
-    /* A checkpoint of the same step (a rerun after a resume) is replaced whole. */
-    if (st == STATUS_OK) st = remove_tree(final);
-    if (st == STATUS_OK && rename(tmp, final) != 0) st = errorf("%s: cannot rename into place: %s", final, strerror(errno));
-    if (st == STATUS_OK) st = fsync_path(ckdir);
-    if (st != STATUS_OK) {
-        remove_tree(tmp);
-        return error_context("checkpoint at step %lld: ", (long long)s->step);
+    if (rank == 0) {
+        if (mkdir(ckdir, 0755) != 0 && errno != EEXIST) st = errorf("%s: cannot create: %s", ckdir, strerror(errno));
+        if (st == STATUS_OK) st = remove_tree(tmp);
+        if (st == STATUS_OK && mkdir(tmp, 0755) != 0) st = errorf("%s: cannot create: %s", tmp, strerror(errno));
+        if (st == STATUS_OK) st = pathf(path, "%s/model.h5", tmp);
+        if (st == STATUS_OK) st = write_model_file(path, m, s, config_json);
     }
-    TRY(pathf(path, "%s/latest", ckdir));
-    char text[64];
-    int len = snprintf(text, sizeof text, "step_%09lld\n", (long long)s->step);
-    TRY(file_write_atomic(path, text, (size_t)len));
+    TRY(agree(comm, st, "writing model.h5"));
+    if (shard) {
+        st = pathf(path, "%s/optimizer_rank%05d.h5", tmp, rank);
+        if (st == STATUS_OK) st = write_optimizer_file(path, shard);
+    }
+    TRY(agree(comm, st, "writing the optimizer state"));
+    if (rank == 0) {
+        st = write_manifest(tmp);
+        if (st == STATUS_OK) st = fsync_path(tmp);
+        /* A checkpoint of the same step (a rerun after a resume) is replaced whole. */
+        if (st == STATUS_OK) st = remove_tree(final);
+        if (st == STATUS_OK && rename(tmp, final) != 0)
+            st = errorf("%s: cannot rename into place: %s", final, strerror(errno));
+        if (st == STATUS_OK) st = fsync_path(ckdir);
+        if (st != STATUS_OK) remove_tree(tmp);
+        char text[64];
+        int len = snprintf(text, sizeof text, "step_%09lld\n", (long long)s->step);
+        if (st == STATUS_OK) st = pathf(path, "%s/latest", ckdir);
+        if (st == STATUS_OK) st = file_write_atomic(path, text, (size_t)len);
 
-    /* Older checkpoints go only now that the new one is complete and `latest` names it. */
-    int64_t *steps = NULL;
-    int n = 0;
-    TRY(list_steps(ckdir, &steps, &n));
-    for (int i = 0, kept = 0; i < n && st == STATUS_OK; i++) {
-        if (steps[i] > s->step) continue; /* newer ones from a run that was resumed earlier */
-        if (++kept <= keep_last) continue;
-        st = step_dir(path, ckdir, steps[i]);
-        if (st == STATUS_OK) st = remove_tree(path);
+        /* Older checkpoints go only now that the new one is complete and `latest` names it. */
+        int64_t *steps = NULL;
+        int n = 0;
+        if (st == STATUS_OK) st = list_steps(ckdir, &steps, &n);
+        for (int i = 0, kept = 0; i < n && st == STATUS_OK; i++) {
+            if (steps[i] > s->step) continue; /* newer ones from a run that was resumed earlier */
+            if (++kept <= keep_last) continue;
+            st = step_dir(path, ckdir, steps[i]);
+            if (st == STATUS_OK) st = remove_tree(path);
+        }
+        free(steps);
     }
-    free(steps);
-    return st;
+    if (agree(comm, st, "publishing the checkpoint") != STATUS_OK)
+        return error_context("checkpoint at step %lld: ", (long long)s->step);
+    return STATUS_OK;
 }
 
 Status checkpoint_remove_all(const char *run_dir) {
@@ -473,7 +506,7 @@ Status checkpoint_read_header(const char *dir, ModelConfig *mc, CheckpointState 
     return st;
 }
 
-Status checkpoint_load(const char *dir, Model *m, Optimizer *opt) {
+Status checkpoint_load(const char *dir, Model *m) {
     hdf5_quiet();
     char path[PATH_LEN];
     TRY(pathf(path, "%s/model.h5", dir));
@@ -490,19 +523,81 @@ Status checkpoint_load(const char *dir, Model *m, Optimizer *opt) {
         free(inv);
     }
     H5Fclose(f);
-    if (st != STATUS_OK || !opt) return st;
-    TRY(pathf(path, "%s/optimizer_rank00000.h5", dir));
-    f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    return st;
+}
+
+/* Copies the part of one optimizer file that overlaps the wanted range. */
+static Status read_optimizer_piece(const char *path, OptimizerShard *want, int64_t *covered) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return h5_fail(path, "cannot open");
-    int64_t first = -1, count = -1;
-    st = read_i64_attr(f, path, "adamw_step", &opt->step);
-    if (st == STATUS_OK) st = read_i64_attr(f, path, "shard_first", &first);
-    if (st == STATUS_OK) st = read_i64_attr(f, path, "shard_count", &count);
-    if (st == STATUS_OK && (first != 0 || count != m->n_params))
-        st = errorf("%s: holds parameters [%lld, %lld), expected all %d", path, (long long)first,
-                    (long long)(first + count), m->n_params);
-    if (st == STATUS_OK) st = read_tensor_group(f, path, "m", m, opt->m);
-    if (st == STATUS_OK) st = read_tensor_group(f, path, "v", m, opt->v);
+    int64_t step = 0, n_total = 0, lo = 0, hi = 0;
+    Status st = read_i64_attr(f, path, "adamw_step", &step);
+    if (st == STATUS_OK) st = read_i64_attr(f, path, "n_total", &n_total);
+    if (st == STATUS_OK) st = read_i64_attr(f, path, "lo", &lo);
+    if (st == STATUS_OK) st = read_i64_attr(f, path, "hi", &hi);
+    if (st == STATUS_OK && n_total != want->n_total)
+        st = errorf("%s: holds moments of %lld values, the model has %lld", path, (long long)n_total,
+                    (long long)want->n_total);
+    if (st == STATUS_OK && !(0 <= lo && lo <= hi && hi <= n_total))
+        st = errorf("%s: range [%lld, %lld) is not within [0, %lld)", path, (long long)lo, (long long)hi,
+                    (long long)n_total);
+    int64_t a = lo > want->lo ? lo : want->lo, b = hi < want->hi ? hi : want->hi;
+    if (st == STATUS_OK && a < b) {
+        float *m = malloc((size_t)(hi - lo) * sizeof(float)), *v = malloc((size_t)(hi - lo) * sizeof(float));
+        if (!m || !v) st = errorf("%s: out of memory", path);
+        if (st == STATUS_OK) st = read_f32(f, path, "m", m, 1, (int64_t[]){hi - lo});
+        if (st == STATUS_OK) st = read_f32(f, path, "v", v, 1, (int64_t[]){hi - lo});
+        if (st == STATUS_OK) {
+            memcpy(want->m + (a - want->lo), m + (a - lo), (size_t)(b - a) * sizeof(float));
+            memcpy(want->v + (a - want->lo), v + (a - lo), (size_t)(b - a) * sizeof(float));
+            *covered += b - a;
+            want->adamw_step = step;
+        }
+        free(m);
+        free(v);
+    }
     H5Fclose(f);
     return st;
+}
+
+Status checkpoint_load_optimizer(const char *dir, OptimizerShard *want) {
+    hdf5_quiet();
+    DIR *d = opendir(dir);
+    if (!d) return errorf("%s: cannot open: %s", dir, strerror(errno));
+    struct dirent *e;
+    Status st = STATUS_OK;
+    int64_t covered = 0;
+    char path[PATH_LEN];
+    /* Files' ranges are disjoint (the writers' shards), so the covered counts add up exactly. */
+    while ((e = readdir(d)) && st == STATUS_OK) {
+        if (strncmp(e->d_name, "optimizer_rank", 14) != 0) continue;
+        st = pathf(path, "%s/%s", dir, e->d_name);
+        if (st == STATUS_OK) st = read_optimizer_piece(path, want, &covered);
+    }
+    closedir(d);
+    if (st == STATUS_OK && covered != want->hi - want->lo)
+        st = errorf("%s: the optimizer files cover %lld of the %lld moments [%lld, %lld) this rank needs", dir,
+                    (long long)covered, (long long)(want->hi - want->lo), (long long)want->lo, (long long)want->hi);
+    return st;
+}
+
+Status checkpoint_list(const char *run_dir, int64_t **steps, int *n) {
+    char ckdir[PATH_LEN];
+    *steps = NULL;
+    *n = 0;
+    TRY(pathf(ckdir, "%s/checkpoints", run_dir));
+    TRY(list_steps(ckdir, steps, n));
+    for (int i = 0, j = *n - 1; i < j; i++, j--) { /* newest first -> oldest first */
+        int64_t s = (*steps)[i];
+        (*steps)[i] = (*steps)[j];
+        (*steps)[j] = s;
+    }
+    return STATUS_OK;
+}
+
+Status checkpoint_step_dir(const char *run_dir, int64_t step, char *out, size_t n) {
+    char path[PATH_LEN];
+    TRY(pathf(path, "%s/checkpoints/step_%09lld", run_dir, (long long)step));
+    if (snprintf(out, n, "%s", path) >= (int)n) return errorf("%s: path too long", path);
+    return STATUS_OK;
 }

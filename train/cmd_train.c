@@ -74,12 +74,21 @@ Status cmd_train(int argc, char **argv, int *show_help, int *preempted) {
     if (!cfg) return errorf("out of memory");
     Status st = config_load(cfg, config_path, sets, n_sets);
     Trainer *t = NULL;
-    TrainerOptions opts = {.random_batches = 0, .quiet = 0, .restart = restart, .stop_at_step = 0};
+    Comm *comm = NULL;
+    if (st == STATUS_OK) st = comm_create(&comm, config_device_name(cfg->device), cfg->dist.timeout_s);
+    TrainerOptions opts = {.random_batches = 0, .quiet = 0, .restart = restart, .stop_at_step = 0, .comm = comm};
     if (st == STATUS_OK) st = install_stop_handlers();
     if (st == STATUS_OK) st = trainer_create(&t, cfg, opts);
     if (st == STATUS_OK) st = trainer_run(t);
     if (st == STATUS_OK) *preempted = t->preempted;
     trainer_destroy(t);
+    if (st != STATUS_OK && comm && comm->env.world > 1) {
+        /* One rank failing must end the job: the others would wait in their next collective. */
+        fprintf(stderr, "mlatrain: rank %d: error: %s\n", comm->env.rank, error_message());
+        fflush(stderr);
+        comm->abort(comm, 1);
+    }
+    comm_destroy(comm);
     free(cfg);
     return st;
 }

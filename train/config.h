@@ -10,7 +10,6 @@
 enum {
     CONFIG_PATH_MAX = 512,        /* bytes of a path, glob or folder, with the terminating NUL */
     CONFIG_LIST_MAX = 64,         /* entries of data.train, data.val, eval.tasks */
-    CONFIG_NAME_MAX = 64,         /* bytes of an eval task name */
     CONFIG_ARCH_JSON_MAX = 8192,  /* bytes of an inline arch, as compact JSON */
 };
 
@@ -131,13 +130,17 @@ typedef struct {
     struct {
         int64_t every_steps;      /* 0 = never */
         int64_t max_windows;      /* 0 = every window */
-        int n_tasks;
-        char tasks[CONFIG_LIST_MAX][CONFIG_NAME_MAX];
+        ConfigPathList tasks;     /* multiple-choice task files (docs/eval.md) */
     } eval;
 
     struct {
         int64_t every_steps;
     } log;
+
+    struct {
+        int zero1;                /* shard the optimizer state across ranks (ZeRO-1) */
+        double timeout_s;         /* a collective not done by then aborts the job */
+    } dist;
 } Config;
 
 /* Reads the config file at path, applies the overrides ("key.path=value", in order) and validates

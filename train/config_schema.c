@@ -115,10 +115,14 @@ const KeySpec CONFIG_KEYS[] = {
     OBJECT("eval"),
     INT("eval.every_steps", eval.every_steps, 0, 0, ANY_INT, 0),
     INT("eval.max_windows", eval.max_windows, 512, 0, ANY_INT, 0),
-    STRINGS("eval.tasks", eval.tasks, eval.n_tasks),
+    STRINGS("eval.tasks", eval.tasks.items, eval.tasks.count),
 
     OBJECT("log"),
     INT("log.every_steps", log.every_steps, 10, 1, ANY_INT, 0),
+
+    OBJECT("dist"),
+    BOOL("dist.zero1", dist.zero1, 0),
+    NUMBER("dist.timeout_s", dist.timeout_s, 600, 0, INFINITY, KEY_LO_OPEN),
 };
 const int CONFIG_N_KEYS = (int)(sizeof CONFIG_KEYS / sizeof CONFIG_KEYS[0]);
 

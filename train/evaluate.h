@@ -7,12 +7,14 @@
 
 #include "data/loader.h"
 #include "model/model.h"
+#include "train/tasks.h"
 
 typedef struct {
     double loss, ppl;                 /* student: mean CE, exp(mean CE) */
     double kl, top1_agree;            /* mean KL(p_teacher || p_student), share of argmax matches */
     int has_teacher;
     int64_t windows, tokens;
+    TaskScores tasks;                 /* eval.tasks (tasks_evaluate); none from evaluate_student */
 } EvalFigures;
 
 typedef struct {

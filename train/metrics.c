@@ -35,6 +35,7 @@ static void json_number(FILE *f, const char *key, double v, int comma) {
 
 Status metrics_write(Metrics *m, const StepRecord *r, const EvalFigures *e, const TeacherFigures *t) {
     FILE *f = m->file;
+    if (!f) return STATUS_OK; /* ranks other than 0 keep no metrics file */
     fprintf(f, "{\"step\": %lld, \"tokens\": %lld%s", (long long)r->step, (long long)r->tokens,
             r->step > 0 || e || t ? ", " : "");
     if (r->step == 0) {
@@ -59,7 +60,19 @@ Status metrics_write(Metrics *m, const StepRecord *r, const EvalFigures *e, cons
             json_number(f, "kl", e->kl, 1);
             json_number(f, "top1_agree", e->top1_agree, 1);
         }
-        fprintf(f, "\"windows\": %lld, \"tokens\": %lld}%s", (long long)e->windows, (long long)e->tokens, t ? ", " : "");
+        fprintf(f, "\"windows\": %lld, \"tokens\": %lld", (long long)e->windows, (long long)e->tokens);
+        if (e->tasks.count > 0) {
+            fprintf(f, ", \"tasks\": {");
+            for (int i = 0; i < e->tasks.count; i++) {
+                const TaskScore *k = &e->tasks.task[i];
+                fprintf(f, "%s\"%s\": {", i ? ", " : "", k->name);
+                json_number(f, "acc", k->acc, 1);
+                json_number(f, "acc_norm", k->acc_norm, 1);
+                fprintf(f, "\"n\": %lld}", (long long)k->n);
+            }
+            fprintf(f, "}");
+        }
+        fprintf(f, "}%s", t ? ", " : "");
     }
     if (t) {
         fprintf(f, "\"teacher_eval\": {");
@@ -113,5 +126,8 @@ void metrics_print_eval(Metrics *m, int64_t step, const EvalFigures *e, const Te
     if (e->has_teacher) printf("  kl %.4f  top-1 agreement %.3f", e->kl, e->top1_agree);
     if (t) printf("  | teacher loss %.4f ppl %.3f", t->loss, t->ppl);
     printf("  (%lld windows, %lld tokens)\n", (long long)e->windows, (long long)e->tokens);
+    for (int i = 0; i < e->tasks.count; i++)
+        printf("  task %s: accuracy %.4f, per-token %.4f (%lld items)\n", e->tasks.task[i].name, e->tasks.task[i].acc,
+               e->tasks.task[i].acc_norm, (long long)e->tasks.task[i].n);
     fflush(stdout);
 }

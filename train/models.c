@@ -2,7 +2,10 @@
  * benchmarking and conversion. */
 #include "train/models.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "model/hf_model.h"
 #include "train/calibration.h"
@@ -81,4 +84,58 @@ Status build_student(const Config *cfg, Backend *be, int64_t max_seq, Model **ou
     calibration_free(&cal);
     model_destroy(source);
     return st;
+}
+
+static int exists(const char *dir, const char *name, int want_dir) {
+    char path[4096];
+    struct stat sb;
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path || stat(path, &sb) != 0) return 0;
+    return want_dir ? S_ISDIR(sb.st_mode) : S_ISREG(sb.st_mode);
+}
+
+int is_checkpoint_path(const char *path) {
+    return exists(path, "manifest.json", 0) || exists(path, "model.h5", 0) || exists(path, "checkpoints", 1) ||
+           exists(path, CONFIG_EFFECTIVE_FILE, 0);
+}
+
+/* The checkpoint folder path names: itself, verified, or a run directory's newest valid one. */
+static Status resolve_checkpoint(const char *path, char *dir, size_t n) {
+    if (exists(path, "manifest.json", 0) || exists(path, "model.h5", 0)) {
+        if (snprintf(dir, n, "%s", path) >= (int)n) return errorf("%s: path too long", path);
+        return checkpoint_verify(path);
+    }
+    if (exists(path, "checkpoints", 1) || exists(path, CONFIG_EFFECTIVE_FILE, 0)) {
+        int found = 0;
+        TRY(checkpoint_find(path, dir, n, &found));
+        if (!found) return errorf("%s: the run holds no complete checkpoint (in %s/checkpoints)", path, path);
+        return STATUS_OK;
+    }
+    return errorf("%s: not a checkpoint folder (step_<N> with manifest.json) nor a run directory (with checkpoints/)",
+                  path);
+}
+
+Status load_student_checkpoint(const char *path, Backend *be, int64_t max_seq, Model **out, char *dir_out, size_t n,
+                               CheckpointState *state) {
+    *out = NULL;
+    char dir[4096];
+    TRY(resolve_checkpoint(path, dir, sizeof dir));
+    ModelConfig mc;
+    CheckpointState cs;
+    char *saved = NULL;
+    TRY(checkpoint_read_header(dir, &mc, &cs, &saved));
+    free(saved);
+    if (model_config_check_seq_len(&mc, max_seq) != STATUS_OK) return error_context("%s: ", dir);
+    Model *m = NULL;
+    if (model_create(&m, be, &mc, max_seq) != STATUS_OK) return error_context("%s: ", dir);
+    if (checkpoint_load(dir, m) != STATUS_OK) {
+        model_destroy(m);
+        return STATUS_ERROR;
+    }
+    if (dir_out && snprintf(dir_out, n, "%s", dir) >= (int)n) {
+        model_destroy(m);
+        return errorf("%s: path too long", dir);
+    }
+    if (state) *state = cs;
+    *out = m;
+    return STATUS_OK;
 }

@@ -5,6 +5,7 @@
 #include "core/backend.h"
 #include "model/convert.h"
 #include "model/model.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 
 /* The teacher, or *out = NULL when the config has none. */
@@ -20,3 +21,14 @@ ConvertOptions convert_options_from_config(const Config *cfg);
  * When a conversion runs, *report (if not NULL) receives its report and *converted is set. */
 Status build_student(const Config *cfg, Backend *be, int64_t max_seq, Model **out, ConvertReport *report,
                      int *converted);
+
+/* Whether path is a checkpoint folder (step_<N>, with manifest.json or model.h5) or a run directory
+ * (with checkpoints/ or effective_config.json), rather than a model folder. */
+int is_checkpoint_path(const char *path);
+
+/* The student a checkpoint holds, for sequences up to max_seq. path is a checkpoint folder
+ * (verified against its manifest first) or a run directory (its newest valid checkpoint, the one a
+ * resume would take). dir_out (n bytes, may be NULL) receives the folder read, *state (may be
+ * NULL) its step and tokens. */
+Status load_student_checkpoint(const char *path, Backend *be, int64_t max_seq, Model **out, char *dir_out, size_t n,
+                               CheckpointState *state);

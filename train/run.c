@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include "core/crc32.h"
 #include "core/file_io.h"
 #include "model/hf_model.h"
 #include "train/checkpoint.h"
@@ -93,7 +94,29 @@ static Status save_checkpoint(Trainer *t) {
     }
     char *json = NULL;
     TRY(config_effective_json(t->cfg, &json));
-    Status st = checkpoint_save(t->cfg->run.dir, t->student, &t->opt, &s, json, (int)t->cfg->checkpoint.keep_last);
+    /* With ZeRO-1 every rank writes its shard; otherwise the moments are the same everywhere and
+     * rank 0 writes them all. */
+    OptimizerShard shard = {.n_total = optimizer_flat_size(t->student)}, *mine = NULL;
+    Status st = STATUS_OK;
+    if (t->zero1) {
+        shard = (OptimizerShard){.n_total = t->zero.n, .lo = t->zero.lo, .hi = t->zero.hi, .m = t->zero.m,
+                                 .v = t->zero.v, .adamw_step = t->zero.step};
+        mine = &shard;
+    } else if (t->rank == 0) {
+        shard.lo = 0;
+        shard.hi = shard.n_total;
+        shard.adamw_step = t->opt.step;
+        shard.m = malloc((size_t)shard.n_total * sizeof(float));
+        shard.v = malloc((size_t)shard.n_total * sizeof(float));
+        st = shard.m && shard.v ? optimizer_get_flat_moments(&t->opt, shard.m, shard.v) : errorf("out of memory");
+        mine = &shard;
+    }
+    if (st == STATUS_OK)
+        st = checkpoint_save(t->comm, t->cfg->run.dir, t->student, mine, &s, json, (int)t->cfg->checkpoint.keep_last);
+    if (!t->zero1) {
+        free(shard.m);
+        free(shard.v);
+    }
     free(json);
     return st;
 }
@@ -128,6 +151,29 @@ static void print_summary(const Trainer *t, const EvalFigures *init, const EvalF
                (double)kv_bytes_per_token(&t->teacher->cfg) / (double)kv);
 }
 
+/* Every rank must hold the same weights after a step; a difference means a broken reduction or a
+ * rank that computed something else, and is an error rather than a silently forked model. */
+static Status check_replicas_identical(Trainer *t) {
+    if (t->world == 1) return STATUS_OK;
+    uint32_t crc = 0;
+    Model *m = t->student;
+    for (int i = 0; i < m->n_params; i++) {
+        Tensor *p = m->params[i].value;
+        float *host = malloc(tensor_bytes(*p) ? tensor_bytes(*p) : 1);
+        if (!host) return errorf("out of memory");
+        Status st = m->be->download(m->be, host, *p);
+        if (st == STATUS_OK) crc = crc32_update(crc, host, tensor_bytes(*p));
+        free(host);
+        TRY(st);
+    }
+    int32_t v[4] = {(int32_t)(crc >> 16), (int32_t)(crc & 0xffff), -(int32_t)(crc >> 16), -(int32_t)(crc & 0xffff)};
+    TRY(t->comm->all_reduce_max_i32(t->comm, v, 4));
+    if (v[0] != -v[2] || v[1] != -v[3])
+        return errorf("rank %d: the ranks' weights differ after step %lld (CRC-32 %08x here)", t->rank,
+                      (long long)t->step, crc);
+    return STATUS_OK;
+}
+
 static volatile sig_atomic_t stop_requested;
 
 void trainer_request_stop(void) { stop_requested = 1; }
@@ -138,17 +184,27 @@ static int due(int64_t step, int64_t every, int64_t max_steps) {
 
 Status trainer_run(Trainer *t) {
     const Config *cfg = t->cfg;
-    TRY(prepare_run_dir(t));
+    /* Rank 0 owns run.dir's files; the others wait for it, and all learn if it failed. */
+    Status prep = t->rank == 0 ? prepare_run_dir(t) : STATUS_OK;
+    int32_t prep_failed = prep != STATUS_OK;
+    TRY(t->comm->all_reduce_max_i32(t->comm, &prep_failed, 1));
+    if (prep != STATUS_OK) return prep;
+    if (prep_failed) return errorf("rank %d: preparing run.dir failed on rank 0", t->rank);
     Metrics metrics;
-    TRY(metrics_open(&metrics, cfg->run.dir));
+    memset(&metrics, 0, sizeof metrics);
+    if (t->rank == 0) TRY(metrics_open(&metrics, cfg->run.dir));
     int evaluates = t->val != NULL && cfg->eval.every_steps > 0;
     Status st = STATUS_OK;
     if (!t->opts.quiet) {
-        printf("student: %s, %lld parameters; %s; %lld steps of %lld sequences x %lld tokens (%lld micro-steps)\n",
+        printf("student: %s, %lld parameters; %s; %lld steps of %lld sequences x %lld tokens (%lld micro-steps",
                t->student->cfg.architecture, (long long)model_num_parameters(t->student),
                t->teacher ? "distilling from the teacher" : "next-token training (no teacher)",
                (long long)cfg->train.max_steps, (long long)cfg->train.global_batch, (long long)t->T,
                (long long)t->accum);
+        if (t->world > 1)
+            printf(" on each of %d ranks, %s, %s", t->world, t->comm->name,
+                   t->zero1 ? "optimizer state sharded (ZeRO-1)" : "optimizer state replicated");
+        printf(")\n");
         if (t->converted) convert_report_print(t->convert_report, stdout);
     }
     StepRecord r = {0};
@@ -182,7 +238,10 @@ Status trainer_run(Trainer *t) {
             metrics_progress(&metrics, &r, log_now);
             if (eval_now) metrics_print_eval(&metrics, t->step, &e, NULL);
         }
-        int stop = stop_requested || (t->opts.stop_at_step > 0 && t->step == t->opts.stop_at_step);
+        /* A signal may reach the ranks at different steps: they stop together at the first step
+         * any of them saw it. */
+        int32_t stop = stop_requested || (t->opts.stop_at_step > 0 && t->step == t->opts.stop_at_step);
+        if (st == STATUS_OK) st = t->comm->all_reduce_max_i32(t->comm, &stop, 1);
         if (st == STATUS_OK && (stop || due(t->step, cfg->checkpoint.every_steps, cfg->train.max_steps)))
             st = save_checkpoint(t);
         if (st == STATUS_OK && stop && t->step < cfg->train.max_steps) {
@@ -196,7 +255,9 @@ Status trainer_run(Trainer *t) {
             printf("stopped at step %lld on request; checkpoint written: the same command resumes\n", (long long)t->step);
         return STATUS_OK;
     }
-    if (st == STATUS_OK) st = save_final(t);
+    if (st == STATUS_OK) st = check_replicas_identical(t);
+    if (st == STATUS_OK && t->rank == 0) st = save_final(t);
+    if (st == STATUS_OK) st = t->comm->barrier(t->comm);
     if (st == STATUS_OK && !t->opts.quiet && evaluates && !t->resumed) print_summary(t, &init_eval, &last_eval);
     if (st == STATUS_OK && !t->opts.quiet)
         printf("done: %lld steps, %lld tokens in %.1f s; final model in %s/final\n", (long long)t->step,

@@ -13,6 +13,7 @@
 
 #include "core/rng.h"
 #include "train/checkpoint.h"
+#include "train/grad_sync.h"
 #include "train/models.h"
 
 static double now_seconds(void) {
@@ -72,10 +73,37 @@ static Status check_resume_compatible(const Config *cfg, const char *saved_json,
     return STATUS_OK;
 }
 
+/* This rank's moments from a checkpoint written by any number of ranks, with or without ZeRO-1. */
+static Status load_optimizer_state(Trainer *t) {
+    int64_t n = optimizer_flat_size(t->student);
+    if (t->zero1) {
+        OptimizerShard sh = {.n_total = n, .lo = t->zero.lo, .hi = t->zero.hi, .m = t->zero.m, .v = t->zero.v};
+        TRY(checkpoint_load_optimizer(t->resumed_from, &sh));
+        t->zero.step = sh.adamw_step;
+        return STATUS_OK;
+    }
+    OptimizerShard sh = {.n_total = n, .lo = 0, .hi = n};
+    sh.m = malloc((size_t)n * sizeof(float));
+    sh.v = malloc((size_t)n * sizeof(float));
+    Status st = sh.m && sh.v ? checkpoint_load_optimizer(t->resumed_from, &sh) : errorf("out of memory");
+    if (st == STATUS_OK) st = optimizer_set_flat_moments(&t->opt, sh.m, sh.v);
+    t->opt.step = sh.adamw_step;
+    free(sh.m);
+    free(sh.v);
+    return st;
+}
+
 static Status setup(Trainer *t, const Config *cfg) {
     t->cfg = cfg;
-    t->rank = 0;
-    t->world = 1;
+    if (t->opts.comm) {
+        t->comm = t->opts.comm;
+    } else {
+        TRY(comm_create(&t->comm, config_device_name(cfg->device), cfg->dist.timeout_s));
+        t->owns_comm = 1;
+    }
+    t->rank = t->comm->env.rank;
+    t->world = t->comm->env.world;
+    if (t->rank != 0) t->opts.quiet = 1; /* rank 0 speaks for the job */
     TRY(config_check_world(cfg, t->world));
     BackendOptions bo = {.threads = (int)cfg->run.threads, .device = 0};
     TRY(backend_create(&t->be, config_device_name(cfg->device), bo));
@@ -89,8 +117,13 @@ static Status setup(Trainer *t, const Config *cfg) {
     if (!t->convert_report) return errorf("trainer: out of memory");
     int found = 0;
     CheckpointState resume = {0};
-    if (!t->opts.restart && !t->opts.random_batches)
+    /* Rank 0 chooses the checkpoint and tells the others, so all resume from the same one. */
+    if (!t->opts.restart && !t->opts.random_batches && t->rank == 0)
         TRY(checkpoint_find(cfg->run.dir, t->resumed_from, sizeof t->resumed_from, &found));
+    int32_t found32 = found;
+    TRY(t->comm->all_reduce_max_i32(t->comm, &found32, 1));
+    found = found32;
+    if (found) TRY(t->comm->broadcast(t->comm, t->resumed_from, sizeof t->resumed_from, 0));
     if (found) {
         /* The student as the checkpoint holds it: no conversion, weights loaded below. */
         ModelConfig mc;
@@ -117,9 +150,18 @@ static Status setup(Trainer *t, const Config *cfg) {
     OptimizerConfig oc = {.beta1 = cfg->optim.beta1, .beta2 = cfg->optim.beta2, .eps = cfg->optim.eps,
                           .weight_decay = cfg->optim.weight_decay,
                           .decay_norms_and_embeddings = cfg->optim.decay_norms_and_embeddings};
-    TRY(optimizer_create(&t->opt, t->student, oc));
+    t->zero1 = cfg->dist.zero1;
+    if (t->zero1) {
+        TRY(zero1_create(&t->zero, t->student, oc, t->comm));
+    } else {
+        TRY(optimizer_create(&t->opt, t->student, oc));
+        if (t->world > 1) {
+            t->grad_bucket = malloc((size_t)GRAD_BUCKET_VALUES * sizeof(float));
+            if (!t->grad_bucket) return errorf("trainer: out of memory for the gradient bucket");
+        }
+    }
     if (t->resumed) {
-        if (checkpoint_load(t->resumed_from, t->student, &t->opt) != STATUS_OK)
+        if (checkpoint_load(t->resumed_from, t->student) != STATUS_OK || load_optimizer_state(t) != STATUS_OK)
             return error_context("resuming from %s: ", t->resumed_from);
         t->step = resume.step;
         t->tokens = resume.tokens;
@@ -179,6 +221,8 @@ void trainer_destroy(Trainer *t) {
             if (ts[i]->data) be->release(be, ts[i]);
     }
     optimizer_destroy(&t->opt);
+    zero1_destroy(&t->zero);
+    free(t->grad_bucket);
     forward_state_destroy(t->tst);
     forward_state_destroy(t->sst);
     loader_close(t->train);
@@ -186,6 +230,7 @@ void trainer_destroy(Trainer *t) {
     model_destroy(t->teacher);
     model_destroy(t->student);
     backend_destroy(be);
+    if (t->owns_comm) comm_destroy(t->comm);
     free(t->windows);
     free(t->host_ids);
     free(t->host_targets);
@@ -240,14 +285,26 @@ Status trainer_step(Trainer *t, StepRecord *r) {
                                  1.0f / (float)counted));
         TRY(model_backward(t->student, t->sst, t->dhidden));
     }
+    /* The figures of the whole global batch. */
+    double totals[5] = {sums.loss, sums.kl, sums.ce, (double)sums.counted, (double)sums.top1_agree};
+    TRY(t->comm->all_reduce_sum_f64(t->comm, totals, 5));
+    sums.loss = totals[0];
+    sums.kl = totals[1];
+    sums.ce = totals[2];
+    sums.counted = (int64_t)totals[3];
     if (sums.counted != counted)
         return errorf("trainer: step %lld counted %lld tokens, expected %lld", (long long)t->step + 1,
                       (long long)sums.counted, (long long)counted);
-    double norm = 0;
-    if (grad_norm_clip(be, t->grads, t->student->n_params, cfg->optim.grad_clip, &norm) != STATUS_OK)
-        return error_context("step %lld: ", (long long)t->step + 1);
-    double lr = lr_at(&t->sched, t->step + 1);
-    TRY(optimizer_step(&t->opt, lr));
+    double norm = 0, lr = lr_at(&t->sched, t->step + 1);
+    if (t->zero1) {
+        if (zero1_step(&t->zero, lr, cfg->optim.grad_clip, &norm) != STATUS_OK)
+            return error_context("step %lld: ", (long long)t->step + 1);
+    } else {
+        TRY(grad_all_reduce(t->comm, t->student, t->grad_bucket));
+        if (grad_norm_clip(be, t->grads, t->student->n_params, cfg->optim.grad_clip, &norm) != STATUS_OK)
+            return error_context("step %lld: ", (long long)t->step + 1);
+        TRY(optimizer_step(&t->opt, lr));
+    }
     TRY(be->synchronize(be));
     t->step++;
     t->tokens += counted;
@@ -273,5 +330,6 @@ Status trainer_evaluate(Trainer *t, EvalFigures *e) {
         TRY(evaluate_teacher(t->teacher, t->val, mw, t->B, &t->teacher_eval));
         t->teacher_evaluated = 1;
     }
-    return evaluate_student(t->student, t->teacher, t->val, mw, t->B, e);
+    TRY(evaluate_student(t->student, t->teacher, t->val, mw, t->B, e));
+    return tasks_evaluate(t->student, &t->cfg->eval.tasks, t->B, &e->tasks);
 }

@@ -7,10 +7,12 @@
 
 #include "core/backend.h"
 #include "data/loader.h"
+#include "dist/comm.h"
 #include "model/convert.h"
 #include "model/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "optim/zero1.h"
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/metrics.h"
@@ -20,6 +22,8 @@ typedef struct {
     int quiet;            /* print nothing (bench, tests) */
     int restart;          /* ignore run.dir's checkpoints and metrics: start over (--restart) */
     int64_t stop_at_step; /* > 0: behave as if preempted after this step (tests) */
+    Comm *comm;           /* the job's communicator, owned by the caller; NULL: one made from the
+                             environment and owned by the trainer */
 } TrainerOptions;
 
 typedef struct {
@@ -28,7 +32,12 @@ typedef struct {
     Backend *be;
     Model *teacher, *student;
     ForwardState *tst, *sst;
+    Comm *comm;                   /* the data-parallel job (a single process: world 1) */
+    int owns_comm;
+    int zero1;                    /* dist.zero1: moments sharded (zero) instead of replicated (opt) */
     Optimizer opt;
+    Zero1 zero;
+    float *grad_bucket;           /* [GRAD_BUCKET_VALUES]: gradient all-reduce without ZeRO */
     LrSchedule sched;
     Loader *train, *val;
     int rank, world;
