@@ -10,6 +10,7 @@
 
 #include "data/hdf5_errors.h"
 #include "data/loader.h"
+#include "data/mc_convert.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
 
@@ -22,6 +23,7 @@ static const char *const USAGE_DATA =
     "  text      text files -> tokens with the byte tokenizer (vocab 257, eos 256)\n"
     "  llmc-bin  llm.c .bin shards (uint16 GPT-2 or uint32 Llama 3) -> tokens\n"
     "  jsonl     JSON lines of token-id arrays -> tokens\n"
+    "  mc        HellaSwag-style multiple-choice JSON lines -> an eval.tasks file (byte tokenizer)\n"
     "  summary   files, tokens, vocabulary and documents of token files (reads every token)\n"
     "  bench     the loader's throughput on token files, in tokens/s\n"
     "\n"
@@ -57,6 +59,15 @@ static const char *const USAGE_JSONL =
     "\n"
     "One document per line: [1, 2, 3] or {\"tokens\": [...]} or {\"input_ids\": [...]}. eos is\n"
     "appended to each document that does not already end with it; blank lines are skipped.\n";
+
+static const char *const USAGE_MC =
+    "usage: mlatrain data mc IN.jsonl... --out TASK.jsonl\n"
+    "\n"
+    "Multiple-choice items as HellaSwag writes them, one JSON object per line with \"ctx\" (or\n"
+    "\"ctx_a\" and \"ctx_b\"), \"endings\" (strings) and \"label\", into a task file for eval.tasks\n"
+    "with the byte tokenizer: {\"context\": [256, bytes of ctx], \"endings\": [[bytes of \" \" +\n"
+    "ending], ...], \"label\": k}. 256 (eos) starts the context as it starts a document in\n"
+    "training data. See docs/eval.md.\n";
 
 static const char *const USAGE_SUMMARY =
     "usage: mlatrain data summary FILE.h5...\n"
@@ -173,6 +184,17 @@ static Status run_convert(const char *sub, DataArgs *a) {
     return STATUS_OK;
 }
 
+static Status run_mc(const DataArgs *a) {
+    if (a->n_inputs == 0) return errorf("data mc: no input files (see mlatrain data mc --help)");
+    if (!a->out) return errorf("data mc: --out is required");
+    McConvertResult r;
+    TRY(mc_convert_text(a->inputs, a->n_inputs, a->out, &r));
+    printf("read %llu input file%s; wrote %s: %llu items, %llu endings, the longest context + ending %llu tokens\n",
+           (unsigned long long)r.inputs, r.inputs == 1 ? "" : "s", a->out, (unsigned long long)r.items,
+           (unsigned long long)r.endings, (unsigned long long)r.longest);
+    return STATUS_OK;
+}
+
 static Status run_summary(const DataArgs *a) {
     if (a->n_inputs == 0) return errorf("data summary: no files (see mlatrain data summary --help)");
     TokenFileStats *stats = calloc((size_t)a->n_inputs, sizeof *stats);
@@ -247,7 +269,8 @@ static Status run_bench(DataArgs *a) {
 Status cmd_data(int argc, char **argv) {
     /* This process uses HDF5 only through data/, which closes what it opens. */
     hdf5_skip_exit_cleanup();
-    if (argc < 1) return errorf("data: missing subcommand (text, llmc-bin, jsonl, summary, bench; see mlatrain data --help)");
+    if (argc < 1)
+        return errorf("data: missing subcommand (text, llmc-bin, jsonl, mc, summary, bench; see mlatrain data --help)");
     const char *sub = argv[0];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
         fputs(USAGE_DATA, stdout);
@@ -268,6 +291,9 @@ Status cmd_data(int argc, char **argv) {
         snprintf(buf, sizeof buf, "%s--vocab-size --eos-id ", split_opts);
         allowed = buf;
         usage = USAGE_JSONL;
+    } else if (strcmp(sub, "mc") == 0) {
+        allowed = "--out ";
+        usage = USAGE_MC;
     } else if (strcmp(sub, "summary") == 0) {
         allowed = "";
         usage = USAGE_SUMMARY;
@@ -275,16 +301,17 @@ Status cmd_data(int argc, char **argv) {
         allowed = "--seq-len --rows --seconds --seed ";
         usage = USAGE_BENCH;
     } else {
-        return errorf("data: unknown subcommand \"%s\" (text, llmc-bin, jsonl, summary, bench)", sub);
+        return errorf("data: unknown subcommand \"%s\" (text, llmc-bin, jsonl, mc, summary, bench)", sub);
     }
     DataArgs a = {.vocab_size = -1, .eos_id = -1};
     int help = 0;
     Status st = parse_args(sub, argc - 1, argv + 1, allowed, &a, &help);
     if (st == STATUS_OK && help) {
         fputs(usage, stdout);
-        if (usage != USAGE_SUMMARY && usage != USAGE_BENCH) fputs(USAGE_SPLIT, stdout);
+        if (usage != USAGE_SUMMARY && usage != USAGE_BENCH && usage != USAGE_MC) fputs(USAGE_SPLIT, stdout);
     } else if (st == STATUS_OK) {
         if (strcmp(sub, "summary") == 0) st = run_summary(&a);
+        else if (strcmp(sub, "mc") == 0) st = run_mc(&a);
         else if (strcmp(sub, "bench") == 0) st = run_bench(&a);
         else st = run_convert(sub, &a);
     }

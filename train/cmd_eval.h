@@ -1,5 +1,6 @@
-/* `mlatrain eval --config FILE [--json OUT]`: the evaluation figures of a run's student (converted at
- * init, or an exported/final student) and teacher on data.val, without training. */
+/* `mlatrain eval --config FILE [--checkpoint PATH] [--json OUT]` and `mlatrain eval --sweep RUN_DIR...`:
+ * the evaluation figures of a student (the config's, a checkpoint's, every checkpoint of runs) and
+ * the teacher on data.val and eval.tasks, without training (docs/eval.md). */
 #pragma once
 
 #include "core/status.h"

@@ -1,5 +1,6 @@
-/* The export command: loads a student (a folder in mlatrain's export layout, as convert writes)
- * and writes it again in DeepSeek-V2's HF layout with the requested dtype, shards and rope policy. */
+/* The export command: loads a student (a folder in mlatrain's export layout, as convert writes, or a
+ * run's checkpoint) and writes it in DeepSeek-V2's HF layout with the requested dtype, shards and
+ * rope policy. */
 #include "train/cmd_export.h"
 
 #include <errno.h>
@@ -9,16 +10,18 @@
 
 #include "core/backend.h"
 #include "model/hf_model.h"
+#include "train/models.h"
 
 void cmd_export_usage(void) {
     printf("usage: mlatrain export --checkpoint PATH --out DIR [--dtype bf16|f16|f32] [--max-shard-gb N]\n"
            "                       [--allow-rebase]\n"
            "\n"
-           "Writes the student at PATH (a folder that convert or a previous export wrote) to DIR in\n"
-           "DeepSeek-V2's HF layout: config.json, model.safetensors (or shards and an index), lm_head\n"
-           "even when tied, rope rows in DeepSeek's interleaved order. --allow-rebase exports rope\n"
-           "frequencies DeepSeek's config cannot express by re-basing them (the model changes; said\n"
-           "on stderr). Default dtype bf16, shards of 5 GB.\n");
+           "Writes the student at PATH to DIR in DeepSeek-V2's HF layout: config.json, model.safetensors\n"
+           "(or shards and an index), lm_head even when tied, rope rows in DeepSeek's interleaved order.\n"
+           "PATH is a folder that convert or a previous export wrote (run.dir/final too), a checkpoint\n"
+           "folder (run.dir/checkpoints/step_N) or a run directory (its newest valid checkpoint).\n"
+           "--allow-rebase exports rope frequencies DeepSeek's config cannot express by re-basing them\n"
+           "(the model changes; said on stderr). Default dtype bf16, shards of 5 GB.\n");
 }
 
 Status cmd_export(int argc, char **argv, int *show_help) {
@@ -63,7 +66,8 @@ Status cmd_export(int argc, char **argv, int *show_help) {
     TRY(backend_create(&be, "cpu", bo));
     Model *m = NULL;
     /* Export reads no sequence, so the rope tables need one position only. */
-    Status st = hf_model_load(&m, be, src, 1);
+    Status st = is_checkpoint_path(src) ? load_student_checkpoint(src, be, 1, &m, NULL, 0, NULL)
+                                        : hf_model_load(&m, be, src, 1);
     if (st != STATUS_OK) error_context("export: ");
     if (st == STATUS_OK && hf_model_export(m, out, &eo) != STATUS_OK) st = error_context("export to %s: ", out);
     if (st == STATUS_OK) printf("wrote %s (%s)\n", out, dtype_name(eo.dtype));
