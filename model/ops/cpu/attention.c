@@ -1,15 +1,18 @@
-/* Causal self-attention on the CPU for GQA and MLA alike: a flash-attention style forward and
- * backward that recompute probabilities row by row from the saved log-sum-exp, never storing T x T. */
+/* Causal self-attention on the CPU for GQA and MLA alike, flash-attention style: each task takes a
+ * block of query rows, forms its [rows x keys] scores with single-threaded sgemm, and the backward
+ * pass recomputes the probabilities from the saved log-sum-exp. Scores exist one block at a time,
+ * never as a T x T matrix per head. */
 #include "cpu_ops.h"
+#include "vector_math.h"
 
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Query rows per forward task: rows are independent in the forward pass, so splitting each head
- * into row blocks keeps every thread busy even when B*H is smaller than the thread count. */
-enum { ATTN_FORWARD_ROWS = 32 };
+/* Query rows per block: enough rows for sgemm to run near its peak on [rows x T] scores, few enough
+ * that a block's scores stay in L2 and that B*H*(T/rows) forward tasks keep every thread busy. */
+enum { ATTN_BLOCK_ROWS = 64 };
 
 /* Scratch slots are rounded up to this many floats (a cache line), so that slots of different
  * threads never share a line. */
@@ -56,77 +59,30 @@ static Status scratch_alloc(const char *op, const char *what, float **out, int64
     return STATUS_OK;
 }
 
-/* kt[d * ld + j] = [k[j, :Dk] ; k_shared[j, :Ds]][d] for j < n: the keys transposed, so that the score
- * and key-gradient loops run over j along contiguous memory. k rows are k_stride floats apart. */
-static void transpose_keys(float *restrict kt, int64_t ld, const float *restrict k, int64_t k_stride,
-                           int64_t Dk, const float *restrict ks, int64_t Ds, int64_t n) {
+/* C[M, N] = alpha op(A) op(B) + beta C as ONE single-threaded sgemm (the caller is already inside a
+ * parallel region, where OpenBLAS does not thread), so a block's bits never depend on the thread
+ * count. K = 0 is the empty sum. */
+static void block_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                       int64_t ldc) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        if (beta == 0.0f)
+            for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C,
+                (int)ldc);
+}
+
+/* kp[j, :] = [k[j, :Dk] ; k_shared[j, :Ds]] for j < n: each key row whole and contiguous ([n, Dk + Ds]),
+ * so the scores of every head are one product. k rows are k_stride floats apart. */
+static void pack_keys(float *restrict kp, const float *restrict k, int64_t k_stride, int64_t Dk,
+                      const float *restrict ks, int64_t Ds, int64_t n) {
     for (int64_t j = 0; j < n; j++) {
-        const float *krow = k + j * k_stride;
-        for (int64_t d = 0; d < Dk; d++) kt[d * ld + j] = krow[d];
-        if (Ds) {
-            const float *ksrow = ks + j * Ds;
-            for (int64_t d = 0; d < Ds; d++) kt[(Dk + d) * ld + j] = ksrow[d];
-        }
-    }
-}
-
-/* s[j .. j+width) of row_times_transposed, the partial sums held in registers; width is a
- * compile-time constant at every call, so the inner loop unrolls into vector operations. */
-static inline void row_times_transposed_tile(float *restrict s, const float *restrict x,
-                                             const float *restrict mt, int64_t ld, int64_t D, int64_t j,
-                                             int width) {
-    float acc[32] = {0};
-    for (int64_t d = 0; d < D; d++) {
-        float xd = x[d];
-        const float *m = mt + d * ld + j;
-        for (int l = 0; l < width; l++) acc[l] += xd * m[l];
-    }
-    for (int l = 0; l < width; l++) s[j + l] = acc[l];
-}
-
-/* s[j] = sum_d x[d] * mt[d * ld + j] for j < n, each sum taken over d in order. Columns go in tiles
- * of 32, then 8, then one: enough independent sums to hide the latency of the adds. Every path
- * adds the same products in the same order, so the bits depend neither on the tiling nor on the
- * thread count. */
-static void row_times_transposed(float *restrict s, const float *restrict x, const float *restrict mt,
-                                 int64_t ld, int64_t D, int64_t n) {
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) row_times_transposed_tile(s, x, mt, ld, D, j, 32);
-    for (; j + 8 <= n; j += 8) row_times_transposed_tile(s, x, mt, ld, D, j, 8);
-    for (; j < n; j++) row_times_transposed_tile(s, x, mt, ld, D, j, 1);
-}
-
-/* acc[d] += sum_j c[j] * rows[j * stride + d] for d < D, j < n, added in j order. Four rows per pass
- * over acc keep each acc[d] in a register for four updates, with the order of the adds unchanged. */
-static void add_weighted_rows(float *restrict acc, const float *restrict c, const float *restrict rows,
-                              int64_t stride, int64_t D, int64_t n) {
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        const float *r0 = rows + j * stride, *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
-        float c0 = c[j], c1 = c[j + 1], c2 = c[j + 2], c3 = c[j + 3];
-        for (int64_t d = 0; d < D; d++) {
-            float a = acc[d];
-            a += c0 * r0[d];
-            a += c1 * r1[d];
-            a += c2 * r2[d];
-            a += c3 * r3[d];
-            acc[d] = a;
-        }
-    }
-    for (; j < n; j++) {
-        const float *r = rows + j * stride;
-        float cj = c[j];
-        for (int64_t d = 0; d < D; d++) acc[d] += cj * r[d];
-    }
-}
-
-/* gt[d * ld + j] += x[d] * c[j] for d < D, j < n: a rank-one update of a transposed gradient. */
-static void rank_one_transposed(float *restrict gt, int64_t ld, const float *restrict x,
-                                const float *restrict c, int64_t D, int64_t n) {
-    for (int64_t d = 0; d < D; d++) {
-        float xd = x[d];
-        float *g = gt + d * ld;
-        for (int64_t j = 0; j < n; j++) g[j] += xd * c[j];
+        float *dst = kp + j * (Dk + Ds);
+        memcpy(dst, k + j * k_stride, (size_t)Dk * sizeof(float));
+        if (Ds) memcpy(dst + Dk, ks + j * Ds, (size_t)Ds * sizeof(float));
     }
 }
 
@@ -138,13 +94,13 @@ Status cpu_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tens
     TRY(tensor_check(op, "out", out, DT_F32, 4, (int64_t[]){dm.B, dm.T, dm.H, dm.Dv}));
     TRY(tensor_check(op, "lse", lse, DT_F32, 3, (int64_t[]){dm.B, dm.H, dm.T}));
     const int64_t T = dm.T, H = dm.H, Hk = dm.Hk, Dk = dm.Dk, Ds = dm.Ds, Dv = dm.Dv, Dq = dm.Dq;
-    const int64_t row_blocks = (T + ATTN_FORWARD_ROWS - 1) / ATTN_FORWARD_ROWS;
+    const int64_t row_blocks = (T + ATTN_BLOCK_ROWS - 1) / ATTN_BLOCK_ROWS;
     const int64_t heads = dm.B * H, ntasks = heads * row_blocks;
     if (ntasks == 0) return STATUS_OK;
 
-    /* Per thread: keys transposed [Dq, T], one row of scores [T], one output accumulator [Dv]. */
-    const int64_t kt_floats = round_up(Dq * T, ATTN_SCRATCH_ALIGN);
-    const int64_t per_thread = kt_floats + round_up(T, ATTN_SCRATCH_ALIGN) + round_up(Dv, ATTN_SCRATCH_ALIGN);
+    /* Per thread: packed keys [T, Dq], one block's scores, then probabilities [rows, T]. */
+    const int64_t kp_floats = round_up(T * Dq, ATTN_SCRATCH_ALIGN);
+    const int64_t per_thread = kp_floats + round_up(ATTN_BLOCK_ROWS * T, ATTN_SCRATCH_ALIGN);
     const int nthreads = omp_get_max_threads();
     float *scratch;
     TRY(scratch_alloc(op, "per-thread scratch", &scratch, nthreads * per_thread));
@@ -155,39 +111,39 @@ Status cpu_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tens
 
 #pragma omp parallel num_threads(nthreads)
     {
-        float *kt = scratch + (int64_t)omp_get_thread_num() * per_thread;
-        float *s = kt + kt_floats;
-        float *acc = s + round_up(T, ATTN_SCRATCH_ALIGN);
+        float *keys = scratch + (int64_t)omp_get_thread_num() * per_thread;
+        float *s = keys + kp_floats;
         /* The last row blocks (the longest rows) come first, for an even finish under dynamic. */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             int64_t bh = task % heads, blk = row_blocks - 1 - task / heads;
             int64_t b = bh / H, h = bh % H, g = h / dm.group;
-            int64_t i0 = blk * ATTN_FORWARD_ROWS;
-            int64_t i1 = i0 + ATTN_FORWARD_ROWS < T ? i0 + ATTN_FORWARD_ROWS : T;
-            /* Keys 0..i1-1 are all that rows i0..i1-1 see; ld = i1 keeps them packed. */
-            const int64_t ld = i1;
-            transpose_keys(kt, ld, kp + (b * T * Hk + g) * Dk, Hk * Dk, Dk, ksp ? ksp + b * T * Ds : NULL,
-                           Ds, i1);
+            int64_t i0 = blk * ATTN_BLOCK_ROWS;
+            int64_t i1 = i0 + ATTN_BLOCK_ROWS < T ? i0 + ATTN_BLOCK_ROWS : T;
+            /* Keys 0..i1-1 are all that rows i0..i1-1 see; s is [i1 - i0, i1]. */
+            pack_keys(keys, kp + (b * T * Hk + g) * Dk, Hk * Dk, Dk, ksp ? ksp + b * T * Ds : NULL, Ds, i1);
+            const float *qblk = qp + ((b * T + i0) * H + h) * Dq;      /* rows H * Dq apart */
+            block_gemm(CblasNoTrans, CblasTrans, i1 - i0, i1, Dq, scale, qblk, H * Dq, keys, Dq, 0.0f, s, i1);
+            float inv_l[ATTN_BLOCK_ROWS];
             for (int64_t i = i0; i < i1; i++) {
+                float *row = s + (i - i0) * i1;
                 const int64_t n = i + 1;
-                const float *qrow = qp + ((b * T + i) * H + h) * Dq;
-                row_times_transposed(s, qrow, kt, ld, Dq, n);
                 /* The whole row's scores are at hand, so the max is exact: exp never overflows. */
-                float m = -INFINITY;
-                for (int64_t j = 0; j < n; j++) s[j] *= scale;
-                for (int64_t j = 0; j < n; j++) m = fmaxf(m, s[j]);
-                float l = 0;
-                for (int64_t j = 0; j < n; j++) {
-                    s[j] = expf(s[j] - m);
-                    l += s[j];
-                }
-                for (int64_t d = 0; d < Dv; d++) acc[d] = 0;
-                add_weighted_rows(acc, s, vp + (b * T * Hk + g) * Dv, Hk * Dv, Dv, n);
-                float inv_l = 1.0f / l;
-                float *orow = outp + ((b * T + i) * H + h) * Dv;
-                for (int64_t d = 0; d < Dv; d++) orow[d] = acc[d] * inv_l;
+                float m = row[0];
+                for (int64_t j = 1; j < n; j++) m = row[j] > m ? row[j] : m;
+                for (int64_t j = 0; j < n; j++) row[j] = cpu_expf(row[j] - m);
+                const float l = cpu_sum(row, n);
+                for (int64_t j = n; j < i1; j++) row[j] = 0;   /* the causal mask */
+                inv_l[i - i0] = 1.0f / l;
                 lsep[(b * H + h) * T + i] = m + logf(l);
+            }
+            /* out rows = P V / l: the unnormalised probabilities times the values, then scaled. */
+            float *oblk = outp + ((b * T + i0) * H + h) * Dv;           /* rows H * Dv apart */
+            block_gemm(CblasNoTrans, CblasNoTrans, i1 - i0, Dv, i1, 1.0f, s, i1,
+                       vp + (b * T * Hk + g) * Dv, Hk * Dv, 0.0f, oblk, H * Dv);
+            for (int64_t i = i0; i < i1; i++) {
+                float *orow = oblk + (i - i0) * H * Dv;
+                for (int64_t d = 0; d < Dv; d++) orow[d] *= inv_l[i - i0];
             }
         }
     }
@@ -201,8 +157,8 @@ Status cpu_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tens
  *
  * Work is split into (b, kv head g) tasks. A task owns dk and dv of group g and dq of the heads that
  * read g, so each of those elements is summed by one thread in a fixed order (heads of the group in
- * order, then query rows in order). dk_shared sums over every head: each task writes its own partial
- * sum, and the partials are added afterwards in ascending g. */
+ * order, then query blocks in order, each block one sgemm). dk_shared sums over every head: each
+ * task writes its own partial sum, and the partials are added afterwards in ascending g. */
 Status cpu_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
                               Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
                               float scale) {
@@ -223,89 +179,86 @@ Status cpu_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_share
     }
     const int want_dq = tensor_present(dq), want_dk = tensor_present(dk), want_dv = tensor_present(dv);
     const int want_dks = tensor_present(dk_shared) && Ds > 0;
+    const int want_dkp = want_dk || want_dks;   /* the packed key gradient [T, Dq] */
     const int64_t ntasks = B * Hk;
     if (!(want_dq || want_dk || want_dv || want_dks) || ntasks == 0 || T == 0) return STATUS_OK;
 
-    /* Per thread: keys transposed [Dq, T], values transposed [Dv, T], dk and dv transposed [Dk, T]
-     * and [Dv, T], probabilities and score gradients of one row [T] each, a dq row [Dq]. */
-    const int64_t tT = round_up(T, ATTN_SCRATCH_ALIGN);
-    const int64_t kt_floats = Dq * tT, vt_floats = Dv * tT, dkt_floats = want_dk ? Dk * tT : 0,
-                  dvt_floats = want_dv ? Dv * tT : 0;
-    const int64_t per_thread = kt_floats + vt_floats + dkt_floats + dvt_floats + 2 * tT +
-                               round_up(Dq, ATTN_SCRATCH_ALIGN);
+    /* Per thread: packed keys [T, Dq] and their gradient, the values' gradient [T, Dv], and one
+     * block's probabilities and score gradients [rows, T] each. */
+    const int64_t kp_floats = round_up(T * Dq, ATTN_SCRATCH_ALIGN);
+    const int64_t dkp_floats = want_dkp ? kp_floats : 0;
+    const int64_t dv_floats = want_dv ? round_up(T * Dv, ATTN_SCRATCH_ALIGN) : 0;
+    const int64_t block_floats = round_up(ATTN_BLOCK_ROWS * T, ATTN_SCRATCH_ALIGN);
+    const int64_t per_thread = kp_floats + dkp_floats + dv_floats + 2 * block_floats;
     const int nthreads = omp_get_max_threads();
     float *scratch, *dks_partial = NULL;
     TRY(scratch_alloc(op, "per-thread scratch", &scratch, nthreads * per_thread));
-    if (want_dks && scratch_alloc(op, "dk_shared partial sums", &dks_partial, ntasks * Ds * tT) != STATUS_OK) {
+    if (want_dks && scratch_alloc(op, "dk_shared partial sums", &dks_partial, ntasks * T * Ds) != STATUS_OK) {
         free(scratch);
         return STATUS_ERROR;
     }
 
     const float *qp = tensor_f32(q), *kp = tensor_f32(k), *vp = tensor_f32(v);
     const float *ksp = tensor_present(k_shared) ? tensor_f32(k_shared) : NULL;
-    const float *doutp = tensor_f32(dout), *outp = tensor_f32(out), *lsep = tensor_f32(lse);
+    /* out is only shape-checked: D_i comes from dP */
+    const float *doutp = tensor_f32(dout), *lsep = tensor_f32(lse);
     float *dqp = want_dq ? tensor_f32(dq) : NULL, *dkp = want_dk ? tensor_f32(dk) : NULL;
     float *dvp = want_dv ? tensor_f32(dv) : NULL;
 
 #pragma omp parallel num_threads(nthreads)
     {
-        float *kt = scratch + (int64_t)omp_get_thread_num() * per_thread;
-        float *vt = kt + kt_floats;
-        float *dkt = vt + vt_floats;
-        float *dvt = dkt + dkt_floats;
-        float *p = dvt + dvt_floats;
-        float *ds = p + tT;
-        float *dq_acc = ds + tT;
+        float *keys = scratch + (int64_t)omp_get_thread_num() * per_thread;
+        float *dkeys = keys + kp_floats;     /* [T, Dq] */
+        float *dvals = dkeys + dkp_floats;   /* [T, Dv] */
+        float *p = dvals + dv_floats;        /* [rows, i1] */
+        float *ds = p + block_floats;        /* [rows, i1] */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             int64_t b = task / Hk, g = task % Hk;
-            const float *kg = kp + (b * T * Hk + g) * Dk;      /* row j at kg + j * Hk * Dk */
             const float *vg = vp + (b * T * Hk + g) * Dv;      /* row j at vg + j * Hk * Dv */
-            const float *ksb = ksp ? ksp + b * T * Ds : NULL;  /* row j at ksb + j * Ds */
-            float *dkst = want_dks ? dks_partial + task * Ds * tT : NULL;
-            transpose_keys(kt, tT, kg, Hk * Dk, Dk, ksb, Ds, T);
-            transpose_keys(vt, tT, vg, Hk * Dv, Dv, NULL, 0, T);
-            if (want_dk) memset(dkt, 0, (size_t)dkt_floats * sizeof(float));
-            if (want_dv) memset(dvt, 0, (size_t)dvt_floats * sizeof(float));
-            if (want_dks) memset(dkst, 0, (size_t)(Ds * tT) * sizeof(float));
+            pack_keys(keys, kp + (b * T * Hk + g) * Dk, Hk * Dk, Dk, ksp ? ksp + b * T * Ds : NULL, Ds, T);
+            if (want_dkp) memset(dkeys, 0, (size_t)(T * Dq) * sizeof(float));
+            if (want_dv) memset(dvals, 0, (size_t)(T * Dv) * sizeof(float));
 
             for (int64_t h = g * dm.group; h < (g + 1) * dm.group; h++) {
-                for (int64_t i = 0; i < T; i++) {
-                    const int64_t n = i + 1;
-                    const int64_t row = (b * T + i) * H + h;
-                    const float *qrow = qp + row * Dq, *dorow = doutp + row * Dv, *orow = outp + row * Dv;
-                    /* P from the scores as the forward pass formed them, normalised by the saved lse. */
-                    row_times_transposed(p, qrow, kt, tT, Dq, n);
-                    float lse_i = lsep[(b * H + h) * T + i];
-                    for (int64_t j = 0; j < n; j++) p[j] = expf(p[j] * scale - lse_i);
-                    /* dP = dout_i . v_j; dS = P * (dP - D_i), D_i = dout_i . out_i, which equals
-                     * sum_j P_j dP_j; the scale of the scores folds in here once. */
-                    row_times_transposed(ds, dorow, vt, tT, Dv, n);
-                    float D_i = 0;
-                    for (int64_t d = 0; d < Dv; d++) D_i += dorow[d] * orow[d];
-                    for (int64_t j = 0; j < n; j++) ds[j] = scale * p[j] * (ds[j] - D_i);
-
-                    if (want_dq) {
-                        for (int64_t d = 0; d < Dq; d++) dq_acc[d] = 0;
-                        add_weighted_rows(dq_acc, ds, kg, Hk * Dk, Dk, n);
-                        if (Ds) add_weighted_rows(dq_acc + Dk, ds, ksb, Ds, Ds, n);
-                        memcpy(dqp + row * Dq, dq_acc, (size_t)Dq * sizeof(float));
+                for (int64_t i0 = 0; i0 < T; i0 += ATTN_BLOCK_ROWS) {
+                    const int64_t i1 = i0 + ATTN_BLOCK_ROWS < T ? i0 + ATTN_BLOCK_ROWS : T, rows = i1 - i0;
+                    const int64_t first = (b * T + i0) * H + h;           /* the block's first row */
+                    const float *qblk = qp + first * Dq, *doblk = doutp + first * Dv;
+                    /* P from the scores as the forward pass formed them, normalised by the saved lse;
+                     * dP = dout . v; dS = P * (dP - D_i) with D_i = sum_j P_j dP_j (= dout_i . out_i,
+                     * but summed from the same dP, so that a row whose P is one-hot gets exactly zero
+                     * score gradients); the scale of the scores folds in here once. */
+                    block_gemm(CblasNoTrans, CblasTrans, rows, i1, Dq, scale, qblk, H * Dq, keys, Dq, 0.0f, p, i1);
+                    block_gemm(CblasNoTrans, CblasTrans, rows, i1, Dv, 1.0f, doblk, H * Dv, vg, Hk * Dv, 0.0f,
+                               ds, i1);
+                    for (int64_t i = i0; i < i1; i++) {
+                        float *prow = p + (i - i0) * i1, *dsrow = ds + (i - i0) * i1;
+                        const float lse_i = lsep[(b * H + h) * T + i];
+                        const int64_t n = i + 1;
+                        for (int64_t j = 0; j < n; j++) prow[j] = cpu_expf(prow[j] - lse_i);
+                        const float D_i = cpu_dot(prow, dsrow, n);
+                        for (int64_t j = 0; j < n; j++) dsrow[j] = scale * prow[j] * (dsrow[j] - D_i);
+                        for (int64_t j = n; j < i1; j++) prow[j] = dsrow[j] = 0;   /* the causal mask */
                     }
-                    if (want_dk) rank_one_transposed(dkt, tT, qrow, ds, Dk, n);
-                    if (want_dks) rank_one_transposed(dkst, tT, qrow + Dk, ds, Ds, n);
-                    if (want_dv) rank_one_transposed(dvt, tT, dorow, p, Dv, n);
+                    /* dq = dS K;  dK += dS^T q;  dV += P^T dout */
+                    if (want_dq)
+                        block_gemm(CblasNoTrans, CblasNoTrans, rows, Dq, i1, 1.0f, ds, i1, keys, Dq, 0.0f,
+                                   dqp + first * Dq, H * Dq);
+                    if (want_dkp)
+                        block_gemm(CblasTrans, CblasNoTrans, i1, Dq, rows, 1.0f, ds, i1, qblk, H * Dq, 1.0f,
+                                   dkeys, Dq);
+                    if (want_dv)
+                        block_gemm(CblasTrans, CblasNoTrans, i1, Dv, rows, 1.0f, p, i1, doblk, H * Dv, 1.0f,
+                                   dvals, Dv);
                 }
             }
 
             for (int64_t j = 0; j < T; j++) {
-                if (want_dk) {
-                    float *dkrow = dkp + ((b * T + j) * Hk + g) * Dk;
-                    for (int64_t d = 0; d < Dk; d++) dkrow[d] = dkt[d * tT + j];
-                }
-                if (want_dv) {
-                    float *dvrow = dvp + ((b * T + j) * Hk + g) * Dv;
-                    for (int64_t d = 0; d < Dv; d++) dvrow[d] = dvt[d * tT + j];
-                }
+                if (want_dk) memcpy(dkp + ((b * T + j) * Hk + g) * Dk, dkeys + j * Dq, (size_t)Dk * sizeof(float));
+                if (want_dks)
+                    memcpy(dks_partial + (task * T + j) * Ds, dkeys + j * Dq + Dk, (size_t)Ds * sizeof(float));
+                if (want_dv) memcpy(dvp + ((b * T + j) * Hk + g) * Dv, dvals + j * Dv, (size_t)Dv * sizeof(float));
             }
         }
 
@@ -317,7 +270,7 @@ Status cpu_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_share
                 int64_t b = bj / T, j = bj % T;
                 for (int64_t d = 0; d < Ds; d++) {
                     float sum = 0;
-                    for (int64_t g = 0; g < Hk; g++) sum += dks_partial[((b * Hk + g) * Ds + d) * tT + j];
+                    for (int64_t g = 0; g < Hk; g++) sum += dks_partial[((b * Hk + g) * T + j) * Ds + d];
                     dksp[bj * Ds + d] = sum;
                 }
             }

@@ -17,12 +17,9 @@ Status cpu_backend_create(Backend **out, BackendOptions opts);
  * in block order, so the result does not depend on how many threads there are. */
 enum { CPU_REDUCE_BLOCK = 1024 };
 
-/* Side of the square tiles of C that cpu_sgemm hands out to threads. */
-enum { CPU_GEMM_TILE = 128 };
-
 /* C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C, row-major (cblas conventions; trans_* are
- * CblasNoTrans/CblasTrans), computed as fixed CPU_GEMM_TILE tiles of C over OpenMP threads, each
- * tile one single-threaded sgemm over the whole of K. OpenBLAS's own threading is not bitwise
+ * CblasNoTrans/CblasTrans), computed as tiles of C over OpenMP threads, their sides chosen from M and
+ * N alone (matmul.c), each tile one single-threaded sgemm over the whole of K. OpenBLAS's own threading is not bitwise
  * stable across thread counts (0.3.21 differs for M = 1 and for K much larger than M and N). */
 void cpu_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);

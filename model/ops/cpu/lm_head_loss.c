@@ -1,9 +1,12 @@
 /* The LM head fused with the distillation loss on the CPU: student and teacher logits exist one
  * chunk of tokens at a time, turned row by row into KL + CE sums and the logits' gradient in place. */
 #include "cpu_ops.h"
+#include "vector_math.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <limits.h>
+#include <omp.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,33 +24,56 @@ typedef struct {
     uint8_t counted, top1_agree, fault;
 } RowLoss;
 
+/* Lanes of the max reduction: independent running maxima, so that no compare waits on the one
+ * before it (the scalar form is a chain through one variable). */
+enum { MAX_LANES = 16 };
+
 /* Max and argmax (lowest index on ties) of a row; 0 when some value is NaN or Inf. */
-static int row_max(const float *x, int64_t V, float *max_out, int64_t *argmax_out) {
-    float max = x[0];
-    int64_t argmax = 0;
-    for (int64_t v = 0; v < V; v++) {
-        if (!isfinite(x[v])) return 0;
-        if (x[v] > max) {
-            max = x[v];
-            argmax = v;
+static int row_max(const float *restrict x, int64_t V, float *max_out, int64_t *argmax_out) {
+    float lane[MAX_LANES];
+    int finite = 1;
+    int64_t v = 0;
+    for (int l = 0; l < MAX_LANES; l++) lane[l] = x[0];
+    for (; v + MAX_LANES <= V; v += MAX_LANES)
+        for (int l = 0; l < MAX_LANES; l++) {
+            float xv = x[v + l];
+            finite &= fabsf(xv) <= FLT_MAX;
+            lane[l] = xv > lane[l] ? xv : lane[l];
         }
+    float max = x[0];
+    for (; v < V; v++) {
+        finite &= fabsf(x[v]) <= FLT_MAX;
+        max = x[v] > max ? x[v] : max;
     }
+    if (!finite) return 0;
+    for (int l = 0; l < MAX_LANES; l++) max = lane[l] > max ? lane[l] : max;
+    int64_t argmax = 0;
+    while (x[argmax] != max) argmax++;
     *max_out = max;
     *argmax_out = argmax;
     return 1;
 }
 
-/* log sum_v exp((x[v] - max) / T): the log-sum-exp of x/T less max/T. */
-static float row_log_sum_exp(const float *x, int64_t V, float max, float T) {
-    float sum = 0;
-    for (int64_t v = 0; v < V; v++) sum += expf((x[v] - max) / T);
-    return logf(sum);
+/* e[v] = exp((x[v] - max) / T); returns the sum of e (cpu_sum's order). Each exponential of a row
+ * is taken once and kept, for the loss and the gradient alike. */
+static float row_exp(float *restrict e, const float *restrict x, int64_t V, float max, float T) {
+    if (T == 1.0f)
+        for (int64_t v = 0; v < V; v++) e[v] = cpu_expf(x[v] - max);
+    else
+        for (int64_t v = 0; v < V; v++) e[v] = cpu_expf((x[v] - max) / T);
+    return cpu_sum(e, V);
 }
+
+/* Per-thread rows for row_loss: exponentials of the student at temperature 1, of the student at T
+ * (unused when T = 1), of the teacher at T, and the KL's terms. */
+typedef struct {
+    float *s1, *sT, *t, *kl;
+} RowScratch;
 
 /* One token's loss terms from its student logits z[V] and teacher logits zt[V] (NULL: no
  * teacher). When grad_wanted, z is overwritten by d(grad_scale * loss)/dz. */
 static RowLoss row_loss(float *z, const float *zt, int64_t V, int32_t target, LossConfig cfg,
-                        float grad_scale, int grad_wanted) {
+                        float grad_scale, int grad_wanted, RowScratch e) {
     RowLoss r = {0};
     if (target == cfg.ignore_index) {
         if (grad_wanted) memset(z, 0, (size_t)V * sizeof(float));
@@ -63,11 +89,14 @@ static RowLoss row_loss(float *z, const float *zt, int64_t V, int32_t target, Lo
         return r;
     }
     /* Everything below works on max-shifted logits, so log p = (z - max)/T - log_sum. */
-    float log_sum1 = row_log_sum_exp(z, V, z_max, 1.0f);
-    float log_sum_t = T == 1.0f ? log_sum1 : row_log_sum_exp(z, V, z_max, T);
+    const float sum1 = row_exp(e.s1, z, V, z_max, 1.0f);
+    const float log_sum1 = logf(sum1);
+    float *eT = T == 1.0f ? e.s1 : e.sT;
+    const float sum_t = T == 1.0f ? sum1 : row_exp(e.sT, z, V, z_max, T);
+    const float log_sum_t = logf(sum_t);
     r.ce = log_sum1 - (z[target] - z_max);
 
-    float zt_max = 0, log_sum_teacher = 0;
+    float zt_max = 0, sum_teacher = 1, log_sum_teacher = 0;
     if (zt) {
         int64_t zt_argmax;
         if (!row_max(zt, V, &zt_max, &zt_argmax)) {
@@ -75,13 +104,15 @@ static RowLoss row_loss(float *z, const float *zt, int64_t V, int32_t target, Lo
             return r;
         }
         r.top1_agree = z_argmax == zt_argmax;
-        log_sum_teacher = row_log_sum_exp(zt, V, zt_max, T);
-        float kl = 0;
+        sum_teacher = row_exp(e.t, zt, V, zt_max, T);
+        log_sum_teacher = logf(sum_teacher);
+        const float inv_sum_teacher = 1.0f / sum_teacher;
         for (int64_t v = 0; v < V; v++) {
             float log_pt = (zt[v] - zt_max) / T - log_sum_teacher;
             float log_ps = (z[v] - z_max) / T - log_sum_t;
-            kl += expf(log_pt) * (log_pt - log_ps);
+            e.kl[v] = e.t[v] * inv_sum_teacher * (log_pt - log_ps);
         }
+        const float kl = cpu_sum(e.kl, V);
         r.kl = kl;
         r.loss = cfg.kl_weight * T * T * kl + cfg.ce_weight * r.ce;
     } else {
@@ -95,17 +126,13 @@ static RowLoss row_loss(float *z, const float *zt, int64_t V, int32_t target, Lo
     if (grad_wanted) {
         /* d(T^2 KL)/dz = T (p_s^T - p_t^T); d CE/dz = softmax(z) - onehot(target). */
         const float g_kl = grad_scale * cfg.kl_weight * T, g_ce = grad_scale * cfg.ce_weight;
-        for (int64_t v = 0; v < V; v++) {
-            float shifted = z[v] - z_max;
-            float p1 = expf(shifted - log_sum1);
-            float g = g_ce * (v == target ? p1 - 1.0f : p1);
-            if (zt) {
-                float ps = T == 1.0f ? p1 : expf(shifted / T - log_sum_t);
-                float pt = expf((zt[v] - zt_max) / T - log_sum_teacher);
-                g += g_kl * (ps - pt);
-            }
-            z[v] = g;
-        }
+        const float inv_sum1 = 1.0f / sum1, inv_sum_t = 1.0f / sum_t, inv_sum_teacher = 1.0f / sum_teacher;
+        if (zt)
+            for (int64_t v = 0; v < V; v++)
+                z[v] = g_ce * (e.s1[v] * inv_sum1) + g_kl * (eT[v] * inv_sum_t - e.t[v] * inv_sum_teacher);
+        else
+            for (int64_t v = 0; v < V; v++) z[v] = g_ce * (e.s1[v] * inv_sum1);
+        z[target] -= g_ce;
     }
     return r;
 }
@@ -189,8 +216,11 @@ Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tenso
     float *z = malloc(chunk_bytes);                    /* [chunk, V] student logits, then dz */
     float *zt = teacher ? malloc(chunk_bytes) : NULL;  /* [chunk, V] teacher logits */
     RowLoss *rows = malloc((size_t)chunk * sizeof(RowLoss));
+    /* per thread: the RowScratch rows of one token */
+    const int nthreads = omp_get_max_threads();
+    float *exps = malloc((size_t)nthreads * 4 * (size_t)V * sizeof(float));
     Status status = STATUS_OK;
-    if (!z || (teacher && !zt) || !rows) {
+    if (!z || (teacher && !zt) || !rows || !exps) {
         status = errorf("lm_head_loss: out of memory for %lld-token chunk buffers (%zu bytes each)",
                         (long long)chunk, chunk_bytes);
         goto done;
@@ -226,10 +256,15 @@ Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tenso
             cpu_sgemm(CblasNoTrans, CblasTrans, rows_here, V, Dt, 1.0f, htp + n0 * Dt, Dt, wtp, Dt,
                         0.0f, zt, V);
 
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < rows_here; i++)
-            rows[i] = row_loss(z + i * V, teacher ? zt + i * V : NULL, V, tg[n0 + i], cfg, grad_scale,
-                               grad_wanted);
+#pragma omp parallel num_threads(nthreads)
+        {
+            float *mine = exps + (size_t)omp_get_thread_num() * 4 * (size_t)V;
+            RowScratch e = {mine, mine + V, mine + 2 * V, mine + 3 * V};
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < rows_here; i++)
+                rows[i] = row_loss(z + i * V, teacher ? zt + i * V : NULL, V, tg[n0 + i], cfg, grad_scale,
+                                   grad_wanted, e);
+        }
 
         /* in token order, so the double sums do not depend on the thread count */
         for (int64_t i = 0; i < rows_here; i++) {
@@ -262,5 +297,6 @@ done:
     free(z);
     free(zt);
     free(rows);
+    free(exps);
     return status;
 }
