@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Installs the dependencies, builds mlatrain (with the CUDA backend when nvcc is present), and runs
-# every test with ctest. GPU-labelled tests report "skipped: no CUDA device" on machines without one.
+# Installs the dependencies; builds the file parsers' tests with AddressSanitizer and UBSan and runs
+# them on their malformed-input corpora; then builds mlatrain (with the CUDA backend when nvcc is
+# present) and runs every test with ctest, whose closing summary is the verdict. GPU-labelled tests
+# report "skipped: no CUDA device" on machines without one. Arguments go to the full ctest run
+# (e.g. -L gpu, which also skips the sanitizer pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
+if [ $# -eq 0 ]; then
+    echo "== the parsers under AddressSanitizer and UBSan"
+    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMLATRAIN_SANITIZE=ON -DMLATRAIN_CUDA=OFF \
+        -DMLATRAIN_WERROR=ON >/dev/null
+    parsers=(test_safetensors test_hf_config test_hf_model test_config test_data test_data_loader test_tasks)
+    cmake --build build-asan -j"$jobs" --target "${parsers[@]}" >/dev/null
+    (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        ctest --output-on-failure -j"$jobs" -R "^($(IFS='|'; echo "${parsers[*]}"))\$")
+fi
+echo "== the whole suite"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DMLATRAIN_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
 cd build
