@@ -73,6 +73,8 @@ static Status cuda_synchronize(Backend *be) {
 static void cuda_state_free(CudaState *st) {
     if (!st) return;
     if (st->reduce_scratch) cudaFree(st->reduce_scratch);
+    if (st->index_probe) cudaFree(st->index_probe);
+    if (st->scratch) cudaFree(st->scratch);
     if (st->workspace) cudaFree(st->workspace);
     if (st->cudnn) cudnnDestroy(st->cudnn);
     if (st->cublaslt) cublasLtDestroy(st->cublaslt);
@@ -99,6 +101,8 @@ static Status cuda_state_init(CudaState *st, int device) {
     CUBLAS_TRY(cublasSetStream(st->cublas, st->stream));
     /* Determinism by default: no atomics-based split-K reductions in cuBLAS. */
     CUBLAS_TRY(cublasSetAtomicsMode(st->cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
+    /* float32 products in float32: no TF32 tensor-core rounding of the operands. */
+    CUBLAS_TRY(cublasSetMathMode(st->cublas, CUBLAS_DEFAULT_MATH));
     CUBLAS_TRY(cublasLtCreate(&st->cublaslt));
     CUDNN_TRY(cudnnCreate(&st->cudnn));
     CUDNN_TRY(cudnnSetStream(st->cudnn, st->stream));
@@ -106,6 +110,29 @@ static Status cuda_state_init(CudaState *st, int device) {
     CUDA_TRY(cudaMalloc(&st->workspace, st->workspace_bytes));
     st->reduce_scratch_len = CUDA_REDUCE_BLOCKS;
     CUDA_TRY(cudaMalloc((void **)&st->reduce_scratch, st->reduce_scratch_len * sizeof(double)));
+    CUDA_TRY(cudaMalloc((void **)&st->index_probe, sizeof *st->index_probe));
+    return STATUS_OK;
+}
+
+Status cuda_scratch(Backend *be, size_t bytes, void **out) {
+    CudaState *st = cuda_state(be);
+    if (bytes > st->scratch_bytes) {
+        /* Half again what is asked, so that slowly growing requests do not reallocate each call. */
+        size_t want = bytes + bytes / 2;
+        /* The old buffer may still be read by kernels queued on the stream. */
+        CUDA_TRY(cudaStreamSynchronize(st->stream));
+        if (st->scratch) CUDA_TRY(cudaFree(st->scratch));
+        st->scratch = NULL;
+        st->scratch_bytes = 0;
+        cudaError_t err = cudaMalloc(&st->scratch, want);
+        if (err != cudaSuccess) {
+            cudaGetLastError();
+            return errorf("cuda backend: cannot allocate %zu bytes of op scratch (%s)", want,
+                          cudaGetErrorString(err));
+        }
+        st->scratch_bytes = want;
+    }
+    *out = st->scratch;
     return STATUS_OK;
 }
 
@@ -133,6 +160,19 @@ extern "C" Status cuda_backend_create(Backend **out, BackendOptions opts) {
     be->synchronize = cuda_synchronize;
     be->destroy = cuda_destroy;
     memset(&be->ops, 0, sizeof be->ops);
+    be->ops.embedding_forward = cuda_embedding_forward;
+    be->ops.embedding_backward = cuda_embedding_backward;
+    be->ops.rmsnorm_forward = cuda_rmsnorm_forward;
+    be->ops.rmsnorm_backward = cuda_rmsnorm_backward;
+    be->ops.linear_forward = cuda_linear_forward;
+    be->ops.linear_backward = cuda_linear_backward;
+    be->ops.rope_forward = cuda_rope_forward;
+    be->ops.rope_backward = cuda_rope_backward;
+    be->ops.attention_forward = cuda_attention_forward;
+    be->ops.attention_backward = cuda_attention_backward;
+    be->ops.swiglu_forward = cuda_swiglu_forward;
+    be->ops.swiglu_backward = cuda_swiglu_backward;
+    be->ops.lm_head_loss = cuda_lm_head_loss;
     be->ops.adamw_step = cuda_adamw_step;
     be->ops.sum_squares = cuda_sum_squares;
     be->ops.scale = cuda_scale;

@@ -8,7 +8,37 @@
  * not depend on the device or its occupancy. */
 #define CUDA_REDUCE_BLOCKS 512
 
+Status cuda_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table);
+Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
+Status cuda_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
+Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd);
+Status cuda_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
+Status cuda_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w);
+Status cuda_rope_forward(Backend *be, Tensor x, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+Status cuda_rope_backward(Backend *be, Tensor dx, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
+Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared,
+                              Tensor v, float scale);
+Status cuda_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
+                               Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
+                               float scale);
+Status cuda_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
+Status cuda_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
+Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
+                         Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
 Status cuda_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
 Status cuda_sum_squares(Backend *be, double *out, Tensor t);
 Status cuda_scale(Backend *be, Tensor t, float s);
 Status cuda_accumulate(Backend *be, Tensor y, Tensor x);
+
+/* Row-major C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C through cuBLAS in float32 (no TF32),
+ * the conventions of cpu_sgemm: trans_a/trans_b are 0 or 1, lda/ldb/ldc row strides. beta is 0
+ * (C overwritten) or 1 (accumulated); K = 0 is the empty sum. `op` names the caller in errors. */
+Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                  int64_t ldc);
+
+/* Finds, on the device, the first n with ids[n] outside [0, limit) (ids equal to `skip` are
+ * allowed when has_skip). *bad_at = -1 when there is none, else its position and *bad_value its
+ * value. Waits for the device. */
+Status cuda_find_bad_index(Backend *be, Tensor ids, int64_t limit, int has_skip, int32_t skip, int64_t *bad_at,
+                           int32_t *bad_value);

@@ -15,6 +15,35 @@ typedef struct {
     size_t workspace_bytes;
     double *reduce_scratch;   /* device scratch for deterministic reductions */
     size_t reduce_scratch_len;
+    unsigned long long *index_probe; /* one word: the first out-of-range index an op's check found */
+    void *scratch;            /* grow-only device scratch of the ops (partial sums, logits chunks) */
+    size_t scratch_bytes;
 } CudaState;
 
 static inline CudaState *cuda_state(Backend *be) { return (CudaState *)be->impl; }
+
+/* Scratch of at least `bytes`, valid until the next call of an op on this backend: every op runs
+ * on the backend's one stream, so a later op's kernels start only after an earlier op's are done.
+ * Growing waits for the stream to finish with the old buffer, then frees it. */
+Status cuda_scratch(Backend *be, size_t bytes, void **out);
+
+/* Carves aligned pieces out of one scratch reservation: cuda_scratch_size adds a piece's size,
+ * cuda_scratch_take hands out the next piece in the same order. */
+enum { CUDA_SCRATCH_ALIGN = 256 };
+static inline size_t cuda_scratch_size(size_t *total, size_t bytes) {
+    size_t at = *total;
+    *total += (bytes + CUDA_SCRATCH_ALIGN - 1) / CUDA_SCRATCH_ALIGN * CUDA_SCRATCH_ALIGN;
+    return at;
+}
+static inline void *cuda_scratch_take(char **cursor, size_t bytes) {
+    void *p = *cursor;
+    *cursor += (bytes + CUDA_SCRATCH_ALIGN - 1) / CUDA_SCRATCH_ALIGN * CUDA_SCRATCH_ALIGN;
+    return p;
+}
+
+/* tensor_check with the expected dims as arguments (-1: any), since C++ has no compound literals. */
+static inline Status tensor_check_dims(const char *op, const char *arg, Tensor t, DType dt, int ndim,
+                                       int64_t d0 = -1, int64_t d1 = -1, int64_t d2 = -1, int64_t d3 = -1) {
+    const int64_t shape[TENSOR_MAX_DIMS] = {d0, d1, d2, d3};
+    return tensor_check(op, arg, t, dt, ndim, shape);
+}
