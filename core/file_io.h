@@ -15,6 +15,9 @@ extern "C" {
  * temporary file is removed on any error. */
 Status file_write_atomic(const char *path, const void *data, size_t n);
 
+/* mkdir -p: creates path and its missing parents (0755); an existing non-directory is an error. */
+Status make_dirs(const char *path);
+
 /* fsync of the folder holding path (best effort: some filesystems refuse it). */
 void fsync_parent_dir(const char *path);
 

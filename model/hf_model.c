@@ -312,27 +312,6 @@ Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq)
 
 /* ---- writing ---- */
 
-/* mkdir -p */
-static Status make_dirs(const char *dir) {
-    if (!*dir) return errorf("the output directory is an empty path");
-    char *path = strdup(dir);
-    if (!path) return errorf("%s: out of memory", dir);
-    Status st = STATUS_OK;
-    for (char *p = path + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char at = *p;
-        *p = '\0';
-        struct stat info;
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) st = errorf("%s: cannot create: %s", path, strerror(errno));
-        else if (stat(path, &info) != 0) st = errorf("%s: %s", path, strerror(errno));
-        else if (!S_ISDIR(info.st_mode)) st = errorf("%s: exists and is not a directory", path);
-        *p = at;
-        if (st != STATUS_OK || at == '\0') break;
-    }
-    free(path);
-    return st;
-}
-
 /* config.json marks a complete model: it goes first, so that a crash from here on leaves a
  * directory that loaders refuse rather than a new config over old weights or the reverse. */
 static Status remove_config(const char *dir, const char *config_path) {

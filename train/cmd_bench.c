@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "model/ops/cpu/cpu_ops.h"
 #include "train/trainer.h"
 
@@ -23,12 +24,6 @@ void cmd_bench_usage(void) {
            "AdamW) on random token batches: %d warm-up steps, then N timed steps (default 5). Prints one\n"
            "JSON line: config, threads, B, T, step_s, tok_s, gflop_per_tok, gflops, peak_gflops (the\n"
            "measured float32 matrix-product rate on this device, cpu only), mfu, loss.\n", BENCH_WARMUP);
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* FLOPs per token of one model, as torch_distill.py's flops_per_token. */
@@ -69,9 +64,9 @@ static double measure_cpu_peak_gflops(void) {
     cpu_sgemm(CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
-        double t0 = now_seconds();
+        double t0 = monotonic_seconds();
         cpu_sgemm(CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double g = 2.0 * (double)(n * n * n) / (now_seconds() - t0) / 1e9;
+        double g = 2.0 * (double)(n * n * n) / (monotonic_seconds() - t0) / 1e9;
         if (g > best) best = g;
     }
     free(a), free(b), free(c);
@@ -85,9 +80,9 @@ static Status run_bench(const Config *cfg, int steps) {
     StepRecord r;
     Status st = STATUS_OK;
     for (int i = 0; i < BENCH_WARMUP && st == STATUS_OK; i++) st = trainer_step(t, &r);
-    double t0 = now_seconds();
+    double t0 = monotonic_seconds();
     for (int i = 0; i < steps && st == STATUS_OK; i++) st = trainer_step(t, &r);
-    double dt = (now_seconds() - t0) / steps;
+    double dt = (monotonic_seconds() - t0) / steps;
     if (st == STATUS_OK) {
         double tokens = (double)(cfg->train.global_batch * cfg->data.seq_len);
         double fl = flops_per_token(&t->student->cfg, t->T, 1) + (t->teacher ? flops_per_token(&t->teacher->cfg, t->T, 0) : 0);

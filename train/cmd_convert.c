@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/backend.h"
+#include "core/clock.h"
 #include "core/file_io.h"
 #include "model/convert.h"
 #include "model/hf_model.h"
@@ -27,25 +28,6 @@ void cmd_convert_usage(void) {
            "report (kept energy, attention-output error on calibration tokens, KV bytes per token) and\n"
            "writes DIR/report.json and the student in DeepSeek-V2's HF layout (default bf16).\n"
            "Calibration tokens come from data.val when given, else are drawn at random.\n");
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static Status make_dirs(const char *path) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return errorf("%s: path too long", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
-    return STATUS_OK;
 }
 
 /* Serving needs the tokenizer: copy the files HF keeps beside a model, when the source has them. */
@@ -86,13 +68,13 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     ConvertReport *report = calloc(1, sizeof *report);
     Status st = report ? backend_check_ops(be) : errorf("convert: out of memory");
 
-    double t0 = now_seconds();
+    double t0 = monotonic_seconds();
     int64_t seq = cfg->data.seq_len < CALIBRATION_SEQ_MAX ? cfg->data.seq_len : CALIBRATION_SEQ_MAX;
     if (st == STATUS_OK) st = load_student_source(cfg, be, seq, &source);
     if (st == STATUS_OK) st = config_check_layers(cfg, source->cfg.num_hidden_layers);
     if (st == STATUS_OK)
         printf("source: %s, %lld layers, %lld parameters (%.1f s)\n", source->cfg.architecture,
-               (long long)source->cfg.num_hidden_layers, (long long)model_num_parameters(source), now_seconds() - t0);
+               (long long)source->cfg.num_hidden_layers, (long long)model_num_parameters(source), monotonic_seconds() - t0);
     if (st == STATUS_OK) st = calibration_tokens(cfg, source->cfg.vocab_size, seq, &cal);
     ConvertOptions o = convert_options_from_config(cfg);
     o.calib_ids = cal.ids;
@@ -100,13 +82,13 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     o.calib_seq = cal.seq;
     o.calib_from_data = cal.from_data;
 
-    double t1 = now_seconds();
+    double t1 = monotonic_seconds();
     if (st == STATUS_OK) st = mla_convert(&student, source, &o, report);
     if (st == STATUS_OK) {
         printf("calibration: %lld sequences of %lld tokens (%s)\n", (long long)cal.n_seqs, (long long)cal.seq,
                cal.from_data ? "data.val" : "random tokens: no data.val");
         convert_report_print(report, stdout);
-        printf("converted in %.1f s\n", now_seconds() - t1);
+        printf("converted in %.1f s\n", monotonic_seconds() - t1);
         fflush(stdout);
     }
     char path[4096];
@@ -115,12 +97,12 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
         snprintf(path, sizeof path, "%s/report.json", out_dir);
         st = convert_report_write_json(report, path);
     }
-    double t2 = now_seconds();
+    double t2 = monotonic_seconds();
     ExportOptions eo = {.dtype = dtype, .max_shard_bytes = (size_t)5 << 30, .allow_rebase = cfg->student.mla.allow_rebase};
     if (st == STATUS_OK && hf_model_export(student, out_dir, &eo) != STATUS_OK)
         st = error_context("export to %s: ", out_dir);
     if (st == STATUS_OK && cfg->student.init_from.path[0]) st = copy_tokenizer_files(cfg->student.init_from.path, out_dir);
-    if (st == STATUS_OK) printf("wrote %s (%s, %.1f s)\n", out_dir, dtype_name(dtype), now_seconds() - t2);
+    if (st == STATUS_OK) printf("wrote %s (%s, %.1f s)\n", out_dir, dtype_name(dtype), monotonic_seconds() - t2);
 
     calibration_free(&cal);
     model_destroy(student);

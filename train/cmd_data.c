@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "data/hdf5_errors.h"
 #include "data/loader.h"
 #include "data/mc_convert.h"
@@ -223,12 +224,6 @@ static Status run_summary(const DataArgs *a) {
     return STATUS_OK;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Batches of a.rows windows for about a.seconds; the first batch is not timed (file opening). */
 static Status bench_order(const DataArgs *a, int shuffle) {
     LoaderOptions o = {.patterns = a->inputs, .n_patterns = a->n_inputs, .seq_len = (int)a->seq_len,
@@ -239,11 +234,11 @@ static Status bench_order(const DataArgs *a, int shuffle) {
     int32_t *buf = malloc(per_batch * sizeof *buf);
     Status st = buf ? loader_next(L, (int)a->rows, buf) : errorf("out of memory");
     long long batches = 0;
-    double t0 = now_seconds(), t = t0;
+    double t0 = monotonic_seconds(), t = t0;
     while (st == STATUS_OK && t - t0 < a->seconds) {
         st = loader_next(L, (int)a->rows, buf);
         batches++;
-        t = now_seconds();
+        t = monotonic_seconds();
     }
     if (st == STATUS_OK) {
         double tokens = (double)batches * (double)a->rows * (double)a->seq_len, dt = t - t0;

@@ -10,30 +10,12 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include "core/clock.h"
 #include "core/crc32.h"
 #include "core/file_io.h"
 #include "model/hf_model.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static Status make_dirs(const char *path) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return errorf("%s: path too long", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errorf("%s: cannot create: %s", buf, strerror(errno));
-    return STATUS_OK;
-}
 
 /* Keeps the lines of metrics.jsonl up to `step`: a resumed run rewrites the steps it repeats. */
 static Status truncate_metrics(const char *path, int64_t step) {
@@ -223,11 +205,11 @@ Status trainer_run(Trainer *t) {
         if (st == STATUS_OK && !t->opts.quiet)
             metrics_print_eval(&metrics, 0, &init_eval, t->teacher ? &t->teacher_eval : NULL);
     }
-    double start = now_seconds();
+    double start = monotonic_seconds();
     while (st == STATUS_OK && t->step < cfg->train.max_steps) {
         st = trainer_step(t, &r);
         if (st != STATUS_OK) break;
-        r.elapsed = now_seconds() - start;
+        r.elapsed = monotonic_seconds() - start;
         int log_now = due(t->step, cfg->log.every_steps, cfg->train.max_steps);
         int eval_now = evaluates && due(t->step, cfg->eval.every_steps, cfg->train.max_steps);
         EvalFigures e;
@@ -261,6 +243,6 @@ Status trainer_run(Trainer *t) {
     if (st == STATUS_OK && !t->opts.quiet && evaluates && !t->resumed) print_summary(t, &init_eval, &last_eval);
     if (st == STATUS_OK && !t->opts.quiet)
         printf("done: %lld steps, %lld tokens in %.1f s; final model in %s/final\n", (long long)t->step,
-               (long long)t->tokens, now_seconds() - start, cfg->run.dir);
+               (long long)t->tokens, monotonic_seconds() - start, cfg->run.dir);
     return st;
 }

@@ -11,16 +11,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/rng.h"
 #include "train/checkpoint.h"
 #include "train/grad_sync.h"
 #include "train/models.h"
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static Status open_loader(const Config *cfg, const ConfigPathList *list, const char *key, int shuffle, int rank,
                           int world, Loader **out) {
@@ -266,7 +261,7 @@ static Status upload_micro_batch(Trainer *t, int64_t a) {
 Status trainer_step(Trainer *t, StepRecord *r) {
     const Config *cfg = t->cfg;
     Backend *be = t->be;
-    double t0 = now_seconds();
+    double t0 = monotonic_seconds();
     TRY(next_windows(t));
     /* Every target of a window is a real next token, so the step counts B*T tokens per window;
      * across ranks this is the global batch. */
@@ -308,7 +303,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
     TRY(be->synchronize(be));
     t->step++;
     t->tokens += counted;
-    double dt = now_seconds() - t0;
+    double dt = monotonic_seconds() - t0;
     r->step = t->step;
     r->max_steps = cfg->train.max_steps;
     r->tokens = t->tokens;
