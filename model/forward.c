@@ -208,6 +208,10 @@ Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
 }
 
 Status model_backward(Model *m, ForwardState *st, Tensor dhidden) {
+    return model_backward_hooked(m, st, dhidden, NULL, NULL);
+}
+
+Status model_backward_hooked(Model *m, ForwardState *st, Tensor dhidden, GradsReadyFn ready, void *ctx) {
     Backend *be = m->be;
     const ModelConfig *cfg = &m->cfg;
     if (!st->keep) return errorf("model_backward: the forward state keeps no activations (created for inference)");
@@ -223,7 +227,9 @@ Status model_backward(Model *m, ForwardState *st, Tensor dhidden) {
         Status s = cfg->layer_attention[l] == ATTENTION_GQA ? gqa_attention_backward(m, st, l, c)
                                                              : mla_attention_backward(m, st, l, c);
         if (s != STATUS_OK) return error_context("layer %d backward: ", l);
+        if (ready) TRY(ready(ctx, l));
     }
     TRY(be->ops.embedding_backward(be, m->grad_embed, g->dx, st->ids));
+    if (ready) TRY(ready(ctx, -1));
     return STATUS_OK;
 }

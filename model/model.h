@@ -104,3 +104,9 @@ Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden);
 /* Backward from dhidden [B*T, D] (the LM-head loss's dh); accumulates into the gradients.
  * Needs a state created with keep_activations and the forward just run on it. */
 Status model_backward(Model *m, ForwardState *st, Tensor dhidden);
+/* Called by model_backward_hooked as soon as a group of parameter gradients is final for this
+ * backward: layer l's tensors after its backward (layers L-1 down to 0), then l = -1 for the
+ * embedding, final norm and head. Data parallelism starts summing a bucket there while the
+ * backward of the layers below goes on. A non-OK status stops the backward. */
+typedef Status (*GradsReadyFn)(void *ctx, int layer);
+Status model_backward_hooked(Model *m, ForwardState *st, Tensor dhidden, GradsReadyFn ready, void *ctx);

@@ -21,6 +21,8 @@ extern "C" int cuda_device_count(void) {
     return n;
 }
 
+extern "C" void *cuda_backend_stream(Backend *be) { return (void *)cuda_state(be)->stream; }
+
 static Status cuda_alloc(Backend *be, Tensor *t, DType dt, int ndim, const int64_t *shape) {
     if (ndim < 0 || ndim > TENSOR_MAX_DIMS)
         return errorf("cuda alloc: %d dimensions (at most %d)", ndim, TENSOR_MAX_DIMS);

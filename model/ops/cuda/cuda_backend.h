@@ -10,6 +10,9 @@ extern "C" {
 
 Status cuda_backend_create(Backend **out, BackendOptions opts);
 int cuda_device_count(void);
+/* The stream every op of this backend runs on (a cudaStream_t), for work that must be ordered
+ * with the ops from outside them, such as gradient all-reduces on a second stream. */
+void *cuda_backend_stream(Backend *be);
 
 #ifdef __cplusplus
 }
