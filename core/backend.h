@@ -19,7 +19,11 @@ typedef struct Backend Backend;
  *   of parameters (dw, db, dtable) are ACCUMULATED (+=), so micro-batches accumulate for free.
  * - An absent optional tensor (tensor_none()) means "no bias" or "this gradient is not wanted".
  * - Every shape is checked; a mismatch is an error naming the op and the argument.
- * - On the CPU backend results are bitwise identical whatever the thread count. */
+ * - On the CPU backend results are bitwise identical whatever the thread count.
+ * - Storage dtype: activations, weights read by forward, and activation gradients are f32 or bf16
+ *   (one dtype per call); what is summed or kept for precision is always f32: rstd, lse, rope
+ *   tables, parameter gradients (dw, db, dtable), AdamW's master weights and moments. Math is f32
+ *   whatever the storage; a bf16 output is the f32 result rounded to nearest even, once. */
 
 typedef struct {
     float kl_weight;      /* w_kl: weight of T^2 * KL(p_teacher^T || p_student^T) */
@@ -54,7 +58,7 @@ typedef struct {
     Status (*rmsnorm_backward)(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
                                Tensor rstd);
 
-    /* y[N, O] = x[N, I] w[O, I]^T (+ b[O]). */
+    /* y[N, O] = x[N, I] w[O, I]^T (+ b[O]). y may be f32 when the inputs are bf16 (logits). */
     Status (*linear_forward)(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
     /* dx[N, I] = dy w (optional); dw[O, I] += dy^T x; db[O] += sum_n dy (optional). */
     Status (*linear_backward)(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x,
@@ -96,8 +100,11 @@ typedef struct {
     Status (*lm_head_loss)(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
                            Tensor ht, Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
 
-    /* One AdamW step on a parameter (decoupled weight decay, bias correction), all f32 [n]. */
-    Status (*adamw_step)(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
+    /* One AdamW step on a parameter (decoupled weight decay, bias correction), all f32 [n]; when
+     * param_copy (bf16, same shape) is present it receives the updated parameter rounded, so the
+     * weights forward reads need no second pass. */
+    Status (*adamw_step)(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
+                         AdamWConfig cfg);
 
     /* *out = sum of squares of t, in double, reduced in an order fixed by the size alone. */
     Status (*sum_squares)(Backend *be, double *out, Tensor t);
@@ -105,6 +112,8 @@ typedef struct {
     Status (*scale)(Backend *be, Tensor t, float s);
     /* y += x (same shape) */
     Status (*accumulate)(Backend *be, Tensor y, Tensor x);
+    /* dst = src converted (f32 <-> bf16, or a copy when the dtypes agree); same number of values. */
+    Status (*cast)(Backend *be, Tensor dst, Tensor src);
 } Ops;
 
 struct Backend {
@@ -130,6 +139,11 @@ typedef struct {
 /* "cpu" or "cuda". The cuda backend exists only in builds with CUDA (an error says so otherwise). */
 Status backend_create(Backend **out, const char *name, BackendOptions opts);
 void backend_destroy(Backend *be);
+
+/* Host float32 values to and from a tensor of any floating dtype (f32 as is, bf16 rounded to
+ * nearest even on the way in, widened exactly on the way out). */
+Status backend_upload_f32(Backend *be, Tensor dst, const float *src);
+Status backend_download_f32(Backend *be, float *dst, Tensor src);
 
 /* Errors unless every op of the table is present, listing the ones this backend lacks. */
 Status backend_check_ops(const Backend *be);

@@ -8,7 +8,7 @@ Status gqa_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
     Backend *be = m->be;
     const Ops *op = &be->ops;
     const ModelConfig *cfg = &m->cfg;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     int64_t B = st->B, T = st->T, N = st->N;
     int64_t H = cfg->num_attention_heads, K = cfg->num_key_value_heads, hd = cfg->head_dim;
     Tensor q = reshape2(c->q, N, H * hd), k = reshape2(c->k, N, K * hd), v = reshape2(c->v, N, K * hd);
@@ -32,7 +32,7 @@ Status gqa_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     Backend *be = m->be;
     const Ops *op = &be->ops;
     const ModelConfig *cfg = &m->cfg;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     LayerWeights *gw = &m->grad_layers[layer];
     BackwardScratch *g = &st->g;
     int64_t B = st->B, T = st->T, N = st->N;

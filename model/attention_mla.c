@@ -19,7 +19,7 @@ static MlaShape mla_shape(const Model *m, const ForwardState *st) {
 Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     Backend *be = m->be;
     const Ops *op = &be->ops;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     MlaShape s = mla_shape(m, st);
     int64_t dq = s.dn + s.dr;
     Tensor q = reshape2(c->q, s.N, s.H * dq), k = reshape2(c->k, s.N, s.H * s.dn);
@@ -54,7 +54,7 @@ Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
 Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     Backend *be = m->be;
     const Ops *op = &be->ops;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     LayerWeights *gw = &m->grad_layers[layer];
     BackwardScratch *g = &st->g;
     MlaShape s = mla_shape(m, st);

@@ -18,8 +18,9 @@ static Status own(ForwardState *st, Tensor *t, int ndim, int64_t d0, int64_t d1,
     return STATUS_OK;
 }
 
-#define F32_2(t, a, b) TRY(own(st, &(t), 2, a, b, 0, DT_F32))
-#define F32_1(t, a) TRY(own(st, &(t), 1, a, 0, 0, DT_F32))
+/* Activations and their gradients in the model's compute dtype; row statistics in f32. */
+#define ACT_2(t, a, b) TRY(own(st, &(t), 2, a, b, 0, st->dtype))
+#define STAT_1(t, a) TRY(own(st, &(t), 1, a, 0, 0, DT_F32))
 
 /* Widths a layer of either kind may need, so buffers fit whichever kind they serve. */
 typedef struct {
@@ -65,35 +66,35 @@ static LayerWidths widest(const ModelConfig *c) {
 /* Buffers of one layer, shaped for its kind (a reused cache is shaped for the widest). */
 static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cfg, LayerWidths w, int latent_norm) {
     int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
-    F32_2(c->x, N, D);
-    F32_1(c->rstd1, N);
-    F32_2(c->a, N, D);
-    F32_2(c->q, N, w.q);
-    F32_2(c->k, N, w.k);
-    F32_2(c->v, N, w.v);
-    if (w.k_rope) F32_2(c->k_rope, N, w.k_rope);
+    ACT_2(c->x, N, D);
+    STAT_1(c->rstd1, N);
+    ACT_2(c->a, N, D);
+    ACT_2(c->q, N, w.q);
+    ACT_2(c->k, N, w.k);
+    ACT_2(c->v, N, w.v);
+    if (w.k_rope) ACT_2(c->k_rope, N, w.k_rope);
     if (w.q_lora) {
-        F32_2(c->q_a, N, w.q_lora);
-        F32_1(c->q_a_rstd, N);
-        F32_2(c->q_a_n, N, w.q_lora);
+        ACT_2(c->q_a, N, w.q_lora);
+        STAT_1(c->q_a_rstd, N);
+        ACT_2(c->q_a_n, N, w.q_lora);
     }
     if (w.latent) {
-        F32_2(c->c, N, w.latent);
+        ACT_2(c->c, N, w.latent);
         if (latent_norm) {
-            F32_1(c->c_rstd, N);
-            F32_2(c->c_n, N, w.latent);
+            STAT_1(c->c_rstd, N);
+            ACT_2(c->c_n, N, w.latent);
         } else {
             c->c_n = c->c;
         }
     }
-    F32_2(c->attn, N, w.attn);
+    ACT_2(c->attn, N, w.attn);
     TRY(own(st, &c->lse, 3, st->B, cfg->num_attention_heads, st->T, DT_F32));
-    F32_2(c->h, N, D);
-    F32_1(c->rstd2, N);
-    F32_2(c->a2, N, D);
-    F32_2(c->gate, N, F);
-    F32_2(c->up, N, F);
-    F32_2(c->act, N, F);
+    ACT_2(c->h, N, D);
+    STAT_1(c->rstd2, N);
+    ACT_2(c->a2, N, D);
+    ACT_2(c->gate, N, F);
+    ACT_2(c->up, N, F);
+    ACT_2(c->act, N, F);
     return STATUS_OK;
 }
 
@@ -101,32 +102,32 @@ static Status alloc_scratch(ForwardState *st, const ModelConfig *cfg) {
     BackwardScratch *g = &st->g;
     LayerWidths w = widest(cfg);
     int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
-    F32_2(g->dx, N, D);
-    F32_2(g->dh, N, D);
-    F32_2(g->da, N, D);
-    F32_2(g->dtmp, N, D);
-    F32_2(g->dq, N, w.q);
-    F32_2(g->dk, N, w.k);
-    F32_2(g->dv, N, w.v);
-    F32_2(g->dattn, N, w.attn);
-    if (w.k_rope) F32_2(g->dk_rope, N, w.k_rope);
+    ACT_2(g->dx, N, D);
+    ACT_2(g->dh, N, D);
+    ACT_2(g->da, N, D);
+    ACT_2(g->dtmp, N, D);
+    ACT_2(g->dq, N, w.q);
+    ACT_2(g->dk, N, w.k);
+    ACT_2(g->dv, N, w.v);
+    ACT_2(g->dattn, N, w.attn);
+    if (w.k_rope) ACT_2(g->dk_rope, N, w.k_rope);
     if (w.q_lora) {
-        F32_2(g->dq_a, N, w.q_lora);
-        F32_2(g->dq_a_n, N, w.q_lora);
+        ACT_2(g->dq_a, N, w.q_lora);
+        ACT_2(g->dq_a_n, N, w.q_lora);
     }
     if (w.latent) {
-        F32_2(g->dc, N, w.latent);
-        F32_2(g->dc_n, N, w.latent);
-        F32_2(g->dc_tmp, N, w.latent);
+        ACT_2(g->dc, N, w.latent);
+        ACT_2(g->dc_n, N, w.latent);
+        ACT_2(g->dc_tmp, N, w.latent);
     }
-    F32_2(g->dgate, N, F);
-    F32_2(g->dup, N, F);
-    F32_2(g->dact, N, F);
+    ACT_2(g->dgate, N, F);
+    ACT_2(g->dup, N, F);
+    ACT_2(g->dact, N, F);
     return STATUS_OK;
 }
 
-#undef F32_1
-#undef F32_2
+#undef STAT_1
+#undef ACT_2
 
 static Status forward_state_init(ForwardState *st, const Model *m) {
     const ModelConfig *cfg = &m->cfg;
@@ -138,7 +139,7 @@ static Status forward_state_init(ForwardState *st, const Model *m) {
         LayerWidths w = st->keep ? widths_of(cfg, cfg->layer_attention[i]) : widest(cfg);
         TRY(alloc_cache(st, &st->caches[i], cfg, w, cfg->mla.latent_norm));
     }
-    TRY(own(st, &st->x_final, 2, st->N, cfg->hidden_size, 0, DT_F32));
+    TRY(own(st, &st->x_final, 2, st->N, cfg->hidden_size, 0, st->dtype));
     TRY(own(st, &st->rstd_final, 1, st->N, 0, 0, DT_F32));
     if (st->keep) TRY(alloc_scratch(st, cfg));
 
@@ -160,6 +161,7 @@ Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, i
     ForwardState *st = calloc(1, sizeof *st);
     if (!st) return errorf("forward state: out of memory");
     st->be = m->be;
+    st->dtype = m->dtype;
     st->B = batch;
     st->T = seq;
     st->N = batch * seq;
@@ -185,11 +187,15 @@ Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
     const ModelConfig *cfg = &m->cfg;
     int L = (int)cfg->num_hidden_layers;
     TRY(tensor_check("model_forward", "ids", ids, DT_I32, 1, (int64_t[]){st->N}));
-    TRY(tensor_check("model_forward", "hidden", hidden, DT_F32, 2, (int64_t[]){st->N, cfg->hidden_size}));
+    TRY(tensor_check("model_forward", "hidden", hidden, m->dtype, 2, (int64_t[]){st->N, cfg->hidden_size}));
+    if (st->dtype != m->dtype)
+        return errorf("model_forward: the forward state holds %s activations, the model computes in %s",
+                      dtype_name(st->dtype), dtype_name(m->dtype));
+    if (m->compute_stale) TRY(model_refresh_compute_weights(m));
     st->ran = 0;
     st->ids = ids;
 
-    TRY(be->ops.embedding_forward(be, st->caches[0].x, ids, m->embed));
+    TRY(be->ops.embedding_forward(be, st->caches[0].x, ids, model_compute_embed(m)));
     for (int l = 0; l < L; l++) {
         /* A reused cache is shaped for the widest layer; the blocks view it at their widths. */
         LayerCache *c = &st->caches[st->keep ? l : 0];
@@ -202,7 +208,8 @@ Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
         Tensor x_next = l + 1 == L ? st->x_final : st->keep ? st->caches[l + 1].x : c->x;
         if (mlp_forward(m, st, l, c, x_next) != STATUS_OK) return error_context("layer %d: ", l);
     }
-    TRY(be->ops.rmsnorm_forward(be, hidden, st->rstd_final, st->x_final, m->final_norm, (float)cfg->rms_norm_eps));
+    TRY(be->ops.rmsnorm_forward(be, hidden, st->rstd_final, st->x_final, model_compute_final_norm(m),
+                                (float)cfg->rms_norm_eps));
     st->ran = 1;
     return STATUS_OK;
 }
@@ -217,10 +224,11 @@ Status model_backward_hooked(Model *m, ForwardState *st, Tensor dhidden, GradsRe
     if (!st->keep) return errorf("model_backward: the forward state keeps no activations (created for inference)");
     if (!st->ran) return errorf("model_backward: no forward pass has been run on this state");
     if (!m->has_grads) return errorf("model_backward: gradients are not allocated (model_alloc_grads)");
-    TRY(tensor_check("model_backward", "dhidden", dhidden, DT_F32, 2, (int64_t[]){st->N, cfg->hidden_size}));
+    TRY(tensor_check("model_backward", "dhidden", dhidden, m->dtype, 2, (int64_t[]){st->N, cfg->hidden_size}));
 
     BackwardScratch *g = &st->g;
-    TRY(be->ops.rmsnorm_backward(be, g->dx, m->grad_final_norm, dhidden, st->x_final, m->final_norm, st->rstd_final));
+    TRY(be->ops.rmsnorm_backward(be, g->dx, m->grad_final_norm, dhidden, st->x_final, model_compute_final_norm(m),
+                                 st->rstd_final));
     for (int l = (int)cfg->num_hidden_layers - 1; l >= 0; l--) {
         LayerCache *c = &st->caches[l];
         if (mlp_backward(m, st, l, c) != STATUS_OK) return error_context("layer %d backward: ", l);

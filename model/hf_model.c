@@ -225,7 +225,7 @@ static Status load_tensor(Backend *be, const SafetensorsSet *s, const FileLayout
     Status st = file ? STATUS_OK : errorf("out of memory reading tensor '%s'", t->name);
     if (st == STATUS_OK) st = safetensors_read_f32(s, t->name, file, t->ndim, t->shape);
     if (st == STATUS_OK && t->kind == FILE_COPY) {
-        st = be->upload(be, *t->parts[0], file);
+        st = backend_upload_f32(be, *t->parts[0], file);
     } else if (st == STATUS_OK) {
         /* An absent part (kv_b_k when dn = 0) gets no rows; its buffer is never touched. */
         for (int k = 0; k < 2 && st == STATUS_OK; k++) {
@@ -235,7 +235,7 @@ static Status load_tensor(Backend *be, const SafetensorsSet *s, const FileLayout
         }
         if (st == STATUS_OK) scatter_rows(lay, t, file, parts);
         for (int k = 0; k < 2 && st == STATUS_OK; k++)
-            if (t->parts[k] && tensor_present(*t->parts[k])) st = be->upload(be, *t->parts[k], parts[k]);
+            if (t->parts[k] && tensor_present(*t->parts[k])) st = backend_upload_f32(be, *t->parts[k], parts[k]);
     }
     free(file);
     free(parts[0]);
@@ -282,6 +282,10 @@ static Status set_config_rope(Model *m) {
 static Status rope_sidecar_read(Model *m, const char *dir);
 
 Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq) {
+    return hf_model_load_as(out, be, dir, max_seq, DT_F32);
+}
+
+Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_seq, DType weight_dtype) {
     *out = NULL;
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
@@ -293,7 +297,8 @@ Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq)
 
     SafetensorsSet *s = NULL;
     FileLayout lay = {0};
-    Status st = set_config_rope(m);
+    Status st = model_set_precision(m, weight_dtype, weight_dtype);
+    if (st == STATUS_OK) st = set_config_rope(m);
     if (st == STATUS_OK) st = rope_sidecar_read(m, dir);
     if (st == STATUS_OK) st = safetensors_open(&s, dir);
     if (st == STATUS_OK) st = layout_build(m, 0, &lay);
@@ -306,6 +311,7 @@ Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq)
         model_destroy(m);
         return STATUS_ERROR;
     }
+    model_weights_changed(m);
     *out = m;
     return STATUS_OK;
 }
@@ -348,7 +354,7 @@ static Status download_layout(const Model *m, const FileLayout *lay, HostTensors
         float *file = h->buffers[i] = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
         if (!file) return errorf("out of memory for tensor '%s'", t->name);
         if (t->kind == FILE_COPY) {
-            TRY(be->download(be, file, *t->parts[0]));
+            TRY(backend_download_f32(be, file, *t->parts[0]));
         } else {
             float *parts[2] = {NULL, NULL};
             Status st = STATUS_OK;
@@ -356,7 +362,7 @@ static Status download_layout(const Model *m, const FileLayout *lay, HostTensors
                 if (!t->parts[k] || !tensor_present(*t->parts[k])) continue;
                 parts[k] = malloc((size_t)tensor_numel(*t->parts[k]) * sizeof(float));
                 if (!parts[k]) st = errorf("out of memory for tensor '%s'", t->name);
-                else st = be->download(be, parts[k], *t->parts[k]);
+                else st = backend_download_f32(be, parts[k], *t->parts[k]);
             }
             if (st == STATUS_OK) gather_rows(lay, t, parts, file);
             free(parts[0]);

@@ -12,6 +12,9 @@
  * layout: interleaved rope rows permuted back to rotate-half, kv_a_proj_with_mqa and kv_b_proj
  * split, its rope frequencies those of the config. */
 Status hf_model_load(Model **out, Backend *be, const char *dir, int64_t max_seq);
+/* The same, the weights held in weight_dtype (f32, or bf16 with bf16 compute for a frozen model),
+ * rounded tensor by tensor as they are read, so a bf16 model never exists in f32 on the device. */
+Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_seq, DType weight_dtype);
 
 /* The file beside config.json that keeps MLA rope frequencies DeepSeek's config cannot say. */
 #define HF_ROPE_SIDECAR "mlatrain_rope.json"

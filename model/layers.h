@@ -34,6 +34,7 @@ typedef struct {
 
 struct ForwardState {
     Backend *be;
+    DType dtype;                    /* of the activations: the model's compute dtype */
     int64_t B, T, N;
     int keep;                       /* per-layer caches kept for backward */
     int ran;                        /* a forward has filled the caches */

@@ -5,7 +5,7 @@
 Status mlp_forward(Model *m, ForwardState *st, int layer, LayerCache *c, Tensor x_next) {
     Backend *be = m->be;
     const Ops *op = &be->ops;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     TRY(op->rmsnorm_forward(be, c->a2, c->rstd2, c->h, w->post_norm, (float)m->cfg.rms_norm_eps));
     TRY(op->linear_forward(be, c->gate, c->a2, w->gate_proj, tensor_none()));
     TRY(op->linear_forward(be, c->up, c->a2, w->up_proj, tensor_none()));
@@ -18,7 +18,7 @@ Status mlp_forward(Model *m, ForwardState *st, int layer, LayerCache *c, Tensor 
 Status mlp_backward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     Backend *be = m->be;
     const Ops *op = &be->ops;
-    const LayerWeights *w = &m->layers[layer];
+    const LayerWeights *w = model_compute_layer(m, layer);
     LayerWeights *gw = &m->grad_layers[layer];
     BackwardScratch *g = &st->g;
     TRY(op->linear_backward(be, g->dact, gw->down_proj, tensor_none(), g->dx, c->act, w->down_proj));

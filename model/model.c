@@ -14,12 +14,13 @@ static int max_params(const ModelConfig *cfg) { return 19 * (int)cfg->num_hidden
 
 static Status alloc_param(Model *m, Tensor *value, int decay, const char *name, int ndim, int64_t d0, int64_t d1) {
     int64_t shape[2] = {d0, d1};
-    if (m->be->alloc(m->be, value, DT_F32, ndim, shape) != STATUS_OK)
+    if (m->be->alloc(m->be, value, m->weight_dtype, ndim, shape) != STATUS_OK)
         return error_context("allocating %s: ", name);
     Param *p = &m->params[m->n_params++];
     snprintf(p->name, sizeof p->name, "%s", name);
     p->value = value;
     p->grad = NULL;
+    p->compute = NULL;
     p->decay = decay;
     return STATUS_OK;
 }
@@ -100,6 +101,83 @@ Status model_set_mla_rope(Model *m, int layer, const float *inv_freq) {
     return upload_rope_tables(m, inv_freq, pairs, &m->mla_cos[layer], &m->mla_sin[layer]);
 }
 
+/* The compute copy that mirrors a parameter tensor: same offset in the mirror structure. */
+static Tensor *compute_mirror_of(Model *m, Tensor *value) {
+    if (value == &m->embed) return &m->compute_embed;
+    if (value == &m->final_norm) return &m->compute_final_norm;
+    if (value == &m->lm_head) return &m->compute_lm_head;
+    size_t off = (size_t)((char *)value - (char *)m->layers);
+    return (Tensor *)((char *)m->compute_layers + off);
+}
+
+static Status alloc_compute_copies(Model *m) {
+    m->compute_layers = calloc((size_t)m->cfg.num_hidden_layers, sizeof *m->compute_layers);
+    if (!m->compute_layers) return errorf("model: out of memory for the compute weights");
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) m->compute_layers[l].kind = m->layers[l].kind;
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        p->compute = compute_mirror_of(m, p->value);
+        if (m->be->alloc(m->be, p->compute, m->dtype, p->value->ndim, p->value->shape) != STATUS_OK)
+            return error_context("allocating the %s copy of %s: ", dtype_name(m->dtype), p->name);
+    }
+    if (m->cfg.tie_word_embeddings) m->compute_lm_head = m->compute_embed;
+    m->compute_stale = 1;
+    return STATUS_OK;
+}
+
+Status model_refresh_compute_weights(Model *m) {
+    if (m->compute_layers)
+        for (int i = 0; i < m->n_params; i++)
+            if (m->be->ops.cast(m->be, *m->params[i].compute, *m->params[i].value) != STATUS_OK)
+                return error_context("refreshing the compute copy of %s: ", m->params[i].name);
+    m->compute_stale = 0;
+    return STATUS_OK;
+}
+
+static void free_compute_copies(Model *m) {
+    for (int i = 0; i < m->n_params; i++) {
+        if (m->params[i].compute && m->params[i].compute->data) m->be->release(m->be, m->params[i].compute);
+        m->params[i].compute = NULL;
+    }
+    free(m->compute_layers);
+    m->compute_layers = NULL;
+    m->compute_stale = 0;
+}
+
+Status model_set_precision(Model *m, DType weight_dtype, DType dtype) {
+    if ((weight_dtype != DT_F32 && weight_dtype != DT_BF16) || (dtype != DT_F32 && dtype != DT_BF16))
+        return errorf("model: weights and compute must be f32 or bf16, got %s and %s", dtype_name(weight_dtype),
+                      dtype_name(dtype));
+    if (weight_dtype == DT_BF16 && dtype == DT_F32)
+        return errorf("model: bf16 weights with f32 compute would only lose digits; keep f32 weights");
+    if (weight_dtype != m->weight_dtype) {
+        if (m->has_grads || weight_dtype != DT_BF16)
+            return errorf("model: only the f32 weights of a model without gradients can become %s",
+                          dtype_name(weight_dtype));
+        free_compute_copies(m);
+        for (int i = 0; i < m->n_params; i++) {
+            Tensor *p = m->params[i].value, rounded;
+            if (m->be->alloc(m->be, &rounded, weight_dtype, p->ndim, p->shape) != STATUS_OK)
+                return error_context("rounding %s to %s: ", m->params[i].name, dtype_name(weight_dtype));
+            Status st = m->be->ops.cast(m->be, rounded, *p);
+            if (st != STATUS_OK) {
+                m->be->release(m->be, &rounded);
+                return error_context("rounding %s to %s: ", m->params[i].name, dtype_name(weight_dtype));
+            }
+            m->be->release(m->be, p);
+            *p = rounded;
+        }
+        if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
+        m->weight_dtype = weight_dtype;
+    }
+    if (dtype != m->dtype) {
+        free_compute_copies(m);
+        m->dtype = dtype;
+        if (dtype != m->weight_dtype) TRY(alloc_compute_copies(m));
+    }
+    return STATUS_OK;
+}
+
 Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq) {
     *out = NULL;
     TRY(model_config_validate(cfg));
@@ -107,6 +185,7 @@ Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t ma
     Model *m = calloc(1, sizeof *m);
     if (!m) return errorf("model: out of memory");
     m->cfg = *cfg;
+    m->weight_dtype = m->dtype = DT_F32;
     m->be = be;
     m->max_seq = max_seq;
     int L = (int)cfg->num_hidden_layers;
@@ -164,6 +243,7 @@ void model_destroy(Model *m) {
     for (int i = 0; i < m->n_params; i++) {
         if (m->params[i].value->data) be->release(be, m->params[i].value);
         if (m->params[i].grad && m->params[i].grad->data) be->release(be, m->params[i].grad);
+        if (m->params[i].compute && m->params[i].compute->data) be->release(be, m->params[i].compute);
     }
     for (int l = 0; m->mla_cos && l < m->cfg.num_hidden_layers; l++) {
         if (m->mla_cos[l].data) be->release(be, &m->mla_cos[l]);
@@ -173,6 +253,7 @@ void model_destroy(Model *m) {
     if (m->rope_sin.data) be->release(be, &m->rope_sin);
     free(m->layers);
     free(m->grad_layers);
+    free(m->compute_layers);
     free(m->params);
     free(m->mla_cos);
     free(m->mla_sin);
@@ -238,9 +319,10 @@ Status model_init_random(Model *m, uint64_t seed, float std) {
         } else {
             rng_fill_normal(host, n, seed, (uint64_t)i + 1, 0.0f, std);
         }
-        Status st = m->be->upload(m->be, *p->value, host);
+        Status st = backend_upload_f32(m->be, *p->value, host);
         free(host);
         if (st != STATUS_OK) return error_context("model_init_random: %s: ", p->name);
     }
+    model_weights_changed(m);
     return STATUS_OK;
 }

@@ -41,12 +41,22 @@ typedef struct {
     char name[96];         /* HF-style name; the MLA split tensors have their own (see model.c) */
     Tensor *value;
     Tensor *grad;
+    Tensor *compute;       /* its copy in the compute dtype, or NULL when forward reads value itself */
     int decay;             /* 0 for norms, embeddings and biases */
 } Param;
 
 typedef struct {
     ModelConfig cfg;
     Backend *be;
+    /* Precision: the parameters are held in weight_dtype (f32, or bf16 for a model that is never
+     * trained); forward reads weights and keeps activations in dtype (f32 or bf16). When the two
+     * differ (training in bf16) forward reads bf16 copies of the float32 master weights: every
+     * Param has its `compute` copy, refreshed before a forward whenever the weights changed other
+     * than through AdamW (which writes the copy itself). */
+    DType weight_dtype, dtype;
+    LayerWeights *compute_layers;  /* NULL when forward reads the parameters themselves */
+    Tensor compute_embed, compute_final_norm, compute_lm_head;
+    int compute_stale;
     int64_t max_seq;       /* longest sequence the rope tables cover */
 
     Tensor embed;          /* [V, D] */
@@ -73,6 +83,29 @@ typedef struct {
  * with DeepSeek's own rope frequencies, theta^(-2i/dr); conversion replaces them. */
 Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq);
 void model_destroy(Model *m);
+/* Sets the precision (a model starts f32 and f32): weight_dtype f32 or bf16, the latter rounding
+ * the parameters in place one tensor at a time (only for a model without gradients: a frozen
+ * teacher); dtype f32 or bf16, allocating bf16 copies of f32 weights for forward to read (or
+ * freeing them). bf16 weights with f32 compute is refused: it would only lose digits. Forward
+ * states must be created after this, in the new dtype. */
+Status model_set_precision(Model *m, DType weight_dtype, DType dtype);
+
+/* The weights forward reads (the parameters, or their compute copies). */
+static inline const LayerWeights *model_compute_layer(const Model *m, int layer) {
+    return m->compute_layers ? &m->compute_layers[layer] : &m->layers[layer];
+}
+static inline Tensor model_compute_embed(const Model *m) { return m->compute_layers ? m->compute_embed : m->embed; }
+static inline Tensor model_compute_final_norm(const Model *m) {
+    return m->compute_layers ? m->compute_final_norm : m->final_norm;
+}
+static inline Tensor model_compute_lm_head(const Model *m) {
+    return m->compute_layers ? m->compute_lm_head : m->lm_head;
+}
+/* Tells the model its parameters were written (loaded, initialised, gathered): the compute copies
+ * are refreshed before the next forward. */
+static inline void model_weights_changed(Model *m) { m->compute_stale = 1; }
+/* Rounds the parameters into their compute copies now (nothing when there are none). */
+Status model_refresh_compute_weights(Model *m);
 
 /* Normal(0, std) for matrices and embeddings, ones for norms, zeros for biases; each parameter
  * draws from its own RNG stream, so the result does not depend on threads or allocation order. */

@@ -52,7 +52,8 @@ Status optimizer_step(Optimizer *opt, double lr) {
                          .eps = (float)opt->cfg.eps,
                          .weight_decay = optimizer_decays(opt, i) ? (float)opt->cfg.weight_decay : 0.0f,
                          .step = opt->step};
-        if (m->be->ops.adamw_step(m->be, *m->params[i].value, *m->params[i].grad, opt->m[i], opt->v[i], c) != STATUS_OK)
+        Tensor copy = m->params[i].compute ? *m->params[i].compute : tensor_none();
+        if (m->be->ops.adamw_step(m->be, *m->params[i].value, *m->params[i].grad, opt->m[i], opt->v[i], copy, c) != STATUS_OK)
             return error_context("optimizer step on %s: ", m->params[i].name);
     }
     return STATUS_OK;

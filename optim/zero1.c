@@ -76,7 +76,7 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
             Tensor gv = tensor_view(z->grad + (a - z->lo), DT_F32, 1, &k);
             Tensor mv = tensor_view(z->m + (a - z->lo), DT_F32, 1, &k);
             Tensor vv = tensor_view(z->v + (a - z->lo), DT_F32, 1, &k);
-            if (be->ops.adamw_step(be, pv, gv, mv, vv, ac) != STATUS_OK)
+            if (be->ops.adamw_step(be, pv, gv, mv, vv, tensor_none(), ac) != STATUS_OK)
                 return error_context("dist.zero1: %s: ", m->params[i].name);
         }
         off += n;
@@ -96,5 +96,6 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
         TRY(be->upload(be, *m->params[i].value, z->flat + off));
         off += tensor_numel(*m->params[i].value);
     }
+    model_weights_changed(m);
     return STATUS_OK;
 }

@@ -42,7 +42,7 @@ static void test_adamw_against_reference(Backend *be) {
         fill_normal(tensor_f32(g), n, 10 + (uint64_t)t, 0.5f);
         copy_f32_to_f64(grads[t], tensor_f32(g), n);
         cfg.step = t + 1;
-        CHECK_OK(be->ops.adamw_step(be, p, g, m, v, cfg));
+        CHECK_OK(be->ops.adamw_step(be, p, g, m, v, tensor_none(), cfg));
     }
     adamw_reference(p_ref, (const double *const *)grads, steps, n, cfg.lr, cfg.beta1, cfg.beta2,
                     cfg.eps, cfg.weight_decay);
@@ -56,7 +56,7 @@ static void test_adamw_against_reference(Backend *be) {
     float m4[4] = {0}, v4[4] = {0};
     AdamWConfig decay = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.5f, .step = 1};
     CHECK_OK(be->ops.adamw_step(be, p4, z4, tensor_view(m4, DT_F32, 1, (int64_t[]){4}),
-                                tensor_view(v4, DT_F32, 1, (int64_t[]){4}), decay));
+                                tensor_view(v4, DT_F32, 1, (int64_t[]){4}), tensor_none(), decay));
     CHECK(p0[0] == 1.0f - 0.1f * 0.5f * 1.0f && p0[1] == -2.0f - 0.1f * 0.5f * -2.0f && p0[3] == 0.0f,
           "adamw decoupled decay: got %.9g %.9g %.9g", p0[0], p0[1], p0[3]);
 
@@ -66,19 +66,19 @@ static void test_adamw_against_reference(Backend *be) {
     CHECK_OK(be->ops.adamw_step(be, tensor_view(p1, DT_F32, 1, (int64_t[]){2}),
                                 tensor_view(g1, DT_F32, 1, (int64_t[]){2}),
                                 tensor_view(m1, DT_F32, 1, (int64_t[]){2}),
-                                tensor_view(v1, DT_F32, 1, (int64_t[]){2}), plain));
+                                tensor_view(v1, DT_F32, 1, (int64_t[]){2}), tensor_none(), plain));
     CHECK(fabs(p1[0] + 0.01) < 1e-7 && fabs(p1[1] - 0.01) < 1e-6,
           "adamw bias-corrected first step: got %.9g %.9g, expected -0.01 0.01", p1[0], p1[1]);
 
     AdamWConfig bad = cfg;
     bad.step = 0;
-    CHECK_ERR(be->ops.adamw_step(be, p, g, m, v, bad), "step must be >= 1");
+    CHECK_ERR(be->ops.adamw_step(be, p, g, m, v, tensor_none(), bad), "step must be >= 1");
     bad = cfg;
     bad.beta2 = 1.0f;
-    CHECK_ERR(be->ops.adamw_step(be, p, g, m, v, bad), "beta1 and beta2");
+    CHECK_ERR(be->ops.adamw_step(be, p, g, m, v, tensor_none(), bad), "beta1 and beta2");
     Tensor short_m = m;
     short_m.shape[0] = n - 1;
-    CHECK_ERR(be->ops.adamw_step(be, p, g, short_m, v, cfg), "adamw_step: m has shape [1002]");
+    CHECK_ERR(be->ops.adamw_step(be, p, g, short_m, v, tensor_none(), cfg), "adamw_step: m has shape [1002]");
 
     for (int t = 0; t < steps; t++) free(grads[t]);
     free(p_ref);
@@ -133,7 +133,7 @@ static void test_thread_count_independence(void) {
         fill_normal(tensor_f32(p), n, 30, 1.0f);
         fill_normal(tensor_f32(g), n, 31, 1.0f);
         AdamWConfig cfg = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = 1};
-        CHECK_OK(be->ops.adamw_step(be, p, g, m, v, cfg));
+        CHECK_OK(be->ops.adamw_step(be, p, g, m, v, tensor_none(), cfg));
         CHECK_OK(be->ops.sum_squares(be, &norms[run], p));
         out[run] = test_alloc((size_t)n * sizeof(float));
         memcpy(out[run], tensor_f32(p), (size_t)n * sizeof(float));

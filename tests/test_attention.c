@@ -255,7 +255,11 @@ static void check_errors(Backend *be) {
     Tensor k_bf16 = tk;
     k_bf16.dtype = DT_BF16;
     CHECK_ERR(ops->attention_forward(be, tout, tlse, tq, k_bf16, tks, tv, 1.0f),
-              "attention_forward: k has dtype bf16, expected f32");
+              "attention_forward: k is bf16 but the call's other storage tensors are f32");
+    Tensor lse_bf16 = tlse;
+    lse_bf16.dtype = DT_BF16;
+    CHECK_ERR(ops->attention_forward(be, tout, lse_bf16, tq, tk, tks, tv, 1.0f),
+              "attention_forward: lse has dtype bf16, expected f32");
 
     CHECK_OK(ops->attention_backward(be, tensor_none(), tensor_none(), view3(dks, B, T, Ds), tensor_none(), tdout,
                                      tout, tlse, tq, tk, tks, tv, 1.0f));

@@ -78,7 +78,7 @@ static float *train(int threads, int64_t *n_out, double losses[STEPS]) {
         for (int i = 0; i < student->n_params; i++) {
             AdamWConfig ac = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                               .weight_decay = student->params[i].decay ? 0.1f : 0.0f, .step = step};
-            CHECK_OK(be->ops.adamw_step(be, *student->params[i].value, grads[i], m[i], v[i], ac));
+            CHECK_OK(be->ops.adamw_step(be, *student->params[i].value, grads[i], m[i], v[i], tensor_none(), ac));
         }
     }
     int64_t total = model_num_parameters(student), off = 0;

@@ -48,8 +48,8 @@ int main(void) {
     memcpy(cg.data, g, (size_t)n * 4);
     for (int step = 1; step <= 3; step++) {
         AdamWConfig cfg = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = step};
-        CHECK_OK(gpu->ops.adamw_step(gpu, dp, dg, dm, dv, cfg));
-        CHECK_OK(cpu->ops.adamw_step(cpu, cp, cg, cm, cv, cfg));
+        CHECK_OK(gpu->ops.adamw_step(gpu, dp, dg, dm, dv, tensor_none(), cfg));
+        CHECK_OK(cpu->ops.adamw_step(cpu, cp, cg, cm, cv, tensor_none(), cfg));
     }
     memcpy(out_gpu, poison, (size_t)n * 4);
     download_f32(gpu, out_gpu, dp);

@@ -92,7 +92,7 @@ static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc) {
         for (int i = 0; i < r.n_params; i++) {
             AdamWConfig ac = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
                               .weight_decay = student->params[i].decay ? 0.1f : 0.0f, .step = step};
-            CHECK_OK(be->ops.adamw_step(be, *student->params[i].value, grads[i], m[i], v[i], ac));
+            CHECK_OK(be->ops.adamw_step(be, *student->params[i].value, grads[i], m[i], v[i], tensor_none(), ac));
         }
     }
     download_all(be, student, r.params, 0);

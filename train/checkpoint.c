@@ -149,9 +149,9 @@ static Status write_tensor_group(hid_t file, const char *path, const char *group
     Status st = STATUS_OK;
     for (int i = 0; i < m->n_params && st == STATUS_OK; i++) {
         Tensor t = tensors ? tensors[i] : *m->params[i].value;
-        float *host = malloc(tensor_bytes(t) ? tensor_bytes(t) : 1);
+        float *host = malloc((size_t)tensor_numel(t) * sizeof(float) + 1);
         if (!host) st = errorf("%s: out of memory", path);
-        if (st == STATUS_OK) st = m->be->download(m->be, host, t);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, host, t);
         if (st == STATUS_OK) st = write_f32(g, path, m->params[i].name, host, t.ndim, t.shape);
         free(host);
     }
@@ -168,10 +168,10 @@ static Status read_tensor_group(hid_t file, const char *path, const char *group_
         st = errorf("%s: %s holds %llu tensors, the model has %d", path, group_name, (unsigned long long)count, m->n_params);
     for (int i = 0; i < m->n_params && st == STATUS_OK; i++) {
         Tensor t = tensors ? tensors[i] : *m->params[i].value;
-        float *host = malloc(tensor_bytes(t) ? tensor_bytes(t) : 1);
+        float *host = malloc((size_t)tensor_numel(t) * sizeof(float) + 1);
         if (!host) st = errorf("%s: out of memory", path);
         if (st == STATUS_OK) st = read_f32(g, path, m->params[i].name, host, t.ndim, t.shape);
-        if (st == STATUS_OK) st = m->be->upload(m->be, t, host);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, t, host);
         free(host);
     }
     H5Gclose(g);
@@ -512,6 +512,7 @@ Status checkpoint_load(const char *dir, Model *m) {
     TRY(pathf(path, "%s/model.h5", dir));
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return h5_fail(path, "cannot open");
+    model_weights_changed(m);
     Status st = read_tensor_group(f, path, "model", m, NULL);
     int pairs = (int)(m->cfg.mla.qk_rope_head_dim / 2), L = (int)m->cfg.num_hidden_layers;
     if (st == STATUS_OK && model_config_mla_layers(&m->cfg) > 0) {

@@ -111,6 +111,7 @@ static Status setup_open(EvalSetup *s, const Config *cfg, int id) {
 
 static Status evaluate_with(EvalSetup *s, Model *student, EvalFigures *e) {
     const Config *cfg = s->cfg;
+    TRY(model_set_precision(student, DT_F32, config_compute_dtype(cfg)));
     if ((int64_t)loader_vocab_size(s->val) > student->cfg.vocab_size)
         return errorf("%s: data.val: vocab_size %u exceeds the student's %lld", cfg->name, loader_vocab_size(s->val),
                       (long long)student->cfg.vocab_size);

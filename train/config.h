@@ -17,6 +17,7 @@ enum {
 #define CONFIG_EFFECTIVE_FILE "effective_config.json"
 
 typedef enum { CONFIG_DEVICE_CPU = 0, CONFIG_DEVICE_CUDA } ConfigDevice;
+typedef enum { CONFIG_PRECISION_AUTO = 0, CONFIG_PRECISION_FP32, CONFIG_PRECISION_BF16 } ConfigPrecision;
 typedef enum { CONFIG_MODEL_INIT_RANDOM = 0 } ConfigModelInit;
 typedef enum { CONFIG_MLA_INIT_SVD = 0, CONFIG_MLA_INIT_EXACT, CONFIG_MLA_INIT_RANDOM } ConfigMlaInit;
 typedef enum {
@@ -82,6 +83,7 @@ typedef struct {
         int64_t threads;          /* 0 = every core */
     } run;
     ConfigDevice device;
+    ConfigPrecision precision;
 
     int has_teacher;              /* 0: plain next-token training of the student */
     ConfigModelSource teacher;

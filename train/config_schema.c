@@ -9,6 +9,7 @@
 #include <string.h>
 
 static const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
+static const char *const PRECISION_NAMES[] = {"auto", "fp32", "bf16", NULL};
 static const char *const MODEL_INIT_NAMES[] = {"random", NULL};
 static const char *const MLA_INIT_NAMES[] = {"svd", "exact", "random", NULL};
 static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", NULL};
@@ -53,6 +54,7 @@ const KeySpec CONFIG_KEYS[] = {
     INT("run.seed", run.seed, 1234, 0, ANY_INT, 0),
     INT("run.threads", run.threads, 0, 0, 65536, 0),
     ENUM("device", device, DEVICE_NAMES, CONFIG_DEVICE_CPU),
+    ENUM("precision", precision, PRECISION_NAMES, CONFIG_PRECISION_AUTO),
 
     OPTIONAL_OBJECT("teacher", has_teacher),
     STRING("teacher.path", teacher.path, 0),

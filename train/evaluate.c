@@ -35,8 +35,8 @@ static Status eval_buffers_init(EvalBuffers *e, Model *a, Model *b, int64_t B, i
     if (b) TRY(forward_state_create(&e->st_b, b, B, T, 0));
     TRY(e->be->alloc(e->be, &e->ids, DT_I32, 1, &N));
     TRY(e->be->alloc(e->be, &e->targets, DT_I32, 1, &N));
-    TRY(e->be->alloc(e->be, &e->hidden_a, DT_F32, 2, (int64_t[]){N, a->cfg.hidden_size}));
-    if (b) TRY(e->be->alloc(e->be, &e->hidden_b, DT_F32, 2, (int64_t[]){N, b->cfg.hidden_size}));
+    TRY(e->be->alloc(e->be, &e->hidden_a, a->dtype, 2, (int64_t[]){N, a->cfg.hidden_size}));
+    if (b) TRY(e->be->alloc(e->be, &e->hidden_b, b->dtype, 2, (int64_t[]){N, b->cfg.hidden_size}));
     e->window = malloc((size_t)(T + 1) * sizeof(int32_t));
     e->host_ids = malloc((size_t)N * sizeof(int32_t));
     e->host_targets = malloc((size_t)N * sizeof(int32_t));
@@ -81,9 +81,9 @@ Status evaluate_student(Model *student, Model *teacher, Loader *val, int64_t max
         if (st == STATUS_OK) st = model_forward(student, e.st_a, e.ids, e.hidden_a);
         if (st == STATUS_OK && teacher) st = model_forward(teacher, e.st_b, e.ids, e.hidden_b);
         if (st == STATUS_OK)
-            st = e.be->ops.lm_head_loss(e.be, &sums, tensor_none(), tensor_none(), e.hidden_a, student->lm_head,
-                                        teacher ? e.hidden_b : tensor_none(), teacher ? teacher->lm_head : tensor_none(),
-                                        e.targets, lc, 0.0f);
+            st = e.be->ops.lm_head_loss(e.be, &sums, tensor_none(), tensor_none(), e.hidden_a,
+                                        model_compute_lm_head(student), teacher ? e.hidden_b : tensor_none(),
+                                        teacher ? model_compute_lm_head(teacher) : tensor_none(), e.targets, lc, 0.0f);
     }
     eval_buffers_free(&e);
     if (st != STATUS_OK) return error_context("evaluation: ");

@@ -10,25 +10,39 @@
 #include "model/hf_model.h"
 #include "train/calibration.h"
 
+/* weight_dtype: f32, or bf16 for a model that is only run forward (then computing in bf16 too). */
 static Status build_from_source(const ConfigModelSource *src, const char *key, Backend *be, int64_t max_seq,
-                                Model **out) {
+                                DType weight_dtype, Model **out) {
     *out = NULL;
     if (src->path[0]) {
-        if (hf_model_load(out, be, src->path, max_seq) != STATUS_OK) return error_context("%s: ", key);
+        if (hf_model_load_as(out, be, src->path, max_seq, weight_dtype) != STATUS_OK)
+            return error_context("%s: ", key);
         return STATUS_OK;
     }
     if (model_create(out, be, &src->arch.model, max_seq) != STATUS_OK) return error_context("%s.arch: ", key);
-    return model_init_random(*out, (uint64_t)src->seed, 0.02f);
+    Status st = model_set_precision(*out, weight_dtype, weight_dtype);
+    if (st == STATUS_OK) st = model_init_random(*out, (uint64_t)src->seed, 0.02f);
+    if (st != STATUS_OK) {
+        model_destroy(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+DType config_compute_dtype(const Config *cfg) {
+    if (cfg->precision == CONFIG_PRECISION_BF16) return DT_BF16;
+    if (cfg->precision == CONFIG_PRECISION_FP32) return DT_F32;
+    return cfg->device == CONFIG_DEVICE_CUDA ? DT_BF16 : DT_F32;
 }
 
 Status build_teacher(const Config *cfg, Backend *be, int64_t max_seq, Model **out) {
     *out = NULL;
     if (!cfg->has_teacher) return STATUS_OK;
-    return build_from_source(&cfg->teacher, "teacher", be, max_seq, out);
+    return build_from_source(&cfg->teacher, "teacher", be, max_seq, config_compute_dtype(cfg), out);
 }
 
 Status load_student_source(const Config *cfg, Backend *be, int64_t max_seq, Model **out) {
-    return build_from_source(&cfg->student.init_from, "student.init_from", be, max_seq, out);
+    return build_from_source(&cfg->student.init_from, "student.init_from", be, max_seq, DT_F32, out);
 }
 
 ConvertOptions convert_options_from_config(const Config *cfg) {

@@ -8,7 +8,11 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 
-/* The teacher, or *out = NULL when the config has none. */
+/* What forward computes in under the config's precision: bf16 or f32 ("auto": bf16 on cuda). */
+DType config_compute_dtype(const Config *cfg);
+
+/* The teacher, or *out = NULL when the config has none; its weights are held in the compute dtype
+ * (it is never trained). */
 Status build_teacher(const Config *cfg, Backend *be, int64_t max_seq, Model **out);
 
 /* student.init_from as it is (GQA, or an exported MLA student). */

@@ -206,9 +206,9 @@ static Status score_rows(Model *m, ScoreBuffers *s, int64_t n, int64_t C, double
         Tensor x = s->rows, y = s->logits;
         x.shape[0] = c;
         y.shape[0] = c;
-        TRY(s->be->upload(s->be, x, s->host_rows + c0 * D));
-        TRY(s->be->ops.linear_forward(s->be, y, x, m->lm_head, tensor_none()));
-        TRY(s->be->download(s->be, s->host_logits, y));
+        TRY(backend_upload_f32(s->be, x, s->host_rows + c0 * D));
+        TRY(s->be->ops.linear_forward(s->be, y, x, model_compute_lm_head(m), tensor_none()));
+        TRY(backend_download_f32(s->be, s->host_logits, y));
         for (int64_t r = 0; r < c; r++)
             sums[s->owner[c0 + r]] += log_prob(s->host_logits + r * V, V, s->targets[c0 + r]);
     }
@@ -243,8 +243,9 @@ Status mc_task_score(Model *m, const McTask *t, int64_t batch, TaskScore *out, d
     int64_t N = B * T;
     Status st = forward_state_create(&s.st, m, B, T, 0);
     if (st == STATUS_OK) st = be->alloc(be, &s.ids, DT_I32, 1, &N);
-    if (st == STATUS_OK) st = be->alloc(be, &s.hidden, DT_F32, 2, (int64_t[]){N, D});
-    if (st == STATUS_OK) st = be->alloc(be, &s.rows, DT_F32, 2, (int64_t[]){C, D});
+    if (st == STATUS_OK) st = be->alloc(be, &s.hidden, m->dtype, 2, (int64_t[]){N, D});
+    if (st == STATUS_OK) st = be->alloc(be, &s.rows, m->dtype, 2, (int64_t[]){C, D});
+    /* Logits in f32 whatever the compute dtype: bf16 would round them by up to 1/16 at |z| ~ 16. */
     if (st == STATUS_OK) st = be->alloc(be, &s.logits, DT_F32, 2, (int64_t[]){C, V});
     if (st == STATUS_OK) {
         s.host_ids = malloc((size_t)N * sizeof(int32_t));
@@ -270,7 +271,7 @@ Status mc_task_score(Model *m, const McTask *t, int64_t batch, TaskScore *out, d
         }
         st = be->upload(be, s.ids, s.host_ids);
         if (st == STATUS_OK) st = model_forward(m, s.st, s.ids, s.hidden);
-        if (st == STATUS_OK) st = be->download(be, s.host_hidden, s.hidden);
+        if (st == STATUS_OK) st = backend_download_f32(be, s.host_hidden, s.hidden);
         for (int64_t i = 0; st == STATUS_OK && i < b; i++) {
             const McItem *it = &t->items[item_of[e0 + i]];
             const McEnding *en = &t->endings[e0 + i];

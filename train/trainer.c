@@ -137,6 +137,8 @@ static Status setup(Trainer *t, const Config *cfg) {
         return errorf("%s: the teacher's vocab_size %lld differs from the student's %lld (KL needs one vocabulary)",
                       cfg->name, (long long)t->teacher->cfg.vocab_size, (long long)sc->vocab_size);
     TRY(model_config_check_seq_len(sc, t->T));
+    /* float32 master weights, gradients and moments; forward in the configured precision. */
+    TRY(model_set_precision(t->student, DT_F32, config_compute_dtype(cfg)));
 
     TRY(model_alloc_grads(t->student));
     t->grads = calloc((size_t)t->student->n_params, sizeof(Tensor));
@@ -183,10 +185,11 @@ static Status setup(Trainer *t, const Config *cfg) {
     if (t->teacher) TRY(forward_state_create(&t->tst, t->teacher, t->B, t->T, 0));
     TRY(t->be->alloc(t->be, &t->ids, DT_I32, 1, &N));
     TRY(t->be->alloc(t->be, &t->targets, DT_I32, 1, &N));
-    TRY(t->be->alloc(t->be, &t->hidden, DT_F32, 2, (int64_t[]){N, D}));
-    TRY(t->be->alloc(t->be, &t->dhidden, DT_F32, 2, (int64_t[]){N, D}));
+    TRY(t->be->alloc(t->be, &t->hidden, t->student->dtype, 2, (int64_t[]){N, D}));
+    TRY(t->be->alloc(t->be, &t->dhidden, t->student->dtype, 2, (int64_t[]){N, D}));
     if (t->teacher)
-        TRY(t->be->alloc(t->be, &t->teacher_hidden, DT_F32, 2, (int64_t[]){N, t->teacher->cfg.hidden_size}));
+        TRY(t->be->alloc(t->be, &t->teacher_hidden, t->teacher->dtype, 2,
+                         (int64_t[]){N, t->teacher->cfg.hidden_size}));
     t->windows = malloc((size_t)(t->accum * t->B * (t->T + 1)) * sizeof(int32_t));
     t->host_ids = malloc((size_t)N * sizeof(int32_t));
     t->host_targets = malloc((size_t)N * sizeof(int32_t));
@@ -274,9 +277,9 @@ Status trainer_step(Trainer *t, StepRecord *r) {
         TRY(upload_micro_batch(t, a));
         if (t->teacher) TRY(model_forward(t->teacher, t->tst, t->ids, t->teacher_hidden));
         TRY(model_forward(t->student, t->sst, t->ids, t->hidden));
-        TRY(be->ops.lm_head_loss(be, &sums, t->dhidden, t->student->grad_lm_head, t->hidden, t->student->lm_head,
-                                 t->teacher ? t->teacher_hidden : tensor_none(),
-                                 t->teacher ? t->teacher->lm_head : tensor_none(), t->targets, lc,
+        TRY(be->ops.lm_head_loss(be, &sums, t->dhidden, t->student->grad_lm_head, t->hidden,
+                                 model_compute_lm_head(t->student), t->teacher ? t->teacher_hidden : tensor_none(),
+                                 t->teacher ? model_compute_lm_head(t->teacher) : tensor_none(), t->targets, lc,
                                  1.0f / (float)counted));
         TRY(model_backward(t->student, t->sst, t->dhidden));
     }

@@ -3,7 +3,10 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "core/half.h"
 
 #include "cpu/cpu_ops.h"
 #ifdef MLATRAIN_HAVE_CUDA
@@ -34,7 +37,7 @@ Status backend_check_ops(const Backend *be) {
         "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward",
         "linear_forward", "linear_backward", "rope_forward", "rope_backward",
         "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
-        "lm_head_loss", "adamw_step", "sum_squares", "scale", "accumulate"};
+        "lm_head_loss", "adamw_step", "sum_squares", "scale", "accumulate", "cast"};
     _Static_assert(sizeof(Ops) == sizeof(names) / sizeof(names[0]) * sizeof(void (*)(void)),
                    "the names above must list every op of Ops");
     void (*const *fn)(void) = (void (*const *)(void))(const void *)&be->ops;
@@ -45,6 +48,30 @@ Status backend_check_ops(const Backend *be) {
             used += (size_t)snprintf(missing + used, sizeof missing - used, "%s%s", used ? ", " : "", names[i]);
     if (used) return errorf("device \"%s\": this build's %s backend lacks the ops %s", be->name, be->name, missing);
     return STATUS_OK;
+}
+
+Status backend_upload_f32(Backend *be, Tensor dst, const float *src) {
+    if (dst.dtype == DT_F32) return be->upload(be, dst, src);
+    if (dst.dtype != DT_BF16) return errorf("upload: float32 values into a %s tensor", dtype_name(dst.dtype));
+    int64_t n = tensor_numel(dst);
+    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * sizeof *h);
+    if (!h) return errorf("upload: out of memory converting %lld values to bf16", (long long)n);
+    for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(src[i]);
+    Status st = be->upload(be, dst, h);
+    free(h);
+    return st;
+}
+
+Status backend_download_f32(Backend *be, float *dst, Tensor src) {
+    if (src.dtype == DT_F32) return be->download(be, dst, src);
+    if (src.dtype != DT_BF16) return errorf("download: a %s tensor as float32 values", dtype_name(src.dtype));
+    int64_t n = tensor_numel(src);
+    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * sizeof *h);
+    if (!h) return errorf("download: out of memory converting %lld bf16 values", (long long)n);
+    Status st = be->download(be, h, src);
+    for (int64_t i = 0; st == STATUS_OK && i < n; i++) dst[i] = bf16_to_f32(h[i]);
+    free(h);
+    return st;
 }
 
 Status adamw_config_check(AdamWConfig cfg) {

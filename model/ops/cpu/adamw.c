@@ -4,12 +4,18 @@
 
 #include <math.h>
 
-Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg) {
+#include "core/half.h"
+
+Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
+                      AdamWConfig cfg) {
     TRY(tensor_check("adamw_step", "param", param, DT_F32, param.ndim, param.shape));
     TRY(tensor_check("adamw_step", "grad", grad, DT_F32, param.ndim, param.shape));
     TRY(tensor_check("adamw_step", "m", m, DT_F32, param.ndim, param.shape));
     TRY(tensor_check("adamw_step", "v", v, DT_F32, param.ndim, param.shape));
+    if (tensor_present(param_copy))
+        TRY(tensor_check("adamw_step", "param_copy", param_copy, DT_BF16, param.ndim, param.shape));
     TRY(adamw_config_check(cfg));
+    uint16_t *copy = tensor_present(param_copy) ? (uint16_t *)param_copy.data : NULL;
 
     float *p = tensor_f32(param), *mm = tensor_f32(m), *vv = tensor_f32(v);
     const float *g = tensor_f32(grad);
@@ -27,6 +33,7 @@ Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v
         vv[i] = vi;
         float mhat = mi / bc1, vhat = vi / bc2;
         p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
+        if (copy) copy[i] = f32_to_bf16(p[i]);
     }
     return STATUS_OK;
 }

@@ -90,7 +90,9 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         .sum_squares = cpu_sum_squares,
         .scale = cpu_scale,
         .accumulate = cpu_accumulate,
+        .cast = cpu_cast,
     };
+    cpu_ops_add_bf16_storage(&be->ops);
     *out = be;
     return STATUS_OK;
 }

@@ -41,7 +41,13 @@ Status cpu_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cpu_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
                         Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
-Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
+Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
+                      AdamWConfig cfg);
 Status cpu_sum_squares(Backend *be, double *out, Tensor t);
 Status cpu_scale(Backend *be, Tensor t, float s);
 Status cpu_accumulate(Backend *be, Tensor y, Tensor x);
+Status cpu_cast(Backend *be, Tensor dst, Tensor src);
+
+/* bf16 storage (bf16_storage.c): replaces the entries of a float32 op table by wrappers that pass
+ * float32 calls straight through and run bf16 ones on float32 copies, rounding what they wrote. */
+void cpu_ops_add_bf16_storage(Ops *ops);

@@ -3,6 +3,9 @@
 #include "cpu_ops.h"
 
 #include <stdlib.h>
+#include <string.h>
+
+#include "core/half.h"
 
 Status cpu_sum_squares(Backend *be, double *out, Tensor t) {
     if (t.data == NULL || t.dtype != DT_F32) return errorf("sum_squares: expected an f32 tensor");
@@ -44,4 +47,30 @@ Status cpu_accumulate(Backend *be, Tensor y, Tensor x) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) py[i] += px[i];
     return STATUS_OK;
+}
+
+Status cpu_cast(Backend *be, Tensor dst, Tensor src) {
+    if (!tensor_present(dst) || !tensor_present(src)) return errorf("cast: dst and src must be present");
+    int64_t n = tensor_numel(src);
+    if (tensor_numel(dst) != n)
+        return errorf("cast: dst holds %lld values, src %lld", (long long)tensor_numel(dst), (long long)n);
+    if (dst.dtype == src.dtype) {
+        memmove(dst.data, src.data, tensor_bytes(src));
+        return STATUS_OK;
+    }
+    if (dst.dtype == DT_BF16 && src.dtype == DT_F32) {
+        uint16_t *d = dst.data;
+        const float *s = src.data;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]);
+        return STATUS_OK;
+    }
+    if (dst.dtype == DT_F32 && src.dtype == DT_BF16) {
+        float *d = dst.data;
+        const uint16_t *s = src.data;
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]);
+        return STATUS_OK;
+    }
+    return errorf("cast: %s to %s is not supported", dtype_name(src.dtype), dtype_name(dst.dtype));
 }

@@ -179,6 +179,7 @@ extern "C" Status cuda_backend_create(Backend **out, BackendOptions opts) {
     be->ops.sum_squares = cuda_sum_squares;
     be->ops.scale = cuda_scale;
     be->ops.accumulate = cuda_accumulate;
+    be->ops.cast = cuda_cast;
     *out = be;
     return STATUS_OK;
 }

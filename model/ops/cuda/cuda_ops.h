@@ -25,7 +25,9 @@ Status cuda_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cuda_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
                          Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
-Status cuda_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, AdamWConfig cfg);
+Status cuda_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
+                       AdamWConfig cfg);
+Status cuda_cast(Backend *be, Tensor dst, Tensor src);
 Status cuda_sum_squares(Backend *be, double *out, Tensor t);
 Status cuda_scale(Backend *be, Tensor t, float s);
 Status cuda_accumulate(Backend *be, Tensor y, Tensor x);
