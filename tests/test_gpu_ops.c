@@ -1,6 +1,7 @@
 /* Every op of the CUDA backend, forward and backward, against the CPU backend on the same random
- * inputs at awkward sizes; outputs poisoned with NaN before each call, two runs bitwise equal, and
- * the CPU's argument errors. Reports "skipped: no CUDA device" where there is none. */
+ * inputs at awkward sizes, with f32 and then bf16 storage; outputs poisoned with NaN before each
+ * call, two runs bitwise equal, and the CPU's argument errors. Reports "skipped: no CUDA device"
+ * where there is none. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,15 @@
 #include "harness.h"
 
 static Backend *gpu, *cpu;
+/* The storage dtype under test (activations, weights, activation gradients); statistics and
+ * parameter gradients are f32 in both modes. */
+static DType storage = DT_F32;
+
+/* bf16 mode: both backends compute in f32 from the same bf16 inputs and round each output once, so
+ * they differ where a float32 summation order flips a rounding (one bf16 ulp, 2^-8 relative, in
+ * a few elements), and the loss's logits gradient is rounded to bf16 on the GPU before its two
+ * products: about 1e-3, so the bf16 tolerance of 1e-2. */
+static double tolerance(double f32_tol) { return storage == DT_BF16 && f32_tol < 1e-2 ? 1e-2 : f32_tol; }
 
 /* One tensor on both backends, and a host copy of its initial contents. */
 typedef struct {
@@ -27,13 +37,24 @@ static Pair pair_new(DType dt, int ndim, const int64_t *shape) {
     return p;
 }
 
-/* Random normal contents, the same on both backends. */
-static Pair pair_normal(int ndim, const int64_t *shape, float std) {
-    Pair p = pair_new(DT_F32, ndim, shape);
+/* Both copies set from float32 values (rounded to nearest even when bf16). */
+static void pair_set(Pair *p, const float *values) {
+    CHECK_OK(backend_upload_f32(cpu, p->c, values));
+    CHECK_OK(backend_upload_f32(gpu, p->g, values));
+}
+
+/* Random normal contents, the same on both backends, of dtype dt. */
+static Pair pair_normal_as(DType dt, int ndim, const int64_t *shape, float std) {
+    Pair p = pair_new(dt, ndim, shape);
     fill_normal(p.init, p.n, next_stream++, std);
-    memcpy(p.c.data, p.init, (size_t)p.n * 4);
-    CHECK_OK(gpu->upload(gpu, p.g, p.init));
+    pair_set(&p, p.init);
     return p;
+}
+
+/* A storage tensor (the mode's dtype) and an f32-only one (parameter gradients, rope tables). */
+static Pair pair_normal(int ndim, const int64_t *shape, float std) { return pair_normal_as(storage, ndim, shape, std); }
+static Pair pair_normal_f32(int ndim, const int64_t *shape, float std) {
+    return pair_normal_as(DT_F32, ndim, shape, std);
 }
 
 static Pair pair_ids(int64_t n, const int32_t *ids) {
@@ -45,17 +66,13 @@ static Pair pair_ids(int64_t n, const int32_t *ids) {
 }
 
 /* Both copies back to the initial contents (accumulated gradients start from them each run). */
-static void pair_reset(Pair *p) {
-    memcpy(p->c.data, p->init, (size_t)p->n * 4);
-    CHECK_OK(gpu->upload(gpu, p->g, p->init));
-}
+static void pair_reset(Pair *p) { pair_set(p, p->init); }
 
 /* NaN in every element of both copies, so an element an op leaves unwritten fails the comparison. */
 static void pair_poison(Pair *p) {
     float *nan = test_alloc((size_t)(p->n > 0 ? p->n : 1) * 4);
     for (int64_t i = 0; i < p->n; i++) nan[i] = NAN;
-    memcpy(p->c.data, nan, (size_t)p->n * 4);
-    CHECK_OK(gpu->upload(gpu, p->g, nan));
+    pair_set(p, nan);
     free(nan);
 }
 
@@ -67,15 +84,20 @@ static void pair_free(Pair *p) {
 
 /* On the first run: the GPU's output against the CPU's, ||gpu - cpu|| / ||cpu|| < tol (NaN fails),
  * and its bits kept in *first. On the second: bitwise equal to the first. */
-static void compare(const char *what, Pair *p, double tol, float **first) {
+static void compare(const char *what, Pair *p, double f32_tol, float **first) {
+    const double tol = tolerance(f32_tol);
+    const char *mode = dtype_name(storage);
     float *out = test_alloc((size_t)(p->n > 0 ? p->n : 1) * 4);
-    CHECK_OK(gpu->download(gpu, out, p->g));
+    CHECK_OK(backend_download_f32(gpu, out, p->g));
     if (*first == NULL) {
-        double err = p->n ? rel_error_f32(out, tensor_f32(p->c), p->n) : 0.0;
-        CHECK(err < tol, "%s: gpu vs cpu rel error %.3g (tolerance %.0e)", what, err, tol);
+        float *ref = test_alloc((size_t)(p->n > 0 ? p->n : 1) * 4);
+        CHECK_OK(backend_download_f32(cpu, ref, p->c));
+        double err = p->n ? rel_error_f32(out, ref, p->n) : 0.0;
+        CHECK(err < tol, "%s [%s storage]: gpu vs cpu rel error %.3g (tolerance %.0e)", what, mode, err, tol);
+        free(ref);
         *first = out;
     } else {
-        CHECK(memcmp(out, *first, (size_t)p->n * 4) == 0, "%s: two runs give the same bits", what);
+        CHECK(memcmp(out, *first, (size_t)p->n * 4) == 0, "%s [%s storage]: two runs give the same bits", what, mode);
         free(out);
     }
 }
@@ -101,8 +123,8 @@ static int32_t *random_ids(int64_t n, int64_t limit, uint64_t stream) {
 static void test_embedding(int64_t V, int64_t D, int64_t N) {
     int32_t *ids_h = random_ids(N, V, next_stream++);
     Pair ids = pair_ids(N, ids_h), table = pair_normal(2, (int64_t[]){V, D}, 1.0f);
-    Pair out = pair_new(DT_F32, 2, (int64_t[]){N, D}), dout = pair_normal(2, (int64_t[]){N, D}, 1.0f);
-    Pair dtable = pair_normal(2, (int64_t[]){V, D}, 1.0f);
+    Pair out = pair_new(storage, 2, (int64_t[]){N, D}), dout = pair_normal(2, (int64_t[]){N, D}, 1.0f);
+    Pair dtable = pair_normal_f32(2, (int64_t[]){V, D}, 1.0f);
     float *snap[2] = {0};
     for (int run = 0; run < 2; run++) {
         pair_poison(&out);
@@ -134,9 +156,9 @@ static void test_embedding(int64_t V, int64_t D, int64_t N) {
  * room for N in the thousands. */
 static void test_rmsnorm(int64_t N, int64_t D) {
     Pair x = pair_normal(2, (int64_t[]){N, D}, 1.0f), w = pair_normal(1, (int64_t[]){D}, 1.0f);
-    Pair y = pair_new(DT_F32, 2, (int64_t[]){N, D}), rstd = pair_new(DT_F32, 1, (int64_t[]){N});
-    Pair dy = pair_normal(2, (int64_t[]){N, D}, 1.0f), dx = pair_new(DT_F32, 2, (int64_t[]){N, D});
-    Pair dw = pair_normal(1, (int64_t[]){D}, 1.0f);
+    Pair y = pair_new(storage, 2, (int64_t[]){N, D}), rstd = pair_new(DT_F32, 1, (int64_t[]){N});
+    Pair dy = pair_normal(2, (int64_t[]){N, D}, 1.0f), dx = pair_new(storage, 2, (int64_t[]){N, D});
+    Pair dw = pair_normal_f32(1, (int64_t[]){D}, 1.0f);
     float *snap[4] = {0};
     for (int run = 0; run < 2; run++) {
         pair_poison(&y);
@@ -164,9 +186,9 @@ static void test_rmsnorm(int64_t N, int64_t D) {
  * sqrt(K) * 6e-8 relative of the exact sum: under 1e-5 for K of a few hundred. */
 static void test_linear(int64_t N, int64_t O, int64_t In, int bias, int want_dx) {
     Pair x = pair_normal(2, (int64_t[]){N, In}, 1.0f), w = pair_normal(2, (int64_t[]){O, In}, 0.3f);
-    Pair b = pair_normal(1, (int64_t[]){O}, 1.0f), y = pair_new(DT_F32, 2, (int64_t[]){N, O});
-    Pair dy = pair_normal(2, (int64_t[]){N, O}, 1.0f), dx = pair_new(DT_F32, 2, (int64_t[]){N, In});
-    Pair dw = pair_normal(2, (int64_t[]){O, In}, 1.0f), db = pair_normal(1, (int64_t[]){O}, 1.0f);
+    Pair b = pair_normal(1, (int64_t[]){O}, 1.0f), y = pair_new(storage, 2, (int64_t[]){N, O});
+    Pair dy = pair_normal(2, (int64_t[]){N, O}, 1.0f), dx = pair_new(storage, 2, (int64_t[]){N, In});
+    Pair dw = pair_normal_f32(2, (int64_t[]){O, In}, 1.0f), db = pair_normal_f32(1, (int64_t[]){O}, 1.0f);
     Tensor none = tensor_none();
     float *snap[4] = {0};
     for (int run = 0; run < 2; run++) {
@@ -194,8 +216,8 @@ static void test_linear(int64_t N, int64_t O, int64_t In, int bias, int want_dx)
 /* RoPE: the same two products and a sum per element on both sides, up to the GPU contracting them
  * into a fused multiply-add: a rounding or two, 1e-6. */
 static void test_rope(int64_t N, int64_t H, int64_t S, int64_t offset, int64_t P, int64_t max_pos) {
-    Pair x = pair_normal(3, (int64_t[]){N, H, S}, 1.0f), cs = pair_normal(2, (int64_t[]){max_pos, P}, 1.0f);
-    Pair sn = pair_normal(2, (int64_t[]){max_pos, P}, 1.0f);
+    Pair x = pair_normal(3, (int64_t[]){N, H, S}, 1.0f), cs = pair_normal_f32(2, (int64_t[]){max_pos, P}, 1.0f);
+    Pair sn = pair_normal_f32(2, (int64_t[]){max_pos, P}, 1.0f);
     int32_t *pos_h = random_ids(N, max_pos, next_stream++);
     Pair pos = pair_ids(N, pos_h);
     float *snap[2] = {0};
@@ -223,8 +245,8 @@ static void test_rope(int64_t N, int64_t H, int64_t S, int64_t offset, int64_t P
 /* SwiGLU: the CPU's polynomial exp and CUDA's expf are each within 2 ulp: 1e-6. */
 static void test_swiglu(int64_t N, int64_t F) {
     Pair gate = pair_normal(2, (int64_t[]){N, F}, 3.0f), up = pair_normal(2, (int64_t[]){N, F}, 1.0f);
-    Pair out = pair_new(DT_F32, 2, (int64_t[]){N, F}), dout = pair_normal(2, (int64_t[]){N, F}, 1.0f);
-    Pair dgate = pair_new(DT_F32, 2, (int64_t[]){N, F}), dup = pair_new(DT_F32, 2, (int64_t[]){N, F});
+    Pair out = pair_new(storage, 2, (int64_t[]){N, F}), dout = pair_normal(2, (int64_t[]){N, F}, 1.0f);
+    Pair dgate = pair_new(storage, 2, (int64_t[]){N, F}), dup = pair_new(storage, 2, (int64_t[]){N, F});
     float *snap[3] = {0};
     for (int run = 0; run < 2; run++) {
         pair_poison(&out);
@@ -256,10 +278,10 @@ static void test_attention(int64_t B, int64_t T, int64_t H, int64_t Hk, int64_t 
     const float scale = 1.0f / sqrtf((float)(Dq > 0 ? Dq : 1));
     Pair q = pair_normal(4, (int64_t[]){B, T, H, Dq}, 1.0f), k = pair_normal(4, (int64_t[]){B, T, Hk, Dk}, 1.0f);
     Pair ks = pair_normal(3, (int64_t[]){B, T, Ds}, 1.0f), v = pair_normal(4, (int64_t[]){B, T, Hk, Dv}, 1.0f);
-    Pair out = pair_new(DT_F32, 4, (int64_t[]){B, T, H, Dv}), lse = pair_new(DT_F32, 3, (int64_t[]){B, H, T});
+    Pair out = pair_new(storage, 4, (int64_t[]){B, T, H, Dv}), lse = pair_new(DT_F32, 3, (int64_t[]){B, H, T});
     Pair dout = pair_normal(4, (int64_t[]){B, T, H, Dv}, 1.0f);
-    Pair dq = pair_new(DT_F32, 4, (int64_t[]){B, T, H, Dq}), dk = pair_new(DT_F32, 4, (int64_t[]){B, T, Hk, Dk});
-    Pair dks = pair_new(DT_F32, 3, (int64_t[]){B, T, Ds}), dv = pair_new(DT_F32, 4, (int64_t[]){B, T, Hk, Dv});
+    Pair dq = pair_new(storage, 4, (int64_t[]){B, T, H, Dq}), dk = pair_new(storage, 4, (int64_t[]){B, T, Hk, Dk});
+    Pair dks = pair_new(storage, 3, (int64_t[]){B, T, Ds}), dv = pair_new(storage, 4, (int64_t[]){B, T, Hk, Dv});
     Tensor none = tensor_none();
     Tensor ks_c = Ds ? ks.c : none, ks_g = Ds ? ks.g : none;
     float *snap[6] = {0};
@@ -310,7 +332,7 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
     int32_t *tg_h = random_ids(N, V, next_stream++);
     for (int64_t n = 0; ignore_every && n < N; n += ignore_every) tg_h[n] = -100;
     Pair tg = pair_ids(N, tg_h);
-    Pair dh = pair_new(DT_F32, 2, (int64_t[]){N, D}), dw = pair_normal(2, (int64_t[]){V, D}, 1.0f);
+    Pair dh = pair_new(storage, 2, (int64_t[]){N, D}), dw = pair_normal_f32(2, (int64_t[]){V, D}, 1.0f);
     Tensor none = tensor_none();
     LossConfig cfg = {.kl_weight = 0.7f, .ce_weight = 0.3f, .temperature = temperature, .ignore_index = -100,
                       .chunk_tokens = chunk};
@@ -327,10 +349,12 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
             CHECK_OK(cpu->ops.lm_head_loss(cpu, &sc, dh.c, dw.c, h.c, w.c, Dt ? ht.c : none, Dt ? wt.c : none, tg.c,
                                            cfg, grad_scale));
             first = sg;
-            CHECK(fabs(sg.loss - sc.loss) <= 1e-5 * fabs(sc.loss), "lm_head_loss loss gpu %.9g cpu %.9g", sg.loss,
-                  sc.loss);
-            CHECK(fabs(sg.ce - sc.ce) <= 1e-5 * fabs(sc.ce), "lm_head_loss ce gpu %.9g cpu %.9g", sg.ce, sc.ce);
-            CHECK(fabs(sg.kl - sc.kl) <= 1e-5 * fabs(sc.kl), "lm_head_loss kl gpu %.9g cpu %.9g", sg.kl, sc.kl);
+            /* The logits are f32 products of the same (possibly bf16) inputs in both modes. */
+            const double st = 1e-5;
+            CHECK(fabs(sg.loss - sc.loss) <= st * fabs(sc.loss), "lm_head_loss loss [%s] gpu %.9g cpu %.9g",
+                  dtype_name(storage), sg.loss, sc.loss);
+            CHECK(fabs(sg.ce - sc.ce) <= st * fabs(sc.ce), "lm_head_loss ce gpu %.9g cpu %.9g", sg.ce, sc.ce);
+            CHECK(fabs(sg.kl - sc.kl) <= st * fabs(sc.kl), "lm_head_loss kl gpu %.9g cpu %.9g", sg.kl, sc.kl);
             CHECK(sg.counted == sc.counted, "lm_head_loss counted gpu %lld cpu %lld", (long long)sg.counted,
                   (long long)sc.counted);
             CHECK(llabs(sg.top1_agree - sc.top1_agree) <= 1, "lm_head_loss top1_agree gpu %lld cpu %lld",
@@ -355,7 +379,7 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
     float *hn = test_alloc((size_t)(N * D) * 4);
     memcpy(hn, h.init, (size_t)(N * D) * 4);
     hn[(N - 1) * D] = NAN;
-    CHECK_OK(gpu->upload(gpu, h.g, hn));
+    CHECK_OK(backend_upload_f32(gpu, h.g, hn));
     char needle[96];
     snprintf(needle, sizeof needle, "the hidden state of token %lld (ignored) is not finite", (long long)(N - 1));
     CHECK_ERR(gpu->ops.lm_head_loss(gpu, &s, dh.g, dw.g, h.g, w.g, Dt ? ht.g : none, Dt ? wt.g : none, tg.g, cfg,
@@ -384,38 +408,44 @@ int main(void) {
     if (!CHECK_OK(backend_create(&gpu, "cuda", (BackendOptions){0, 0}))) return test_finish("test_gpu_ops");
     CHECK_OK(backend_check_ops(gpu));
 
-    test_embedding(37, 19, 1);
-    test_embedding(37, 300, 211);
+    /* Every op with f32 storage (tight tolerances), then with bf16 storage against the CPU's bf16. */
+    for (int mode = 0; mode < 2; mode++) {
+        storage = mode ? DT_BF16 : DT_F32;
+        test_embedding(37, 19, 1);
+        test_embedding(37, 300, 211);
 
-    test_rmsnorm(1, 13);
-    test_rmsnorm(67, 300);
-    test_rmsnorm(600, 37);   /* three partial-sum blocks of the weight gradient */
+        test_rmsnorm(1, 13);
+        test_rmsnorm(67, 300);
+        test_rmsnorm(600, 37);   /* three partial-sum blocks of the weight gradient */
 
-    test_linear(1, 7, 5, 1, 1);
-    test_linear(67, 33, 19, 1, 1);
-    test_linear(300, 13, 70, 0, 0);
+        test_linear(1, 7, 5, 1, 1);
+        test_linear(67, 33, 19, 1, 1);
+        test_linear(300, 13, 70, 0, 0);
 
-    test_rope(29, 3, 13, 3, 5, 40);   /* an MLA-like slice: dims [3, 13) of each head */
-    test_rope(1, 1, 8, 0, 4, 1);
+        test_rope(29, 3, 13, 3, 5, 40);   /* an MLA-like slice: dims [3, 13) of each head */
+        test_rope(1, 1, 8, 0, 4, 1);
 
-    test_swiglu(1, 7);
-    test_swiglu(45, 133);
+        test_swiglu(1, 7);
+        test_swiglu(45, 133);
 
-    /* B, T, H, Hk, Dk, Ds, Dv, gradients wanted (15: all) */
-    test_attention(1, 1, 1, 1, 5, 0, 5, 15);      /* one token */
-    test_attention(2, 45, 4, 2, 7, 0, 7, 15);     /* GQA, two heads per kv head, T over a tile */
-    test_attention(1, 70, 4, 1, 6, 0, 9, 15);     /* four heads per kv head, Dv != Dk */
-    test_attention(1, 33, 3, 3, 9, 0, 9, 15);     /* H = Hk */
-    test_attention(2, 37, 3, 3, 5, 4, 7, 15);     /* MLA: k_shared, Dv != Dk + Ds */
-    test_attention(1, 130, 4, 2, 16, 8, 12, 15);  /* MLA with grouped heads: dk_shared over two kv heads */
-    test_attention(1, 33, 2, 2, 0, 6, 5, 15);     /* MLA without a per-head key part */
-    test_attention(2, 37, 3, 3, 5, 4, 7, 4 | 8);  /* only dk_shared and dv wanted */
-    test_attention(1, 50, 2, 1, 96, 64, 128, 15); /* MLA's widths: 160-wide q/k, v 128 */
+        /* B, T, H, Hk, Dk, Ds, Dv, gradients wanted (15: all) */
+        test_attention(1, 1, 1, 1, 5, 0, 5, 15);      /* one token */
+        test_attention(2, 45, 4, 2, 7, 0, 7, 15);     /* GQA, two heads per kv head, T over a tile */
+        test_attention(1, 70, 4, 1, 6, 0, 9, 15);     /* four heads per kv head, Dv != Dk */
+        test_attention(1, 33, 3, 3, 9, 0, 9, 15);     /* H = Hk */
+        test_attention(2, 37, 3, 3, 5, 4, 7, 15);     /* MLA: k_shared, Dv != Dk + Ds */
+        test_attention(1, 130, 4, 2, 16, 8, 12, 15);  /* MLA with grouped heads: dk_shared over two kv heads */
+        test_attention(1, 33, 2, 2, 0, 6, 5, 15);     /* MLA without a per-head key part */
+        test_attention(2, 37, 3, 3, 5, 4, 7, 4 | 8);  /* only dk_shared and dv wanted */
+        test_attention(1, 50, 2, 1, 96, 64, 128, 15); /* 160-wide q/k, v 128 */
+        test_attention(2, 70, 4, 4, 64, 32, 64, 15);  /* MLA as the 1B student: q/k 96 (64 + 32), v 64 */
+        test_attention(1, 40, 2, 2, 128, 64, 128, 15); /* DeepSeek-V2's widths: q/k 192 (128 + 64), v 128 */
 
-    /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th */
-    test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0);
-    test_lm_head_loss(70, 19, 301, 23, 16, 1.5f, 9);
-    test_lm_head_loss(33, 21, 1000, 0, 0, 1.0f, 5);
+        /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th */
+        test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0);
+        test_lm_head_loss(70, 19, 301, 23, 16, 1.5f, 9);
+        test_lm_head_loss(33, 21, 1000, 0, 0, 1.0f, 5);
+    }
 
     backend_destroy(gpu);
     backend_destroy(cpu);

@@ -1,11 +1,12 @@
-/* Causal self-attention on the GPU for GQA and MLA alike, flash-attention style in float32: query
- * tiles stream over key tiles with an online softmax, the log-sum-exp is kept, and the backward
- * pass recomputes the probabilities. Every output element is summed by one thread in a fixed order,
+/* Causal self-attention on the GPU for GQA and MLA alike, flash-attention style with float32 math
+ * (f32 or bf16 storage, widened as tiles load): query tiles stream over key tiles with an online
+ * softmax, the log-sum-exp is kept, and the backward pass recomputes the probabilities. Every output element is summed by one thread in a fixed order,
  * so the bits repeat run to run; no [T x T] matrix exists beyond one tile of scores. */
 #include <math.h>
 
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "storage.cuh"
 
 /* Threads per block of the tiled kernels; a tile holds up to ATTN_MAX_TILE query and key rows. */
 static const int ATTN_THREADS = 256;
@@ -18,14 +19,14 @@ typedef struct {
 } AttentionDims;
 
 /* The CPU's checks and messages: dims read from q, k, k_shared, v and checked against each other. */
-static Status attention_dims(const char *op, AttentionDims *dims, Tensor q, Tensor k, Tensor k_shared, Tensor v,
-                             float scale) {
-    TRY(tensor_check_dims(op, "q", q, DT_F32, 4, -1, -1, -1, -1));
+static Status attention_dims(const char *op, AttentionDims *dims, DType dt, Tensor q, Tensor k, Tensor k_shared,
+                             Tensor v, float scale) {
+    TRY(tensor_check_dims(op, "q", q, dt, 4, -1, -1, -1, -1));
     int64_t B = q.shape[0], T = q.shape[1], H = q.shape[2];
-    TRY(tensor_check_dims(op, "k", k, DT_F32, 4, B, T, -1, -1));
+    TRY(tensor_check_dims(op, "k", k, dt, 4, B, T, -1, -1));
     int64_t Hk = k.shape[2], Dk = k.shape[3], Ds = 0;
     if (tensor_present(k_shared)) {
-        TRY(tensor_check_dims(op, "k_shared", k_shared, DT_F32, 3, B, T, -1));
+        TRY(tensor_check_dims(op, "k_shared", k_shared, dt, 3, B, T, -1));
         Ds = k_shared.shape[2];
     }
     if (Hk < 1 || H % Hk != 0)
@@ -34,7 +35,7 @@ static Status attention_dims(const char *op, AttentionDims *dims, Tensor q, Tens
     if (q.shape[3] != Dk + Ds)
         return errorf("%s: q has head width %lld, expected Dk + Ds = %lld + %lld (k's width + k_shared's)", op,
                       (long long)q.shape[3], (long long)Dk, (long long)Ds);
-    TRY(tensor_check_dims(op, "v", v, DT_F32, 4, B, T, Hk, -1));
+    TRY(tensor_check_dims(op, "v", v, dt, 4, B, T, Hk, -1));
     if (!isfinite(scale)) return errorf("%s: scale is %g, expected a finite number", op, (double)scale);
     *dims = AttentionDims{B, T, H, Hk, Dk, Ds, v.shape[3], Dk + Ds, H / Hk};
     return STATUS_OK;
@@ -42,23 +43,25 @@ static Status attention_dims(const char *op, AttentionDims *dims, Tensor q, Tens
 
 /* Loads rows [r0, r0 + tile) of one head's [T, width] slice into shared memory with row stride
  * `stride`; rows past T are zeros. The head's row r starts at src + r * row_step. */
-__device__ static void load_rows(float *dst, int stride, const float *src, int64_t row_step, int64_t r0, int tile,
-                                 int64_t T, int width) {
+template <typename T>
+__device__ static void load_rows(float *dst, int stride, const T *src, int64_t row_step, int64_t r0, int tile,
+                                 int64_t T_len, int width) {
     for (int idx = threadIdx.x; idx < tile * width; idx += blockDim.x) {
         int r = idx / width, d = idx % width;
-        dst[r * stride + d] = r0 + r < T ? src[(r0 + r) * row_step + d] : 0.0f;
+        dst[r * stride + d] = r0 + r < T_len ? to_f32(src[(r0 + r) * row_step + d]) : 0.0f;
     }
 }
 
 /* Keys [j0, j0 + tile) of kv head g as whole rows [k ; k_shared] of width Dk + Ds. */
-__device__ static void load_keys(float *dst, int stride, const float *k, const float *ks, int64_t Hk, int Dk,
-                                 int Ds, int64_t j0, int tile, int64_t T) {
+template <typename T>
+__device__ static void load_keys(float *dst, int stride, const T *k, const T *ks, int64_t Hk, int Dk, int Ds,
+                                 int64_t j0, int tile, int64_t T_len) {
     int Dq = Dk + Ds;
     for (int idx = threadIdx.x; idx < tile * Dq; idx += blockDim.x) {
         int r = idx / Dq, d = idx % Dq;
         int64_t j = j0 + r;
         float val = 0.0f;
-        if (j < T) val = d < Dk ? k[j * Hk * Dk + d] : ks[j * Ds + (d - Dk)];
+        if (j < T_len) val = d < Dk ? to_f32(k[j * Hk * Dk + d]) : to_f32(ks[j * Ds + (d - Dk)]);
         dst[r * stride + d] = val;
     }
 }
@@ -71,8 +74,9 @@ __device__ static float dot_shared(const float *a, const float *b, int n) {
 
 /* Block (b*H + h, query tile): out and lse of queries [i0, i0 + tile) of head h.
  * Shared: Q [tile][Dq], K [tile][Dq+1], V [tile][Dv], P [tile][tile+1], O [tile][Dv], m, l, corr. */
-__global__ void attention_forward_f32(float *out, float *lse, const float *q, const float *k, const float *ks,
-                                      const float *v, int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv,
+template <typename S>
+__global__ void attention_forward_tiles(S *out, float *lse, const S *q, const S *k, const S *ks, const S *v, int64_t T,
+                                        int64_t H, int64_t Hk, int Dk, int Ds, int Dv,
                                       int64_t group, float scale, int tile) {
     extern __shared__ float smem[];
     const int Dq = Dk + Ds, KS = Dq + 1, PS = tile + 1;
@@ -80,8 +84,8 @@ __global__ void attention_forward_f32(float *out, float *lse, const float *q, co
     float *sM = sO + tile * Dv, *sL = sM + tile, *sCorr = sL + tile;
     const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, g = h / group;
     const int64_t i0 = (int64_t)blockIdx.y * tile;
-    const float *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
-    const float *ksb = ks ? ks + b * T * Ds : NULL;
+    const S *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
+    const S *ksb = ks ? ks + b * T * Ds : NULL;
 
     load_rows(sQ, Dq, q + (b * T * H + h) * Dq, H * Dq, i0, tile, T, Dq);
     for (int idx = threadIdx.x; idx < tile * Dv; idx += blockDim.x) sO[idx] = 0.0f;
@@ -130,7 +134,7 @@ __global__ void attention_forward_f32(float *out, float *lse, const float *q, co
     for (int idx = threadIdx.x; idx < tile * Dv; idx += blockDim.x) {
         int i = idx / Dv, d = idx % Dv;
         int64_t gi = i0 + i;
-        if (gi < T) out[((b * T + gi) * H + h) * Dv + d] = sO[idx] * (1.0f / sL[i]);
+        if (gi < T) out[((b * T + gi) * H + h) * Dv + d] = from_f32<S>(sO[idx] * (1.0f / sL[i]));
     }
     if (threadIdx.x < tile && i0 + threadIdx.x < T)
         lse[bh * T + i0 + threadIdx.x] = sM[threadIdx.x] + logf(sL[threadIdx.x]);
@@ -173,9 +177,9 @@ __device__ static void load_row_stats(float *sLse, float *sDelta, const float *l
  * dks_partial[b, g] for the fixed-order sum over kv heads.
  * Shared: K [tile][Dq+1], V [tile][Dv+1], dK [tile][Dq], dV [tile][Dv], Q [tile][Dq],
  * dO [tile][Dv], P and dS [tile][tile+1], lse, delta. */
-__global__ void attention_backward_dkdv_f32(float *dk, float *dks_partial, float *dv, const float *dout,
-                                            const float *lse, const float *delta, const float *q, const float *k,
-                                            const float *ks, const float *v, int64_t T, int64_t H, int64_t Hk,
+template <typename S>
+__global__ void attention_backward_dkdv(S *dk, float *dks_partial, S *dv, const S *dout, const float *lse,
+                                        const float *delta, const S *q, const S *k, const S *ks, const S *v, int64_t T, int64_t H, int64_t Hk,
                                             int Dk, int Ds, int Dv, int64_t group, float scale, int tile) {
     extern __shared__ float smem[];
     const int Dq = Dk + Ds, KS = Dq + 1, VS = Dv + 1, PS = tile + 1;
@@ -222,7 +226,7 @@ __global__ void attention_backward_dkdv_f32(float *dk, float *dks_partial, float
         int64_t gj = j0 + j;
         if (gj >= T) continue;
         if (d < Dk) {
-            if (dk) dk[((b * T + gj) * Hk + g) * Dk + d] = sdK[idx];
+            if (dk) dk[((b * T + gj) * Hk + g) * Dk + d] = from_f32<S>(sdK[idx]);
         } else if (dks_partial) {
             dks_partial[((b * Hk + g) * T + gj) * Ds + (d - Dk)] = sdK[idx];
         }
@@ -231,7 +235,7 @@ __global__ void attention_backward_dkdv_f32(float *dk, float *dks_partial, float
         for (int idx = threadIdx.x; idx < tile * Dv; idx += blockDim.x) {
             int j = idx / Dv, d = idx % Dv;
             int64_t gj = j0 + j;
-            if (gj < T) dv[((b * T + gj) * Hk + g) * Dv + d] = sdV[idx];
+            if (gj < T) dv[((b * T + gj) * Hk + g) * Dv + d] = from_f32<S>(sdV[idx]);
         }
 }
 
@@ -240,9 +244,9 @@ __global__ void attention_backward_dkdv_f32(float *dk, float *dks_partial, float
  * one-hot gets exactly zero score gradients (as on the CPU); written out for the dK/dV kernel. Then,
  * when dq is wanted, dQ summed over key tiles in order. Shared: Q [tile][Dq], dO [tile][Dv],
  * K [tile][Dq+1], V [tile][Dv+1], dQ [tile][Dq], dS [tile][tile+1], lse, delta. */
-__global__ void attention_backward_dq_f32(float *dq, float *delta, const float *dout, const float *lse,
-                                          const float *q, const float *k, const float *ks, const float *v,
-                                          int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv, int64_t group,
+template <typename S>
+__global__ void attention_backward_dq(S *dq, float *delta, const S *dout, const float *lse, const S *q, const S *k,
+                                      const S *ks, const S *v, int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv, int64_t group,
                                           float scale, int tile) {
     extern __shared__ float smem[];
     const int Dq = Dk + Ds, KS = Dq + 1, VS = Dv + 1, PS = tile + 1;
@@ -250,8 +254,8 @@ __global__ void attention_backward_dq_f32(float *dq, float *delta, const float *
     float *sdS = sdQ + tile * Dq, *sLse = sdS + tile * PS, *sDelta = sLse + tile;
     const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, g = h / group;
     const int64_t i0 = (int64_t)blockIdx.y * tile;
-    const float *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
-    const float *ksb = ks ? ks + b * T * Ds : NULL;
+    const S *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
+    const S *ksb = ks ? ks + b * T * Ds : NULL;
 
     load_rows(sQ, Dq, q + (b * T * H + h) * Dq, H * Dq, i0, tile, T, Dq);
     load_rows(sdO, Dv, dout + (b * T * H + h) * Dv, H * Dv, i0, tile, T, Dv);
@@ -292,19 +296,19 @@ __global__ void attention_backward_dq_f32(float *dq, float *delta, const float *
     for (int idx = threadIdx.x; idx < tile * Dq; idx += blockDim.x) {
         int i = idx / Dq, d = idx % Dq;
         int64_t gi = i0 + i;
-        if (gi < T) dq[((b * T + gi) * H + h) * Dq + d] = sdQ[idx];
+        if (gi < T) dq[((b * T + gi) * H + h) * Dq + d] = from_f32<S>(sdQ[idx]);
     }
 }
 
 /* dk_shared[b, j, :] = sum over kv heads g, in ascending g, of partial[b, g, j, :]. */
-__global__ void attention_shared_key_grad_f32(float *dks, const float *partial, int64_t B, int64_t Hk, int64_t T,
-                                              int Ds) {
+template <typename S>
+__global__ void attention_shared_key_grad(S *dks, const float *partial, int64_t B, int64_t Hk, int64_t T, int Ds) {
     const int64_t total = B * T * Ds;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = e / (T * Ds), jd = e % (T * Ds);
         float s = 0.0f;
         for (int64_t g = 0; g < Hk; g++) s += partial[(b * Hk + g) * T * Ds + jd];
-        dks[e] = s;
+        dks[e] = from_f32<S>(s);
     }
 }
 
@@ -344,25 +348,74 @@ static Status check_widths(const char *op, const AttentionDims *dm) {
     return STATUS_OK;
 }
 
+template <typename S>
+static Status launch_forward(Backend *be, const AttentionDims &dm, Tensor out, Tensor lse, Tensor q, Tensor k,
+                             Tensor k_shared, Tensor v, float scale, int tile, size_t bytes) {
+    CUDA_TRY(cudaFuncSetAttribute(attention_forward_tiles<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    dim3 grid((unsigned)(dm.B * dm.H), (unsigned)((dm.T + tile - 1) / tile));
+    attention_forward_tiles<S><<<grid, ATTN_THREADS, bytes, cuda_state(be)->stream>>>(
+        (S *)out.data, tensor_f32(lse), (const S *)q.data, (const S *)k.data,
+        tensor_present(k_shared) ? (const S *)k_shared.data : NULL, (const S *)v.data, dm.T, dm.H, dm.Hk, (int)dm.Dk,
+        (int)dm.Ds, (int)dm.Dv, dm.group, scale, tile);
+    CUDA_TRY_LAUNCH();
+    return STATUS_OK;
+}
+
 Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
                               float scale) {
     const char *op = "attention_forward";
+    DType dt = DT_F32;
+    StorageArg args[] = {{"out", out}, {"q", q}, {"k", k}, {"k_shared", k_shared}, {"v", v}};
+    TRY(storage_dtype(op, args, 5, &dt));
     AttentionDims dm = {};
-    TRY(attention_dims(op, &dm, q, k, k_shared, v, scale));
-    TRY(tensor_check_dims(op, "out", out, DT_F32, 4, dm.B, dm.T, dm.H, dm.Dv));
+    TRY(attention_dims(op, &dm, dt, q, k, k_shared, v, scale));
+    TRY(tensor_check_dims(op, "out", out, dt, 4, dm.B, dm.T, dm.H, dm.Dv));
     TRY(tensor_check_dims(op, "lse", lse, DT_F32, 3, dm.B, dm.H, dm.T));
     if (dm.B * dm.H == 0 || dm.T == 0) return STATUS_OK;
     TRY(check_widths(op, &dm));
     int tile;
     size_t bytes;
     TRY(choose_tile(be, op, forward_smem, &dm, &tile, &bytes));
-    CUDA_TRY(cudaFuncSetAttribute(attention_forward_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    dim3 grid((unsigned)(dm.B * dm.H), (unsigned)((dm.T + tile - 1) / tile));
-    attention_forward_f32<<<grid, ATTN_THREADS, bytes, cuda_state(be)->stream>>>(
-        tensor_f32(out), tensor_f32(lse), tensor_f32(q), tensor_f32(k),
-        tensor_present(k_shared) ? tensor_f32(k_shared) : NULL, tensor_f32(v), dm.T, dm.H, dm.Hk, (int)dm.Dk,
-        (int)dm.Ds, (int)dm.Dv, dm.group, scale, tile);
+    if (dt == DT_BF16) return launch_forward<bf16>(be, dm, out, lse, q, k, k_shared, v, scale, tile, bytes);
+    return launch_forward<float>(be, dm, out, lse, q, k, k_shared, v, scale, tile, bytes);
+}
+
+/* The backward kernels for one storage type; delta and partial are f32 scratch. */
+template <typename S>
+static Status launch_backward(Backend *be, const char *op, const AttentionDims &dm, Tensor dq, Tensor dk,
+                              Tensor dk_shared, Tensor dv, Tensor dout, Tensor lse, Tensor q, Tensor k, Tensor k_shared,
+                              Tensor v, float scale, float *delta, float *partial) {
+    const int64_t B = dm.B, T = dm.T, H = dm.H, Hk = dm.Hk, Dk = dm.Dk, Ds = dm.Ds, Dv = dm.Dv;
+    const int want_dk = tensor_present(dk), want_dv = tensor_present(dv), want_dks = partial != NULL;
+    CudaState *st = cuda_state(be);
+    const S *ksp = tensor_present(k_shared) ? (const S *)k_shared.data : NULL;
+    /* delta (and dq) first: the dK/dV kernel reads delta. */
+    int tile;
+    size_t bytes;
+    TRY(choose_tile(be, op, dq_smem, &dm, &tile, &bytes));
+    CUDA_TRY(cudaFuncSetAttribute(attention_backward_dq<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    dim3 dq_grid((unsigned)(B * H), (unsigned)((T + tile - 1) / tile));
+    attention_backward_dq<S><<<dq_grid, ATTN_THREADS, bytes, st->stream>>>(
+        tensor_present(dq) ? (S *)dq.data : NULL, delta, (const S *)dout.data, tensor_f32(lse), (const S *)q.data,
+        (const S *)k.data, ksp, (const S *)v.data, T, H, Hk, (int)Dk, (int)Ds, (int)Dv, dm.group, scale, tile);
     CUDA_TRY_LAUNCH();
+    if (want_dk || want_dv || want_dks) {
+        TRY(choose_tile(be, op, dkdv_smem, &dm, &tile, &bytes));
+        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)bytes));
+        dim3 grid((unsigned)(B * Hk), (unsigned)((T + tile - 1) / tile));
+        attention_backward_dkdv<S><<<grid, ATTN_THREADS, bytes, st->stream>>>(
+            want_dk ? (S *)dk.data : NULL, partial, want_dv ? (S *)dv.data : NULL, (const S *)dout.data,
+            tensor_f32(lse), delta, (const S *)q.data, (const S *)k.data, ksp, (const S *)v.data, T, H, Hk, (int)Dk,
+            (int)Ds, (int)Dv, dm.group, scale, tile);
+        CUDA_TRY_LAUNCH();
+    }
+    if (want_dks) {
+        int64_t n = B * T * Ds, blocks = (n + ATTN_THREADS - 1) / ATTN_THREADS;
+        attention_shared_key_grad<S><<<(int)(blocks < 65535 * 4 ? blocks : 65535 * 4), ATTN_THREADS, 0, st->stream>>>(
+            (S *)dk_shared.data, partial, B, Hk, T, (int)Ds);
+        CUDA_TRY_LAUNCH();
+    }
     return STATUS_OK;
 }
 
@@ -371,27 +424,30 @@ Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Ten
 Status cuda_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
                                Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale) {
     const char *op = "attention_backward";
+    DType dt = DT_F32;
+    StorageArg args[] = {{"dq", dq},     {"dk", dk},   {"dk_shared", dk_shared}, {"dv", dv},
+                         {"dout", dout}, {"out", out}, {"q", q},                 {"k", k},
+                         {"k_shared", k_shared},       {"v", v}};
+    TRY(storage_dtype(op, args, 10, &dt));
     AttentionDims dm = {};
-    TRY(attention_dims(op, &dm, q, k, k_shared, v, scale));
+    TRY(attention_dims(op, &dm, dt, q, k, k_shared, v, scale));
     const int64_t B = dm.B, T = dm.T, H = dm.H, Hk = dm.Hk, Dk = dm.Dk, Ds = dm.Ds, Dv = dm.Dv, Dq = dm.Dq;
-    TRY(tensor_check_dims(op, "dout", dout, DT_F32, 4, B, T, H, Dv));
-    TRY(tensor_check_dims(op, "out", out, DT_F32, 4, B, T, H, Dv));
+    TRY(tensor_check_dims(op, "dout", dout, dt, 4, B, T, H, Dv));
+    TRY(tensor_check_dims(op, "out", out, dt, 4, B, T, H, Dv));
     TRY(tensor_check_dims(op, "lse", lse, DT_F32, 3, B, H, T));
-    if (tensor_present(dq)) TRY(tensor_check_dims(op, "dq", dq, DT_F32, 4, B, T, H, Dq));
-    if (tensor_present(dk)) TRY(tensor_check_dims(op, "dk", dk, DT_F32, 4, B, T, Hk, Dk));
-    if (tensor_present(dv)) TRY(tensor_check_dims(op, "dv", dv, DT_F32, 4, B, T, Hk, Dv));
+    if (tensor_present(dq)) TRY(tensor_check_dims(op, "dq", dq, dt, 4, B, T, H, Dq));
+    if (tensor_present(dk)) TRY(tensor_check_dims(op, "dk", dk, dt, 4, B, T, Hk, Dk));
+    if (tensor_present(dv)) TRY(tensor_check_dims(op, "dv", dv, dt, 4, B, T, Hk, Dv));
     if (tensor_present(dk_shared)) {
         if (!tensor_present(k_shared))
             return errorf("%s: dk_shared is given but k_shared is absent (no shared key to differentiate)", op);
-        TRY(tensor_check_dims(op, "dk_shared", dk_shared, DT_F32, 3, B, T, Ds));
+        TRY(tensor_check_dims(op, "dk_shared", dk_shared, dt, 3, B, T, Ds));
     }
     const int want_dq = tensor_present(dq), want_dk = tensor_present(dk), want_dv = tensor_present(dv);
     const int want_dks = tensor_present(dk_shared) && Ds > 0;
     if (!(want_dq || want_dk || want_dv || want_dks) || B * Hk == 0 || T == 0) return STATUS_OK;
     TRY(check_widths(op, &dm));
-    CudaState *st = cuda_state(be);
     /* out is only shape-checked, as on the CPU: delta comes from dP. */
-    const float *ksp = tensor_present(k_shared) ? tensor_f32(k_shared) : NULL;
 
     /* Scratch: delta [B, H, T], and the shared key's per-kv-head partial gradients [B, Hk, T, Ds]. */
     size_t delta_bytes = (size_t)(B * H * T) * sizeof(float);
@@ -403,33 +459,9 @@ Status cuda_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shar
     char *cursor = (char *)base;
     float *delta = (float *)cuda_scratch_take(&cursor, delta_bytes);
     float *partial = want_dks ? (float *)cuda_scratch_take(&cursor, partial_bytes) : NULL;
-
-    /* delta (and dq) first: the dK/dV kernel reads delta. */
-    int tile;
-    size_t bytes;
-    TRY(choose_tile(be, op, dq_smem, &dm, &tile, &bytes));
-    CUDA_TRY(cudaFuncSetAttribute(attention_backward_dq_f32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    dim3 dq_grid((unsigned)(B * H), (unsigned)((T + tile - 1) / tile));
-    attention_backward_dq_f32<<<dq_grid, ATTN_THREADS, bytes, st->stream>>>(
-        want_dq ? tensor_f32(dq) : NULL, delta, tensor_f32(dout), tensor_f32(lse), tensor_f32(q), tensor_f32(k), ksp,
-        tensor_f32(v), T, H, Hk, (int)Dk, (int)Ds, (int)Dv, dm.group, scale, tile);
-    CUDA_TRY_LAUNCH();
-    if (want_dk || want_dv || want_dks) {
-        TRY(choose_tile(be, op, dkdv_smem, &dm, &tile, &bytes));
-        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv_f32, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)bytes));
-        dim3 grid((unsigned)(B * Hk), (unsigned)((T + tile - 1) / tile));
-        attention_backward_dkdv_f32<<<grid, ATTN_THREADS, bytes, st->stream>>>(
-            want_dk ? tensor_f32(dk) : NULL, partial, want_dv ? tensor_f32(dv) : NULL, tensor_f32(dout),
-            tensor_f32(lse), delta, tensor_f32(q), tensor_f32(k), ksp, tensor_f32(v), T, H, Hk, (int)Dk, (int)Ds,
-            (int)Dv, dm.group, scale, tile);
-        CUDA_TRY_LAUNCH();
-    }
-    if (want_dks) {
-        int64_t n = B * T * Ds, blocks = (n + ATTN_THREADS - 1) / ATTN_THREADS;
-        attention_shared_key_grad_f32<<<(int)(blocks < 65535 * 4 ? blocks : 65535 * 4), ATTN_THREADS, 0,
-                                        st->stream>>>(tensor_f32(dk_shared), partial, B, Hk, T, (int)Ds);
-        CUDA_TRY_LAUNCH();
-    }
-    return STATUS_OK;
+    if (dt == DT_BF16)
+        return launch_backward<bf16>(be, op, dm, dq, dk, dk_shared, dv, dout, lse, q, k, k_shared, v, scale, delta,
+                                     partial);
+    return launch_backward<float>(be, op, dm, dq, dk, dk_shared, dv, dout, lse, q, k, k_shared, v, scale, delta,
+                                  partial);
 }

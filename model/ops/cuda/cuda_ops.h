@@ -1,5 +1,5 @@
 /* The CUDA backend's ops, each checked against its CPU twin by the gpu-labelled tests; contracts
- * in core/backend.h. Storage for the ops here is float32. */
+ * in core/backend.h. Storage is f32 or bf16 (storage.cuh), math f32. */
 #pragma once
 
 #include "core/backend.h"
@@ -38,6 +38,13 @@ Status cuda_accumulate(Backend *be, Tensor y, Tensor x);
 Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                   int64_t ldc);
+
+/* The same product with A and B both of dtype ab (f32 or bf16) and C of dtype c, float32
+ * accumulation, through cuBLASLt (all-f32 without bias goes to cuda_sgemm). bias (dtype c, [N],
+ * may be NULL) is added to every row of C by the product's epilogue. */
+Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta, void *C, int64_t ldc,
+                 DType c, const void *bias);
 
 /* Finds, on the device, the first n with ids[n] outside [0, limit) (ids equal to `skip` are
  * allowed when has_skip). *bad_at = -1 when there is none, else its position and *bad_value its

@@ -4,6 +4,7 @@
 
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "storage.cuh"
 
 static const int EMBEDDING_THREADS = 256;
 
@@ -18,10 +19,11 @@ static Status check_ids(Backend *be, const char *op, Tensor ids, int64_t vocab) 
 }
 
 /* out[n, :] = table[ids[n], :]; one block per token row. */
-__global__ void embedding_gather_f32(float *out, const int32_t *ids, const float *table, int64_t N, int64_t D) {
+template <typename T>
+__global__ void embedding_gather(T *out, const int32_t *ids, const T *table, int64_t N, int64_t D) {
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *src = table + (int64_t)ids[n] * D;
-        float *dst = out + n * D;
+        const T *src = table + (int64_t)ids[n] * D;
+        T *dst = out + n * D;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = src[d];
     }
 }
@@ -35,8 +37,9 @@ __global__ void token_positions_i32(int32_t *pos, int64_t N) {
  * in ascending position (the sort is stable). The block at the start of a run of one id adds the
  * run's rows of dout into that id's row of dtable, one column per thread, in token order: the
  * order the CPU uses, and no row is written by two blocks. */
-__global__ void embedding_scatter_runs_f32(float *dtable, const float *dout, const int32_t *sorted_ids,
-                                           const int32_t *order, int64_t N, int64_t D) {
+template <typename T>
+__global__ void embedding_scatter_runs(float *dtable, const T *dout, const int32_t *sorted_ids, const int32_t *order,
+                                       int64_t N, int64_t D) {
     for (int64_t s = blockIdx.x; s < N; s += gridDim.x) {
         int32_t id = sorted_ids[s];
         if (s > 0 && sorted_ids[s - 1] == id) continue;
@@ -45,7 +48,7 @@ __global__ void embedding_scatter_runs_f32(float *dtable, const float *dout, con
         float *dst = dtable + (int64_t)id * D;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
             float acc = dst[d];
-            for (int64_t r = s; r < end; r++) acc += dout[(int64_t)order[r] * D + d];
+            for (int64_t r = s; r < end; r++) acc += to_f32(dout[(int64_t)order[r] * D + d]);
             dst[d] = acc;
         }
     }
@@ -54,14 +57,18 @@ __global__ void embedding_scatter_runs_f32(float *dtable, const float *dout, con
 static int grid_rows(int64_t rows) { return (int)(rows < 65535 * 8 ? (rows > 0 ? rows : 1) : 65535 * 8); }
 
 Status cuda_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table) {
-    TRY(tensor_check_dims("embedding_forward", "table", table, DT_F32, 2, -1, -1));
+    DType dt = DT_F32;
+    StorageArg args[] = {{"out", out}, {"table", table}};
+    TRY(storage_dtype("embedding_forward", args, 2, &dt));
+    TRY(tensor_check_dims("embedding_forward", "table", table, dt, 2, -1, -1));
     TRY(tensor_check_dims("embedding_forward", "ids", ids, DT_I32, 1, -1));
     int64_t V = table.shape[0], D = table.shape[1], N = ids.shape[0];
-    TRY(tensor_check_dims("embedding_forward", "out", out, DT_F32, 2, N, D));
+    TRY(tensor_check_dims("embedding_forward", "out", out, dt, 2, N, D));
     TRY(check_ids(be, "embedding_forward", ids, V));
     if (N == 0 || D == 0) return STATUS_OK;
-    embedding_gather_f32<<<grid_rows(N), EMBEDDING_THREADS, 0, cuda_state(be)->stream>>>(
-        tensor_f32(out), tensor_i32(ids), tensor_f32(table), N, D);
+    WITH_STORAGE(dt, T,
+                 embedding_gather<<<grid_rows(N), EMBEDDING_THREADS, 0, cuda_state(be)->stream>>>(
+                     (T *)out.data, tensor_i32(ids), (const T *)table.data, N, D));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }
@@ -74,10 +81,13 @@ static int id_bits(int64_t V) {
 }
 
 Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids) {
+    DType dt = DT_F32;
+    StorageArg args[] = {{"dout", dout}};
+    TRY(storage_dtype("embedding_backward", args, 1, &dt));
     TRY(tensor_check_dims("embedding_backward", "dtable", dtable, DT_F32, 2, -1, -1));
     TRY(tensor_check_dims("embedding_backward", "ids", ids, DT_I32, 1, -1));
     int64_t V = dtable.shape[0], D = dtable.shape[1], N = ids.shape[0];
-    TRY(tensor_check_dims("embedding_backward", "dout", dout, DT_F32, 2, N, D));
+    TRY(tensor_check_dims("embedding_backward", "dout", dout, dt, 2, N, D));
     TRY(check_ids(be, "embedding_backward", ids, V));
     if (N == 0 || D == 0) return STATUS_OK;
     if (N > INT32_MAX) return errorf("embedding_backward: %lld tokens exceed the sort's int range", (long long)N);
@@ -106,8 +116,9 @@ Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor i
     CUDA_TRY_LAUNCH();
     CUDA_TRY(cub::DeviceRadixSort::SortPairs(sort_space, sort_bytes, tensor_i32(ids), sorted_ids, positions, order,
                                              (int)N, 0, id_bits(V), st->stream));
-    embedding_scatter_runs_f32<<<grid_rows(N), EMBEDDING_THREADS, 0, st->stream>>>(
-        tensor_f32(dtable), tensor_f32(dout), sorted_ids, order, N, D);
+    WITH_STORAGE(dt, T,
+                 embedding_scatter_runs<<<grid_rows(N), EMBEDDING_THREADS, 0, st->stream>>>(
+                     tensor_f32(dtable), (const T *)dout.data, sorted_ids, order, N, D));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }

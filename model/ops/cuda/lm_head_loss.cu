@@ -1,7 +1,8 @@
 /* The LM head fused with the distillation loss on the GPU: per chunk of tokens, cuBLAS forms the
- * student and teacher logits, one block per token turns its row into KL + CE terms and the logits'
- * gradient in place, and cuBLAS takes that gradient back to dh and dw. Per-token terms are summed
- * on the host in token order, as on the CPU. */
+ * student and teacher logits in f32, one block per token turns its row into KL + CE terms and the
+ * logits' gradient, and cuBLAS takes that gradient back to dh and dw. With bf16 storage the
+ * gradient is written rounded to bf16 for those two products (as autocast does), dw accumulating
+ * in f32. Per-token terms are summed on the host in token order, as on the CPU. */
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -10,6 +11,7 @@
 #include "block_reduce.cuh"
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "storage.cuh"
 
 /* Default budget for the chunk buffers (student and teacher together): a few hundred tokens at a
  * 128k vocabulary, enough rows for cuBLAS to run near its peak. */
@@ -33,13 +35,14 @@ __device__ static int is_finite(float x) { return fabsf(x) <= FLT_MAX; }
 
 /* Every token's record zeroed; an ignored token whose hidden state holds NaN or Inf is marked, since
  * its zero gradient would still meet that state in dw += dz^T h. One block per token. */
-__global__ void loss_records_init(RowRecord *rec, const float *h, const int32_t *targets, int64_t N, int64_t D,
+template <typename S>
+__global__ void loss_records_init(RowRecord *rec, const S *h, const int32_t *targets, int64_t N, int64_t D,
                                   int32_t ignore_index) {
     __shared__ int shared[REDUCE_BLOCK_THREADS];
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         int bad = 0;
         if (targets[n] == ignore_index)
-            for (int64_t d = threadIdx.x; d < D; d += blockDim.x) bad |= !is_finite(h[n * D + d]);
+            for (int64_t d = threadIdx.x; d < D; d += blockDim.x) bad |= !is_finite(to_f32(h[n * D + d]));
         bad = block_sum(bad, shared);
         if (threadIdx.x == 0) {
             RowRecord r = {0.0f, 0.0f, 0.0f, 0, 0, bad ? FAULT_IGNORED_HIDDEN : FAULT_NONE};
@@ -73,20 +76,23 @@ __device__ static float row_exp_sum(const float *x, int64_t V, float max, float 
     return block_sum(s, fs);
 }
 
-/* One block per token of the chunk: its loss terms into rec[n0 + i] and, when wanted, z's row
- * overwritten by d(grad_scale * loss)/dz. zt is NULL without a teacher. */
-__global__ void lm_head_loss_rows_f32(float *z, const float *zt, const int32_t *targets, RowRecord *rec, int64_t n0,
-                                      int64_t V, RowParams p) {
+/* One block per token of the chunk: its loss terms into rec[n0 + i] and, when wanted, dz's row set
+ * to d(grad_scale * loss)/dz (dz may be z itself: each thread reads its elements before writing
+ * them). zt is NULL without a teacher. */
+template <typename G>
+__global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const int32_t *targets, RowRecord *rec,
+                                  int64_t n0, int64_t V, RowParams p) {
     __shared__ float fs[REDUCE_BLOCK_THREADS];
     __shared__ long long ls[REDUCE_BLOCK_THREADS];
     __shared__ int is[REDUCE_BLOCK_THREADS];
     const int64_t i = blockIdx.x, n = n0 + i;
-    float *zr = z + i * V;
+    const float *zr = z + i * V;
+    G *dzr = dz + i * V;
     const float *ztr = zt ? zt + i * V : NULL;
     const int32_t target = targets[n];
     if (target == p.ignore_index) {
         if (p.grad_wanted)
-            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) zr[v] = 0.0f;
+            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dzr[v] = from_f32<G>(0.0f);
         return;
     }
     const float T = p.temperature;
@@ -149,7 +155,7 @@ __global__ void lm_head_loss_rows_f32(float *z, const float *zt, const int32_t *
         float g = g_ce * (expf(zv - z_max) * inv_sum1);
         if (ztr) g += g_kl * (expf((zv - z_max) / T) * inv_sum_t - expf((ztr[v] - zt_max) / T) * inv_sum_teacher);
         if (v == target) g -= g_ce;
-        zr[v] = g;
+        dzr[v] = from_f32<G>(g);
     }
 }
 
@@ -173,18 +179,21 @@ static Status check_arguments(Backend *be, LossSums *sums, Tensor dh, Tensor dw,
                               Tensor wt, Tensor targets, LossConfig cfg, float grad_scale) {
     const char *op = "lm_head_loss";
     if (sums == NULL) return errorf("%s: sums is missing", op);
-    TRY(tensor_check_dims(op, "h", h, DT_F32, 2, -1, -1));
+    DType dt = DT_F32;
+    StorageArg args[] = {{"dh", dh}, {"h", h}, {"w", w}, {"ht", ht}, {"wt", wt}};
+    TRY(storage_dtype(op, args, 5, &dt));
+    TRY(tensor_check_dims(op, "h", h, dt, 2, -1, -1));
     int64_t N = h.shape[0], D = h.shape[1];
-    TRY(tensor_check_dims(op, "w", w, DT_F32, 2, -1, D));
+    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, D));
     int64_t V = w.shape[0];
     TRY(tensor_check_dims(op, "targets", targets, DT_I32, 1, N));
-    if (tensor_present(dh)) TRY(tensor_check_dims(op, "dh", dh, DT_F32, 2, N, D));
+    if (tensor_present(dh)) TRY(tensor_check_dims(op, "dh", dh, dt, 2, N, D));
     if (tensor_present(dw)) TRY(tensor_check_dims(op, "dw", dw, DT_F32, 2, V, D));
     int64_t Dt = 1;
     if (tensor_present(ht)) {
-        TRY(tensor_check_dims(op, "ht", ht, DT_F32, 2, N, -1));
+        TRY(tensor_check_dims(op, "ht", ht, dt, 2, N, -1));
         Dt = ht.shape[1];
-        TRY(tensor_check_dims(op, "wt", wt, DT_F32, 2, V, Dt));
+        TRY(tensor_check_dims(op, "wt", wt, dt, 2, V, Dt));
     } else if (tensor_present(wt)) {
         return errorf("%s: wt is given but ht is missing (both or neither: no teacher)", op);
     }
@@ -222,44 +231,63 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
     if (N == 0) return STATUS_OK;
     CudaState *st = cuda_state(be);
 
-    const int64_t buffers = teacher ? 2 : 1;
-    int64_t chunk = cfg.chunk_tokens > 0 ? cfg.chunk_tokens : LOSS_CHUNK_BYTES / (buffers * V * (int64_t)sizeof(float));
+    const DType dt = h.dtype;
+    const int grad_wanted = tensor_present(dh) || tensor_present(dw);
+    /* Logits rows are f32; with bf16 storage the gradient has a bf16 buffer of its own. */
+    const int64_t grad16 = dt == DT_BF16 && grad_wanted;
+    const int64_t row_bytes = (teacher ? 2 : 1) * V * (int64_t)sizeof(float) + (grad16 ? V * 2 : 0);
+    int64_t chunk = cfg.chunk_tokens > 0 ? cfg.chunk_tokens : LOSS_CHUNK_BYTES / row_bytes;
     if (chunk < 1) chunk = 1;
     if (chunk > N) chunk = N;
     if (chunk > INT_MAX) chunk = INT_MAX;
     const size_t chunk_bytes = (size_t)chunk * (size_t)V * sizeof(float), rec_bytes = (size_t)N * sizeof(RowRecord);
+    const size_t grad16_bytes = grad16 ? (size_t)chunk * (size_t)V * sizeof(bf16) : 0;
     size_t total = 0;
     cuda_scratch_size(&total, chunk_bytes);
     if (teacher) cuda_scratch_size(&total, chunk_bytes);
     cuda_scratch_size(&total, rec_bytes);
+    if (grad16) cuda_scratch_size(&total, grad16_bytes);
     void *base;
     TRY(cuda_scratch(be, total, &base));
     char *cursor = (char *)base;
     float *z = (float *)cuda_scratch_take(&cursor, chunk_bytes);                     /* [chunk, V] */
     float *zt = teacher ? (float *)cuda_scratch_take(&cursor, chunk_bytes) : NULL;   /* [chunk, V] */
     RowRecord *rec = (RowRecord *)cuda_scratch_take(&cursor, rec_bytes);             /* [N] */
+    bf16 *dz16 = grad16 ? (bf16 *)cuda_scratch_take(&cursor, grad16_bytes) : NULL;   /* [chunk, V] */
 
-    const float *hp = tensor_f32(h), *wp = tensor_f32(w);
-    const float *htp = teacher ? tensor_f32(ht) : NULL, *wtp = teacher ? tensor_f32(wt) : NULL;
+    const size_t es = dtype_size(dt);
+    const char *hp = (const char *)h.data, *htp = teacher ? (const char *)ht.data : NULL;
     const int32_t *tg = tensor_i32(targets);
-    RowParams params = {cfg.kl_weight, cfg.ce_weight, cfg.temperature, grad_scale, cfg.ignore_index,
-                        tensor_present(dh) || tensor_present(dw)};
+    RowParams params = {cfg.kl_weight, cfg.ce_weight, cfg.temperature, grad_scale, cfg.ignore_index, grad_wanted};
 
-    loss_records_init<<<(int)(N < 65535 * 8 ? N : 65535 * 8), REDUCE_BLOCK_THREADS, 0, st->stream>>>(
-        rec, hp, tg, N, D, cfg.ignore_index);
+    const int init_blocks = (int)(N < 65535 * 8 ? N : 65535 * 8);
+    WITH_STORAGE(dt, S,
+                 loss_records_init<<<init_blocks, REDUCE_BLOCK_THREADS, 0, st->stream>>>(
+                     rec, (const S *)h.data, tg, N, D, cfg.ignore_index));
     CUDA_TRY_LAUNCH();
+    /* the gradient's buffer and dtype: z itself (f32), or dz16 */
+    void *dz = grad16 ? (void *)dz16 : (void *)z;
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t rows = N - n0 < chunk ? N - n0 : chunk;
-        /* z[rows, V] = h[rows, D] w[V, D]^T, zt likewise from the teacher */
-        TRY(cuda_sgemm(be, op, 0, 1, rows, V, D, 1.0f, hp + n0 * D, D, wp, D, 0.0f, z, V));
-        if (teacher) TRY(cuda_sgemm(be, op, 0, 1, rows, V, Dt, 1.0f, htp + n0 * Dt, Dt, wtp, Dt, 0.0f, zt, V));
-        lm_head_loss_rows_f32<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(z, zt, tg, rec, n0, V, params);
+        /* z[rows, V] = h[rows, D] w[V, D]^T, zt likewise from the teacher, in f32 */
+        TRY(cuda_gemm(be, op, 0, 1, rows, V, D, 1.0f, hp + n0 * D * es, D, w.data, D, dt, 0.0f, z, V, DT_F32, NULL));
+        if (teacher)
+            TRY(cuda_gemm(be, op, 0, 1, rows, V, Dt, 1.0f, htp + n0 * Dt * es, Dt, wt.data, Dt, dt, 0.0f, zt, V,
+                          DT_F32, NULL));
+        if (grad16)
+            lm_head_loss_rows<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(z, dz16, zt, tg, rec, n0, V,
+                                                                                      params);
+        else
+            lm_head_loss_rows<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(z, z, zt, tg, rec, n0, V,
+                                                                                      params);
         CUDA_TRY_LAUNCH();
         /* dw before dh: dh may then share memory with h, whose chunk rows are last read here */
         if (tensor_present(dw))
-            TRY(cuda_sgemm(be, op, 1, 0, V, D, rows, 1.0f, z, V, hp + n0 * D, D, 1.0f, tensor_f32(dw), D));
+            TRY(cuda_gemm(be, op, 1, 0, V, D, rows, 1.0f, dz, V, hp + n0 * D * es, D, dt, 1.0f, dw.data, D, DT_F32,
+                          NULL));
         if (tensor_present(dh))
-            TRY(cuda_sgemm(be, op, 0, 0, rows, D, V, 1.0f, z, V, wp, D, 0.0f, tensor_f32(dh) + n0 * D, D));
+            TRY(cuda_gemm(be, op, 0, 0, rows, D, V, 1.0f, dz, V, w.data, D, dt, 0.0f, (char *)dh.data + n0 * D * es, D,
+                          dt, NULL));
     }
 
     RowRecord *host = (RowRecord *)malloc(rec_bytes);

@@ -24,3 +24,127 @@ Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t
                            (int)N, (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc));
     return STATUS_OK;
 }
+
+/* ---- mixed precision: cuBLASLt, bf16 or f32 operands, f32 accumulation ---- */
+
+static cudaDataType_t lt_type(DType d) { return d == DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+/* The algorithm cuBLASLt's heuristic picks depends only on the problem, so it is asked once per
+ * problem and reused: the same kernel every call (deterministic, no per-call heuristic cost). */
+typedef struct {
+    int device, trans_a, trans_b, has_bias, accumulate;
+    int64_t M, N, K, lda, ldb, ldc;
+    DType ab, c;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+
+enum { LT_PLAN_CACHE = 256 };
+static LtPlan lt_plans[LT_PLAN_CACHE];
+static int lt_plan_count, lt_plan_next;
+
+static int same_problem(const LtPlan *a, const LtPlan *b) {
+    return a->device == b->device && a->trans_a == b->trans_a && a->trans_b == b->trans_b &&
+           a->has_bias == b->has_bias && a->accumulate == b->accumulate && a->M == b->M && a->N == b->N &&
+           a->K == b->K && a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->ab == b->ab && a->c == b->c;
+}
+
+/* Descriptors of one product, released together. */
+typedef struct {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulPreference_t pref;
+} LtProblem;
+
+static void lt_problem_free(LtProblem *p) {
+    if (p->pref) cublasLtMatmulPreferenceDestroy(p->pref);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+}
+
+/* Row-major C[M, N] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's first operand
+ * is B as stored (N x K, or K x N transposed), its second A, and its output C^T [N x M] with the
+ * bias along its rows, i.e. one value per column of the row-major C. */
+static Status lt_problem_build(LtProblem *p, const LtPlan *k, const void *bias) {
+    cublasOperation_t op_first = k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_second = k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
+    CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof op_second));
+    if (k->has_bias) {
+        cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = lt_type(k->c);
+        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                  sizeof bias_type));
+        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    }
+    uint64_t first_rows = k->trans_b ? k->K : k->N, first_cols = k->trans_b ? k->N : k->K;
+    uint64_t second_rows = k->trans_a ? k->M : k->K, second_cols = k->trans_a ? k->K : k->M;
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->a, lt_type(k->ab), first_rows, first_cols, k->ldb));
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->b, lt_type(k->ab), second_rows, second_cols, k->lda));
+    CUBLAS_TRY(cublasLtMatrixLayoutCreate(&p->c, lt_type(k->c), (uint64_t)k->N, (uint64_t)k->M, k->ldc));
+    return STATUS_OK;
+}
+
+/* Split-K partial sums kept in f32 (never rounded to a bf16 output between the parts). */
+static Status lt_pick_algo(CudaState *st, LtProblem *p, LtPlan *k) {
+    CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&p->pref));
+    size_t ws = st->workspace_bytes;
+    uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                    sizeof schemes));
+    cublasLtMatmulHeuristicResult_t result;
+    int found = 0;
+    CUBLAS_TRY(cublasLtMatmulAlgoGetHeuristic(st->cublaslt, p->desc, p->a, p->b, p->c, p->c, p->pref, 1, &result,
+                                              &found));
+    if (found < 1)
+        return errorf("cuBLASLt has no algorithm for a %s x %s -> %s product [%lld x %lld x %lld]",
+                      dtype_name(k->ab), dtype_name(k->ab), dtype_name(k->c), (long long)k->M, (long long)k->N,
+                      (long long)k->K);
+    k->algo = result.algo;
+    return STATUS_OK;
+}
+
+Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta, void *C, int64_t ldc,
+                 DType c, const void *bias) {
+    if (ab == DT_F32 && c == DT_F32 && !bias)
+        return cuda_sgemm(be, op, trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
+                          (float *)C, ldc);
+    CudaState *st = cuda_state(be);
+    if (M == 0 || N == 0) return STATUS_OK;
+    if (K == 0 && !bias) {
+        if (beta == 0.0f)
+            CUDA_TRY(cudaMemset2DAsync(C, (size_t)ldc * dtype_size(c), 0, (size_t)N * dtype_size(c), (size_t)M,
+                                       st->stream));
+        return STATUS_OK;
+    }
+    if (K == 0) return errorf("%s: a biased product with an empty inner dimension", op);
+    LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c, {}};
+    LtProblem p = {NULL, NULL, NULL, NULL, NULL};
+    Status s = lt_problem_build(&p, &key, bias);
+    const LtPlan *plan = NULL;
+    for (int i = 0; s == STATUS_OK && i < lt_plan_count; i++)
+        if (same_problem(&lt_plans[i], &key)) plan = &lt_plans[i];
+    if (s == STATUS_OK && !plan) {
+        s = lt_pick_algo(st, &p, &key);
+        if (s == STATUS_OK) {
+            int slot = lt_plan_count < LT_PLAN_CACHE ? lt_plan_count++ : lt_plan_next++ % LT_PLAN_CACHE;
+            lt_plans[slot] = key;
+            plan = &lt_plans[slot];
+        }
+    }
+    if (s == STATUS_OK) {
+        cublasStatus_t r = cublasLtMatmul(st->cublaslt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c,
+                                          &plan->algo, st->workspace, st->workspace_bytes, st->stream);
+        if (r != CUBLAS_STATUS_SUCCESS)
+            s = errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
+                       (long long)K, dtype_name(ab), dtype_name(c), cublasGetStatusString(r));
+    }
+    lt_problem_free(&p);
+    if (s != STATUS_OK) return error_context("%s: ", op);
+    return STATUS_OK;
+}

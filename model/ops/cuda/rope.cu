@@ -2,29 +2,34 @@
  * head: one thread per rotated pair, the same arithmetic as the CPU's. */
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "storage.cuh"
 
 static const int ROPE_THREADS = 256;
 
 /* Pair i of head (n, h): (x[off + i], x[off + P + i]) turned by pos[n]'s angle, its sine taken
  * with sign sin_sign (-1: the inverse rotation, which is the gradient's). */
-__global__ void rope_rotate_f32(float *x, int64_t N, int64_t H, int64_t S, int64_t P, int64_t offset,
+template <typename T>
+__global__ void rope_rotate(T *x, int64_t N, int64_t H, int64_t S, int64_t P, int64_t offset,
                                 const float *cos, const float *sin, const int32_t *pos, float sin_sign) {
     int64_t total = N * H * P;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
         int64_t i = t % P, nh = t / P, n = nh / H;
         int64_t row = (int64_t)pos[n] * P + i;
         float c = cos[row], si = sin_sign * sin[row];
-        float *x1 = x + nh * S + offset + i, *x2 = x1 + P;
-        float a = *x1, b = *x2;
-        *x1 = a * c - b * si;
-        *x2 = b * c + a * si;
+        T *x1 = x + nh * S + offset + i, *x2 = x1 + P;
+        float a = to_f32(*x1), b = to_f32(*x2);
+        *x1 = from_f32<T>(a * c - b * si);
+        *x2 = from_f32<T>(b * c + a * si);
     }
 }
 
 /* The CPU's checks, the positions range-checked on the device; sets N, H, S, P. */
 static Status rope_check(Backend *be, const char *op, const char *xname, Tensor x, int64_t offset, Tensor cos,
                          Tensor sin, Tensor pos, int64_t *N, int64_t *H, int64_t *S, int64_t *P) {
-    TRY(tensor_check_dims(op, xname, x, DT_F32, 3, -1, -1, -1));
+    DType dt = DT_F32;
+    StorageArg args[] = {{xname, x}};
+    TRY(storage_dtype(op, args, 1, &dt));
+    TRY(tensor_check_dims(op, xname, x, dt, 3, -1, -1, -1));
     TRY(tensor_check_dims(op, "cos", cos, DT_F32, 2, -1, -1));
     TRY(tensor_check(op, "sin", sin, DT_F32, 2, cos.shape));
     TRY(tensor_check_dims(op, "pos", pos, DT_I32, 1, x.shape[0]));
@@ -51,8 +56,9 @@ static Status rope_launch(Backend *be, Tensor x, int64_t N, int64_t H, int64_t S
     if (total == 0) return STATUS_OK;
     int64_t blocks = (total + ROPE_THREADS - 1) / ROPE_THREADS;
     if (blocks > 65535 * 16) blocks = 65535 * 16;
-    rope_rotate_f32<<<(int)blocks, ROPE_THREADS, 0, cuda_state(be)->stream>>>(
-        tensor_f32(x), N, H, S, P, offset, tensor_f32(cos), tensor_f32(sin), tensor_i32(pos), sin_sign);
+    WITH_STORAGE(x.dtype, T,
+                 rope_rotate<<<(int)blocks, ROPE_THREADS, 0, cuda_state(be)->stream>>>(
+                     (T *)x.data, N, H, S, P, offset, tensor_f32(cos), tensor_f32(sin), tensor_i32(pos), sin_sign));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }

@@ -46,3 +46,15 @@ static inline Status check_shape(const char *op, const char *arg, Tensor t, int 
     const int64_t shape[TENSOR_MAX_DIMS] = {d0, d1, d2, d3};
     return tensor_check(op, arg, t, t.dtype, ndim, shape);
 }
+
+/* Runs the statements with T the storage type of dt: float or bf16. */
+#define WITH_STORAGE(dt, T, ...)   \
+    do {                           \
+        if ((dt) == DT_BF16) {     \
+            typedef bf16 T;        \
+            __VA_ARGS__;           \
+        } else {                   \
+            typedef float T;       \
+            __VA_ARGS__;           \
+        }                          \
+    } while (0)
