@@ -1,7 +1,9 @@
-/* The bench command: the config's trainer on random token batches, 2 warm-up steps, then N timed
- * steps. FLOPs are counted as shared/bench/torch_distill.py counts them (matrix products and causal
- * attention; the teacher's forward once, the student's forward and backward three times), and MFU
- * is against this machine's measured float32 matrix-product peak on the CPU. */
+/* The bench command: the config's trainer on random token batches, warm-up steps, then N timed
+ * steps. FLOPs are counted as shared/bench/torch_distill.py counts them (matrix products and
+ * attention over the full T x T; the teacher's forward once, the student's forward and backward
+ * three times), so that tok/s, TFLOP/s and MFU compare directly with that PyTorch baseline. MFU is
+ * against this device's measured matrix-product peak: float32 sgemm on the CPU, a bf16 cuBLASLt
+ * product on a GPU. On a GPU the line also carries the memory high-water mark of the steps. */
 #include "train/cmd_bench.h"
 
 #include <errno.h>
@@ -14,19 +16,39 @@
 #include "core/clock.h"
 #include "model/ops/cpu/cpu_ops.h"
 #include "train/trainer.h"
+#ifdef MLATRAIN_HAVE_CUDA
+#include "model/ops/cuda/cuda_backend.h"
+#include "model/ops/cuda/matmul_peak.h"
+#endif
 
-enum { BENCH_MAX_SETS = 64, BENCH_WARMUP = 2 };
+/* CPU: 2 warm-up and 5 timed steps, as before. GPU: torch_distill.py's 3 warm-up and 10 timed steps,
+ * so both sides average over the same number of steps after the same warm-up. */
+enum { BENCH_MAX_SETS = 64, BENCH_CPU_WARMUP = 2, BENCH_CPU_STEPS = 5, BENCH_GPU_WARMUP = 3, BENCH_GPU_STEPS = 10 };
+/* 8192^3 (1.1 TFLOP, ~1.4 ms on an H100): large enough for cuBLASLt's bf16 kernels to reach their
+ * peak, small enough that 20 timed runs take well under a second. */
+enum { GPU_PEAK_N = 8192, GPU_PEAK_REPS = 20 };
 
 void cmd_bench_usage(void) {
     printf("usage: mlatrain bench --config FILE [--steps N] [--set key.path=value ...]\n"
            "\n"
            "Times the config's training step (teacher forward, student forward and backward, loss,\n"
-           "AdamW) on random token batches: %d warm-up steps, then N timed steps (default 5). Prints one\n"
-           "JSON line: config, threads, B, T, step_s, tok_s, gflop_per_tok, gflops, peak_gflops (the\n"
-           "measured float32 matrix-product rate on this device, cpu only), mfu, loss.\n", BENCH_WARMUP);
+           "AdamW) on random token batches: warm-up steps (%d on the CPU, %d on a GPU), then N timed steps\n"
+           "(default %d on the CPU, %d on a GPU, as shared/bench/torch_distill.py). Prints one JSON line.\n"
+           "CPU: config, device, threads, B, T, step_s, tok_s, gflop_per_tok, gflops, peak_gflops (the\n"
+           "measured float32 matrix-product rate), mfu, loss.\n"
+           "GPU: config, device, gpu, teacher (its parameters, in billions), B, T, compile (always false),\n"
+           "step_s, tok_s, tflops, gflop_per_tok, peak_tflops (the measured bf16 cuBLASLt rate of an\n"
+           "%d^3 product), mfu (tflops / peak_tflops), peak_mem_gb (high-water mark of the backend's\n"
+           "tensors and scratch over the steps, as PyTorch's max_memory_allocated), setup_peak_mem_gb (the\n"
+           "same before the first step), device_used_gb (cudaMemGetInfo's used bytes after the steps:\n"
+           "context and library workspaces included), loss. GB are 1e9 bytes.\n",
+           BENCH_CPU_WARMUP, BENCH_GPU_WARMUP, BENCH_CPU_STEPS, BENCH_GPU_STEPS, GPU_PEAK_N);
 }
 
-/* FLOPs per token of one model, as torch_distill.py's flops_per_token. */
+/* FLOPs per token of one model, as torch_distill.py's flops_per_token: 2 per weight of every matrix
+ * product (the LM head included, the embedding lookup not) and 2 T (qk + pv) for attention, times 3
+ * when training. The query bottleneck (q_lora_rank > 0), which that script has no form for, counts
+ * its two products the same way. */
 static double flops_per_token(const ModelConfig *c, int64_t T, int train) {
     double d = (double)c->hidden_size, V = (double)c->vocab_size, F = (double)c->intermediate_size;
     double H = (double)c->num_attention_heads, p = 0, attention = 0;
@@ -35,8 +57,9 @@ static double flops_per_token(const ModelConfig *c, int64_t T, int train) {
         if (c->layer_attention[l] == ATTENTION_MLA) {
             const MlaDims *a = &c->mla;
             double dn = (double)a->qk_nope_head_dim, dr = (double)a->qk_rope_head_dim, dv = (double)a->v_head_dim;
-            double r = (double)a->kv_lora_rank;
-            attnp = d * H * (dn + dr) + d * (r + dr) + r * H * (dn + dv) + H * dv * d;
+            double r = (double)a->kv_lora_rank, qr = (double)a->q_lora_rank;
+            double q = qr > 0 ? d * qr + qr * H * (dn + dr) : d * H * (dn + dr);
+            attnp = q + d * (r + dr) + r * H * (dn + dv) + H * dv * d;
             qk = H * (dn + dr);
             pv = H * dv;
         } else {
@@ -73,39 +96,130 @@ static double measure_cpu_peak_gflops(void) {
     return best;
 }
 
-static Status run_bench(const Config *cfg, int steps) {
+/* What a run measured, whichever the device. */
+typedef struct {
+    double step_s, tokens_per_step, flop_per_token, loss;
+    double teacher_params;           /* 0 without a teacher */
+    /* GPU only, in bytes */
+    double setup_peak, steps_peak, device_used;
+} BenchFigures;
+
+static double model_parameter_count(const Model *m) {
+    double n = 0;
+    for (int i = 0; i < m->n_params; i++) n += (double)tensor_numel(*m->params[i].value);
+    return n;
+}
+
+#ifdef MLATRAIN_HAVE_CUDA
+/* Folds the backend's present memory figures into the run's maxima. */
+static Status sample_gpu_memory(Backend *be, BenchFigures *f) {
+    CudaMemoryFigures m;
+    TRY(cuda_backend_memory(be, &m));
+    if ((double)m.peak_allocated > f->steps_peak) f->steps_peak = (double)m.peak_allocated;
+    if ((double)m.device_used > f->device_used) f->device_used = (double)m.device_used;
+    return STATUS_OK;
+}
+#endif
+
+/* Sets up the trainer, runs `warmup` untimed steps and `steps` timed ones. On a GPU the memory
+ * high-water mark is restarted after setup, so setup (which briefly holds the model the student
+ * is converted from) and the steps are reported apart; the used bytes are sampled after each warm-up
+ * step and after the timed steps, never inside the timed region. */
+static Status time_steps(const Config *cfg, int warmup, int steps, BenchFigures *f) {
     Trainer *t = NULL;
     TrainerOptions opts = {.random_batches = 1, .quiet = 1};
     TRY(trainer_create(&t, cfg, opts));
-    StepRecord r;
+    int cuda = cfg->device == CONFIG_DEVICE_CUDA;
+    (void)cuda; /* read only where the CUDA backend is built */
     Status st = STATUS_OK;
-    for (int i = 0; i < BENCH_WARMUP && st == STATUS_OK; i++) st = trainer_step(t, &r);
+#ifdef MLATRAIN_HAVE_CUDA
+    if (cuda) {
+        CudaMemoryFigures m;
+        st = cuda_backend_memory(t->be, &m);
+        f->setup_peak = (double)m.peak_allocated;
+        cuda_backend_reset_peak_memory(t->be);
+    }
+#endif
+    StepRecord r = {0};
+    for (int i = 0; i < warmup && st == STATUS_OK; i++) {
+        st = trainer_step(t, &r);
+#ifdef MLATRAIN_HAVE_CUDA
+        if (st == STATUS_OK && cuda) st = sample_gpu_memory(t->be, f);
+#endif
+    }
     double t0 = monotonic_seconds();
     for (int i = 0; i < steps && st == STATUS_OK; i++) st = trainer_step(t, &r);
-    double dt = (monotonic_seconds() - t0) / steps;
+    f->step_s = (monotonic_seconds() - t0) / steps;
+#ifdef MLATRAIN_HAVE_CUDA
+    if (st == STATUS_OK && cuda) st = sample_gpu_memory(t->be, f);
+#endif
     if (st == STATUS_OK) {
-        double tokens = (double)(cfg->train.global_batch * cfg->data.seq_len);
-        double fl = flops_per_token(&t->student->cfg, t->T, 1) + (t->teacher ? flops_per_token(&t->teacher->cfg, t->T, 0) : 0);
-        double gflops = tokens / dt * fl / 1e9;
-        int cpu = cfg->device == CONFIG_DEVICE_CPU;
-        double peak = cpu ? measure_cpu_peak_gflops() : 0;
-        const char *slash = strrchr(cfg->name, '/');
-        printf("{\"config\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"B\": %lld, \"T\": %lld, \"step_s\": %.4f, "
-               "\"tok_s\": %.1f, \"gflop_per_tok\": %.4f, \"gflops\": %.1f",
-               slash ? slash + 1 : cfg->name, config_device_name(cfg->device), cpu ? omp_get_max_threads() : 0,
-               (long long)cfg->train.global_batch, (long long)t->T, dt, tokens / dt, fl / 1e9, gflops);
-        if (peak > 0) printf(", \"peak_gflops\": %.1f, \"mfu\": %.3f", peak, gflops / peak);
-        printf(", \"loss\": %.6g}\n", r.loss);
+        f->tokens_per_step = (double)(cfg->train.global_batch * cfg->data.seq_len);
+        f->flop_per_token = flops_per_token(&t->student->cfg, t->T, 1) +
+                            (t->teacher ? flops_per_token(&t->teacher->cfg, t->T, 0) : 0);
+        f->teacher_params = t->teacher ? model_parameter_count(t->teacher) : 0;
+        f->loss = r.loss;
     }
     trainer_destroy(t);
     return st;
+}
+
+static const char *config_file_name(const Config *cfg) {
+    const char *slash = strrchr(cfg->name, '/');
+    return slash ? slash + 1 : cfg->name;
+}
+
+static void print_cpu_line(const Config *cfg, const BenchFigures *f) {
+    double tok_s = f->tokens_per_step / f->step_s, gflops = tok_s * f->flop_per_token / 1e9;
+    double peak = measure_cpu_peak_gflops();
+    printf("{\"config\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"B\": %lld, \"T\": %lld, \"step_s\": %.4f, "
+           "\"tok_s\": %.1f, \"gflop_per_tok\": %.4f, \"gflops\": %.1f",
+           config_file_name(cfg), config_device_name(cfg->device), omp_get_max_threads(),
+           (long long)cfg->train.global_batch, (long long)cfg->data.seq_len, f->step_s, tok_s, f->flop_per_token / 1e9,
+           gflops);
+    if (peak > 0) printf(", \"peak_gflops\": %.1f, \"mfu\": %.3f", peak, gflops / peak);
+    printf(", \"loss\": %.6g}\n", f->loss);
+}
+
+#ifdef MLATRAIN_HAVE_CUDA
+/* The peak is measured after the trainer is gone, so its buffers neither add to the run's memory
+ * figures nor compete with the model for device memory; the card is still warm from the steps. */
+static Status print_gpu_line(const Config *cfg, const BenchFigures *f) {
+    CudaMatmulPeak peak;
+    TRY(cuda_matmul_peak(0, GPU_PEAK_N, GPU_PEAK_REPS, &peak));
+    double tok_s = f->tokens_per_step / f->step_s, tflops = tok_s * f->flop_per_token / 1e12;
+    char teacher[32] = "null";
+    if (f->teacher_params > 0) snprintf(teacher, sizeof teacher, "\"%.2fb\"", f->teacher_params / 1e9);
+    printf("{\"config\": \"%s\", \"device\": \"cuda\", \"gpu\": \"%s\", \"teacher\": %s, \"B\": %lld, \"T\": %lld, "
+           "\"compile\": false, \"step_s\": %.4f, \"tok_s\": %.0f, \"tflops\": %.1f, \"gflop_per_tok\": %.2f, "
+           "\"peak_tflops\": %.1f, \"mfu\": %.3f, \"peak_mem_gb\": %.2f, \"setup_peak_mem_gb\": %.2f, "
+           "\"device_used_gb\": %.2f, \"loss\": %.6g}\n",
+           config_file_name(cfg), peak.device_name, teacher, (long long)cfg->train.global_batch,
+           (long long)cfg->data.seq_len, f->step_s, tok_s, tflops, f->flop_per_token / 1e9, peak.tflops,
+           tflops / peak.tflops, f->steps_peak / 1e9, f->setup_peak / 1e9, f->device_used / 1e9, f->loss);
+    return STATUS_OK;
+}
+#endif
+
+/* steps = 0: the device's default. */
+static Status run_bench(const Config *cfg, int steps) {
+    int cuda = cfg->device == CONFIG_DEVICE_CUDA;
+    int warmup = cuda ? BENCH_GPU_WARMUP : BENCH_CPU_WARMUP;
+    if (steps == 0) steps = cuda ? BENCH_GPU_STEPS : BENCH_CPU_STEPS;
+    BenchFigures f = {0};
+    TRY(time_steps(cfg, warmup, steps, &f));
+#ifdef MLATRAIN_HAVE_CUDA
+    if (cuda) return print_gpu_line(cfg, &f);
+#endif
+    print_cpu_line(cfg, &f);
+    return STATUS_OK;
 }
 
 Status cmd_bench(int argc, char **argv, int *show_help) {
     const char *config_path = NULL;
     const char *sets[BENCH_MAX_SETS];
     int n_sets = 0;
-    long steps = 5;
+    long steps = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {

@@ -38,13 +38,17 @@ static Status cuda_alloc(Backend *be, Tensor *t, DType dt, int ndim, const int64
         return errorf("cuda alloc: cannot allocate %zu bytes (%s; %zu of %zu bytes free)", bytes,
                       cudaGetErrorString(err), free_b, total_b);
     }
-    CUDA_TRY(cudaMemsetAsync(p, 0, bytes, cuda_state(be)->stream));
     t->data = p;
+    cuda_count_allocation(cuda_state(be), bytes);
+    CUDA_TRY(cudaMemsetAsync(p, 0, bytes, cuda_state(be)->stream));
     return STATUS_OK;
 }
 
 static void cuda_release(Backend *be, Tensor *t) {
-    if (t->data) cudaFree(t->data);
+    if (t->data) {
+        cudaFree(t->data);
+        cuda_count_release(cuda_state(be), tensor_bytes(*t));
+    }
     t->data = NULL;
 }
 
@@ -124,6 +128,7 @@ Status cuda_scratch(Backend *be, size_t bytes, void **out) {
         /* The old buffer may still be read by kernels queued on the stream. */
         CUDA_TRY(cudaStreamSynchronize(st->stream));
         if (st->scratch) CUDA_TRY(cudaFree(st->scratch));
+        cuda_count_release(st, st->scratch_bytes);
         st->scratch = NULL;
         st->scratch_bytes = 0;
         cudaError_t err = cudaMalloc(&st->scratch, want);
@@ -133,6 +138,7 @@ Status cuda_scratch(Backend *be, size_t bytes, void **out) {
                           cudaGetErrorString(err));
         }
         st->scratch_bytes = want;
+        cuda_count_allocation(st, want);
     }
     *out = st->scratch;
     return STATUS_OK;

@@ -18,6 +18,10 @@ typedef struct {
     unsigned long long *index_probe; /* one word: the first out-of-range index an op's check found */
     void *scratch;            /* grow-only device scratch of the ops (partial sums, logits chunks) */
     size_t scratch_bytes;
+    /* Bytes held by the backend's tensors (cuda_alloc) and the op scratch, now and at their
+     * high-water mark: what PyTorch's memory_allocated / max_memory_allocated count. */
+    size_t allocated_bytes;
+    size_t peak_allocated_bytes;
 } CudaState;
 
 static inline CudaState *cuda_state(Backend *be) { return (CudaState *)be->impl; }
@@ -26,6 +30,16 @@ static inline CudaState *cuda_state(Backend *be) { return (CudaState *)be->impl;
  * on the backend's one stream, so a later op's kernels start only after an earlier op's are done.
  * Growing waits for the stream to finish with the old buffer, then frees it. */
 Status cuda_scratch(Backend *be, size_t bytes, void **out);
+
+/* The accounting behind allocated_bytes / peak_allocated_bytes (cuda_alloc, cuda_release,
+ * cuda_scratch). A release never takes the count below zero, whatever view of a tensor it is given. */
+static inline void cuda_count_allocation(CudaState *st, size_t bytes) {
+    st->allocated_bytes += bytes;
+    if (st->allocated_bytes > st->peak_allocated_bytes) st->peak_allocated_bytes = st->allocated_bytes;
+}
+static inline void cuda_count_release(CudaState *st, size_t bytes) {
+    st->allocated_bytes -= bytes < st->allocated_bytes ? bytes : st->allocated_bytes;
+}
 
 /* Carves aligned pieces out of one scratch reservation: cuda_scratch_size adds a piece's size,
  * cuda_scratch_take hands out the next piece in the same order. */
