@@ -293,12 +293,11 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
     ModelConfig cfg;
     TRY(hf_config_read(path, &cfg));
     Model *m = NULL;
-    if (model_create(&m, be, &cfg, max_seq) != STATUS_OK) return error_context("%s: ", dir);
+    if (model_create_as(&m, be, &cfg, max_seq, weight_dtype) != STATUS_OK) return error_context("%s: ", dir);
 
     SafetensorsSet *s = NULL;
     FileLayout lay = {0};
-    Status st = model_set_precision(m, weight_dtype, weight_dtype);
-    if (st == STATUS_OK) st = set_config_rope(m);
+    Status st = set_config_rope(m);
     if (st == STATUS_OK) st = rope_sidecar_read(m, dir);
     if (st == STATUS_OK) st = safetensors_open(&s, dir);
     if (st == STATUS_OK) st = layout_build(m, 0, &lay);

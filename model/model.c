@@ -179,13 +179,19 @@ Status model_set_precision(Model *m, DType weight_dtype, DType dtype) {
 }
 
 Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq) {
+    return model_create_as(out, be, cfg, max_seq, DT_F32);
+}
+
+Status model_create_as(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq, DType weight_dtype) {
     *out = NULL;
     TRY(model_config_validate(cfg));
     if (max_seq < 1) return errorf("model: max_seq must be >= 1, got %lld", (long long)max_seq);
+    if (weight_dtype != DT_F32 && weight_dtype != DT_BF16)
+        return errorf("model: weights must be f32 or bf16, got %s", dtype_name(weight_dtype));
     Model *m = calloc(1, sizeof *m);
     if (!m) return errorf("model: out of memory");
     m->cfg = *cfg;
-    m->weight_dtype = m->dtype = DT_F32;
+    m->weight_dtype = m->dtype = weight_dtype;
     m->be = be;
     m->max_seq = max_seq;
     int L = (int)cfg->num_hidden_layers;

@@ -82,6 +82,9 @@ typedef struct {
 /* Allocates the weights (zeros) on the backend for sequences up to max_seq tokens. MLA layers start
  * with DeepSeek's own rope frequencies, theta^(-2i/dr); conversion replaces them. */
 Status model_create(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq);
+/* The same with the parameters allocated in weight_dtype (f32 or bf16) from the start, computing in
+ * that dtype: a frozen bf16 model never holds an f32 copy on the device. */
+Status model_create_as(Model **out, Backend *be, const ModelConfig *cfg, int64_t max_seq, DType weight_dtype);
 void model_destroy(Model *m);
 /* Sets the precision (a model starts f32 and f32): weight_dtype f32 or bf16, the latter rounding
  * the parameters in place one tensor at a time (only for a model without gradients: a frozen

@@ -172,6 +172,18 @@ static void test_frozen_rounding(void) {
         free(a), free(b), free(ra);
     }
     CHECK(ok, "frozen bf16 parameters are the rounded f32 ones");
+    /* Created in bf16 from the start: the same values, never an f32 copy. */
+    Model *direct = NULL;
+    CHECK_OK(model_create_as(&direct, be, &c, 16, DT_BF16));
+    CHECK_OK(model_init_random(direct, 5, 0.3f));
+    ok = direct->dtype == DT_BF16;
+    for (int i = 0; i < h->n_params; i++) {
+        int64_t n = tensor_numel(*h->params[i].value);
+        ok &= direct->params[i].value->dtype == DT_BF16 &&
+              memcmp(direct->params[i].value->data, h->params[i].value->data, (size_t)n * 2) == 0;
+    }
+    CHECK(ok, "a model created in bf16 holds the same values as one rounded after creation");
+    model_destroy(direct);
     CHECK(h->lm_head.data == h->embed.data && h->lm_head.dtype == DT_BF16, "the tied head follows the embedding");
     CHECK_ERR(model_set_precision(h, DT_BF16, DT_F32), "bf16 weights with f32 compute");
     CHECK_OK(model_alloc_grads(f));

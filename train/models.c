@@ -19,9 +19,9 @@ static Status build_from_source(const ConfigModelSource *src, const char *key, B
             return error_context("%s: ", key);
         return STATUS_OK;
     }
-    if (model_create(out, be, &src->arch.model, max_seq) != STATUS_OK) return error_context("%s.arch: ", key);
-    Status st = model_set_precision(*out, weight_dtype, weight_dtype);
-    if (st == STATUS_OK) st = model_init_random(*out, (uint64_t)src->seed, 0.02f);
+    if (model_create_as(out, be, &src->arch.model, max_seq, weight_dtype) != STATUS_OK)
+        return error_context("%s.arch: ", key);
+    Status st = model_init_random(*out, (uint64_t)src->seed, 0.02f);
     if (st != STATUS_OK) {
         model_destroy(*out);
         *out = NULL;

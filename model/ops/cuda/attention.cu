@@ -4,6 +4,10 @@
  * so the bits repeat run to run; no [T x T] matrix exists beyond one tile of scores. */
 #include <math.h>
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention_mma.h"
 #include "cuda_ops.h"
 #include "cuda_state.h"
 #include "storage.cuh"
@@ -348,6 +352,21 @@ static Status check_widths(const char *op, const AttentionDims *dm) {
     return STATUS_OK;
 }
 
+/* bf16 storage runs on the tensor cores (attention_mma.cu) where the device and head widths allow;
+ * MLATRAIN_CUDA_ATTENTION=tiles keeps it on these float32-math tiles (for comparison). */
+static int use_tensor_cores(Backend *be, DType dt, const AttentionDims &dm) {
+    static int tiles_only = -1;
+    if (tiles_only < 0) {
+        const char *choice = getenv("MLATRAIN_CUDA_ATTENTION");
+        tiles_only = choice && strcmp(choice, "tiles") == 0;
+    }
+    return dt == DT_BF16 && !tiles_only && attention_mma_supported(be, dm.Dq, dm.Dv);
+}
+
+static MmaAttentionShape mma_shape(const AttentionDims &dm) {
+    return MmaAttentionShape{dm.B, dm.T, dm.H, dm.Hk, dm.Dk, dm.Ds, dm.Dv, dm.group};
+}
+
 template <typename S>
 static Status launch_forward(Backend *be, const AttentionDims &dm, Tensor out, Tensor lse, Tensor q, Tensor k,
                              Tensor k_shared, Tensor v, float scale, int tile, size_t bytes) {
@@ -373,6 +392,11 @@ Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Ten
     TRY(tensor_check_dims(op, "lse", lse, DT_F32, 3, dm.B, dm.H, dm.T));
     if (dm.B * dm.H == 0 || dm.T == 0) return STATUS_OK;
     TRY(check_widths(op, &dm));
+    if (use_tensor_cores(be, dt, dm)) {
+        MmaAttentionShape shape = mma_shape(dm);
+        return attention_forward_mma(be, &shape, out.data, tensor_f32(lse), q.data, k.data,
+                                     tensor_present(k_shared) ? k_shared.data : NULL, v.data, scale);
+    }
     int tile;
     size_t bytes;
     TRY(choose_tile(be, op, forward_smem, &dm, &tile, &bytes));
@@ -459,6 +483,20 @@ Status cuda_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shar
     char *cursor = (char *)base;
     float *delta = (float *)cuda_scratch_take(&cursor, delta_bytes);
     float *partial = want_dks ? (float *)cuda_scratch_take(&cursor, partial_bytes) : NULL;
+    if (use_tensor_cores(be, dt, dm)) {
+        MmaAttentionShape shape = mma_shape(dm);
+        TRY(attention_backward_mma(be, &shape, want_dq ? dq.data : NULL, want_dk ? dk.data : NULL, partial,
+                                   want_dv ? dv.data : NULL, dout.data, out.data, tensor_f32(lse), q.data, k.data,
+                                   tensor_present(k_shared) ? k_shared.data : NULL, v.data, scale, delta));
+        if (want_dks) {
+            int64_t n = B * T * Ds, blocks = (n + ATTN_THREADS - 1) / ATTN_THREADS;
+            attention_shared_key_grad<bf16><<<(int)(blocks < 65535 * 4 ? blocks : 65535 * 4), ATTN_THREADS, 0,
+                                              cuda_state(be)->stream>>>((bf16 *)dk_shared.data, partial, B, Hk, T,
+                                                                        (int)Ds);
+            CUDA_TRY_LAUNCH();
+        }
+        return STATUS_OK;
+    }
     if (dt == DT_BF16)
         return launch_backward<bf16>(be, op, dm, dq, dk, dk_shared, dv, dout, lse, q, k, k_shared, v, scale, delta,
                                      partial);

@@ -1,0 +1,473 @@
+/* Causal attention on the tensor cores (bf16 operands, f32 accumulation through WMMA), for GQA and
+ * MLA alike. Forward: 64 queries per block, one warp per 16 of them, streaming over 64-key tiles
+ * with an online softmax, P rounded to bf16 for its product with V. Backward without atomics: one
+ * kernel per query tile forms dQ over the key tiles in order; one per key tile of a kv head forms
+ * dK and dV over the group's heads and the query tiles in order; delta = rowsum(dO * O) first.
+ * Tiles are staged through shared memory, head widths padded to 16 with zeros. */
+#include <math.h>
+#include <mma.h>
+
+#include "attention_mma.h"
+#include "cuda_ops.h"
+#include "cuda_state.h"
+#include "storage.cuh"
+
+using namespace nvcuda;
+
+enum { MMA_ROWS = 64, MMA_WARPS = 4, MMA_THREADS = 128, MMA_ALIGN = 128 };
+
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> Acc;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> ARow;
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> ACol;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> BRow;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> BCol;
+
+/* Padded widths, leading dimensions (elements; +8 bf16 / +4 f32 against bank conflicts, still
+ * multiples of WMMA's 8 and 4) and the byte offsets of each kernel's shared-memory sections. */
+typedef struct {
+    int DQP, DVP;               /* Dq and Dv rounded up to 16 */
+    int LDQ, LDV, LDP;          /* bf16 tiles: Q and K, V and dO, P and dS */
+    int LDF, LDS, LDQF, LDVF;   /* f32 tiles: forward scores (and the P V product), backward
+                                   scores (and dP), dQ/dK, O/dV */
+    size_t q, k, v, f, p, o, stats, bytes;                   /* forward */
+    size_t bq, bdo, bk, bv, bf, bp, bds, bdq, bdk, bdv, bstats, dq_bytes, dkdv_bytes; /* backward */
+} MmaLayout;
+
+__host__ __device__ static inline int round16(int x) { return (x + 15) / 16 * 16; }
+__host__ __device__ static inline size_t take(size_t *at, size_t bytes) {
+    size_t here = *at;
+    *at += (bytes + MMA_ALIGN - 1) / MMA_ALIGN * MMA_ALIGN;
+    return here;
+}
+
+__host__ __device__ static MmaLayout mma_layout(int Dq, int Dv) {
+    MmaLayout L;
+    L.DQP = round16(Dq);
+    L.DVP = round16(Dv);
+    L.LDQ = L.DQP + 8;
+    L.LDV = L.DVP + 8;
+    L.LDP = MMA_ROWS + 8;
+    L.LDF = (L.DVP > MMA_ROWS ? L.DVP : MMA_ROWS) + 4;
+    L.LDS = MMA_ROWS + 4;
+    L.LDQF = L.DQP + 4;
+    L.LDVF = L.DVP + 4;
+    const size_t R = MMA_ROWS, h = sizeof(bf16), f = sizeof(float);
+    size_t at = 0;
+    L.q = take(&at, R * L.LDQ * h);
+    L.k = take(&at, R * L.LDQ * h);
+    L.v = take(&at, R * L.LDV * h);
+    L.f = take(&at, R * L.LDF * f);
+    L.p = take(&at, R * L.LDP * h);
+    L.o = take(&at, R * L.LDVF * f);
+    L.stats = take(&at, 3 * R * f);
+    L.bytes = at;
+    at = 0;
+    L.bq = take(&at, R * L.LDQ * h);
+    L.bdo = take(&at, R * L.LDV * h);
+    L.bk = take(&at, R * L.LDQ * h);
+    L.bv = take(&at, R * L.LDV * h);
+    L.bf = take(&at, R * L.LDS * f);
+    L.bp = take(&at, R * L.LDP * h);
+    L.bstats = take(&at, 2 * R * f);
+    size_t common = at;
+    L.bdq = take(&at, R * L.LDQF * f);
+    L.dq_bytes = at;
+    at = common;
+    L.bds = take(&at, R * L.LDP * h);
+    L.bdk = take(&at, R * L.LDQF * f);
+    L.bdv = take(&at, R * L.LDVF * f);
+    L.dkdv_bytes = at;
+    return L;
+}
+
+__device__ static inline float warp_max(float x) {
+    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+__device__ static inline float warp_sum(float x) {
+    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+/* Rows [r0, r0 + 64) of a head's [T, width] slice (row r at src + r * row_step) into a bf16 tile
+ * of `padded` columns, zeros past T and past width. */
+__device__ static void load_tile(bf16 *dst, int ld, const bf16 *src, int64_t row_step, int64_t r0, int64_t T,
+                                 int width, int padded) {
+    const bf16 zero = __float2bfloat16_rn(0.0f);
+    for (int idx = threadIdx.x; idx < MMA_ROWS * padded; idx += blockDim.x) {
+        int r = idx / padded, c = idx % padded;
+        dst[r * ld + c] = r0 + r < T && c < width ? src[(r0 + r) * row_step + c] : zero;
+    }
+}
+
+/* Keys [j0, j0 + 64) of one kv head as rows [k ; k_shared] of width Dk + Ds. */
+__device__ static void load_key_tile(bf16 *dst, int ld, const bf16 *k, const bf16 *ks, int64_t Hk, int Dk, int Ds,
+                                     int64_t j0, int64_t T, int padded) {
+    const bf16 zero = __float2bfloat16_rn(0.0f);
+    for (int idx = threadIdx.x; idx < MMA_ROWS * padded; idx += blockDim.x) {
+        int r = idx / padded, c = idx % padded;
+        int64_t j = j0 + r;
+        bf16 val = zero;
+        if (j < T && c < Dk) val = k[j * Hk * Dk + c];
+        else if (j < T && c < Dk + Ds) val = ks[j * Ds + (c - Dk)];
+        dst[r * ld + c] = val;
+    }
+}
+
+/* The warp's 16 rows of A B^T into f32 (ld ldc): A [16 x K] row-major from a (ld lda), B's 64 rows
+ * from b (ld ldb), K a multiple of 16. */
+__device__ static void rows_times_rows_t(float *c, int ldc, const bf16 *a, int lda, const bf16 *b, int ldb, int K) {
+    for (int n = 0; n < MMA_ROWS / 16; n++) {
+        Acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int kk = 0; kk < K; kk += 16) {
+            ARow fa;
+            BCol fb;
+            wmma::load_matrix_sync(fa, a + kk, lda);
+            wmma::load_matrix_sync(fb, b + n * 16 * ldb + kk, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(c + n * 16, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+__global__ void __launch_bounds__(MMA_THREADS)
+    attention_forward_mma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *ks, const bf16 *v,
+                                 int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv, int64_t group, float scale) {
+    extern __shared__ __align__(MMA_ALIGN) unsigned char smem[];
+    const int Dq = Dk + Ds;
+    const MmaLayout L = mma_layout(Dq, Dv);
+    bf16 *sQ = (bf16 *)(smem + L.q), *sK = (bf16 *)(smem + L.k), *sV = (bf16 *)(smem + L.v);
+    bf16 *sP = (bf16 *)(smem + L.p);
+    float *sF = (float *)(smem + L.f), *sO = (float *)(smem + L.o), *sM = (float *)(smem + L.stats);
+    float *sL = sM + MMA_ROWS, *sCorr = sL + MMA_ROWS;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, g = h / group;
+    const int64_t i0 = (int64_t)blockIdx.y * MMA_ROWS;
+    const bf16 *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
+    const bf16 *ksb = ks ? ks + b * T * Ds : NULL;
+
+    load_tile(sQ, L.LDQ, q + (b * T * H + h) * Dq, H * Dq, i0, T, Dq, L.DQP);
+    for (int idx = threadIdx.x; idx < MMA_ROWS * L.LDVF; idx += blockDim.x) sO[idx] = 0.0f;
+    if (threadIdx.x < MMA_ROWS) {
+        sM[threadIdx.x] = -INFINITY;
+        sL[threadIdx.x] = 0.0f;
+    }
+    float *sFw = sF + warp * 16 * L.LDF;
+    const int64_t kend = i0 + MMA_ROWS < T ? i0 + MMA_ROWS : T;
+    for (int64_t j0 = 0; j0 < kend; j0 += MMA_ROWS) {
+        __syncthreads();   /* every warp is done with the previous K and V tiles */
+        load_key_tile(sK, L.LDQ, kg, ksb, Hk, Dk, Ds, j0, T, L.DQP);
+        load_tile(sV, L.LDV, vg, Hk * Dv, j0, T, Dv, L.DVP);
+        __syncthreads();
+        rows_times_rows_t(sFw, L.LDF, sQ + warp * 16 * L.LDQ, L.LDQ, sK, L.LDQ, L.DQP);
+        __syncwarp();
+        for (int r = 0; r < 16; r++) {
+            const int row = warp * 16 + r;
+            const int64_t gi = i0 + row;
+            float s[2], tile_max = -INFINITY;
+            for (int c = 0; c < 2; c++) {
+                const int j = lane + 32 * c;
+                const int64_t gj = j0 + j;
+                s[c] = gi < T && gj <= gi ? sFw[r * L.LDF + j] * scale : -INFINITY;
+                tile_max = fmaxf(tile_max, s[c]);
+            }
+            tile_max = warp_max(tile_max);
+            const float m_old = sM[row], m_new = fmaxf(m_old, tile_max);
+            const float corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            float sum = 0.0f;
+            for (int c = 0; c < 2; c++) {
+                const float p = s[c] == -INFINITY ? 0.0f : expf(s[c] - m_new);
+                sum += p;
+                sP[row * L.LDP + lane + 32 * c] = __float2bfloat16_rn(p);
+            }
+            sum = warp_sum(sum);
+            __syncwarp();   /* every lane has read sM[row] */
+            if (lane == 0) {
+                sM[row] = m_new;
+                sL[row] = sL[row] * corr + sum;
+                sCorr[row] = corr;
+            }
+        }
+        __syncwarp();
+        /* P V for the warp's rows into sFw (the scores are no longer needed) */
+        for (int n = 0; n < L.DVP / 16; n++) {
+            Acc acc;
+            wmma::fill_fragment(acc, 0.0f);
+            for (int kk = 0; kk < MMA_ROWS; kk += 16) {
+                ARow fa;
+                BRow fb;
+                wmma::load_matrix_sync(fa, sP + warp * 16 * L.LDP + kk, L.LDP);
+                wmma::load_matrix_sync(fb, sV + kk * L.LDV + n * 16, L.LDV);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(sFw + n * 16, acc, L.LDF, wmma::mem_row_major);
+        }
+        __syncwarp();
+        for (int r = 0; r < 16; r++) {
+            const int row = warp * 16 + r;
+            const float corr = sCorr[row];
+            for (int d = lane; d < L.DVP; d += 32) sO[row * L.LDVF + d] = sO[row * L.LDVF + d] * corr + sFw[r * L.LDF + d];
+        }
+        __syncwarp();
+    }
+    for (int r = 0; r < 16; r++) {
+        const int row = warp * 16 + r;
+        const int64_t gi = i0 + row;
+        if (gi >= T) continue;
+        const float inv = 1.0f / sL[row];
+        for (int d = lane; d < Dv; d += 32) out[((b * T + gi) * H + h) * Dv + d] = __float2bfloat16_rn(sO[row * L.LDVF + d] * inv);
+        if (lane == 0) lse[bh * T + gi] = sM[row] + logf(sL[row]);
+    }
+}
+
+/* delta[b, h, i] = sum_d dO[b, i, h, d] O[b, i, h, d]; one warp per row. */
+__global__ void attention_delta_kernel(float *delta, const bf16 *dout, const bf16 *out, int64_t B, int64_t T,
+                                       int64_t H, int Dv) {
+    const int64_t rows = B * T * H, warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    const int lane = threadIdx.x % 32;
+    for (int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
+        const bf16 *a = dout + row * Dv, *o = out + row * Dv;
+        float s = 0.0f;
+        for (int d = lane; d < Dv; d += 32) s += __bfloat162float(a[d]) * __bfloat162float(o[d]);
+        s = warp_sum(s);
+        const int64_t h = row % H, bi = row / H, bb = bi / T, i = bi % T;
+        if (lane == 0) delta[(bb * H + h) * T + i] = s;
+    }
+}
+
+/* The warp's 16 query rows against one key tile: P (bf16, into sP) from the scores and lse, then
+ * dS = scale P (dP - delta) (bf16, into sdS) with dP = dO V^T formed in sFw; zeros where masked. */
+__device__ static void score_gradient_rows(bf16 *sP, bf16 *sdS, float *sFw, const bf16 *sQw, const bf16 *sdOw,
+                                           const bf16 *sK, const bf16 *sV, const float *sLse, const float *sDelta,
+                                           const MmaLayout &L, int warp, int lane, int64_t i0, int64_t j0, int64_t T,
+                                           float scale) {
+    rows_times_rows_t(sFw, L.LDS, sQw, L.LDQ, sK, L.LDQ, L.DQP);
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+        const int row = warp * 16 + r;
+        const int64_t gi = i0 + row;
+        for (int c = 0; c < 2; c++) {
+            const int j = lane + 32 * c;
+            const int64_t gj = j0 + j;
+            const float p = gi < T && gj <= gi ? expf(sFw[r * L.LDS + j] * scale - sLse[row]) : 0.0f;
+            sP[row * L.LDP + j] = __float2bfloat16_rn(p);
+        }
+    }
+    __syncwarp();
+    rows_times_rows_t(sFw, L.LDS, sdOw, L.LDV, sV, L.LDV, L.DVP);
+    __syncwarp();
+    for (int r = 0; r < 16; r++) {
+        const int row = warp * 16 + r;
+        for (int c = 0; c < 2; c++) {
+            const int j = lane + 32 * c;
+            const float p = __bfloat162float(sP[row * L.LDP + j]);
+            sdS[row * L.LDP + j] = __float2bfloat16_rn(scale * p * (sFw[r * L.LDS + j] - sDelta[row]));
+        }
+    }
+    __syncwarp();
+}
+
+__device__ static void load_row_stats(float *sLse, float *sDelta, const float *lse, const float *delta, int64_t bh,
+                                      int64_t i0, int64_t T) {
+    if (threadIdx.x < MMA_ROWS) {
+        const int64_t gi = i0 + threadIdx.x;
+        sLse[threadIdx.x] = gi < T ? lse[bh * T + gi] : 0.0f;
+        sDelta[threadIdx.x] = gi < T ? delta[bh * T + gi] : 0.0f;
+    }
+}
+
+__global__ void __launch_bounds__(MMA_THREADS)
+    attention_backward_dq_mma_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *delta, const bf16 *q,
+                                     const bf16 *k, const bf16 *ks, const bf16 *v, int64_t T, int64_t H, int64_t Hk,
+                                     int Dk, int Ds, int Dv, int64_t group, float scale) {
+    extern __shared__ __align__(MMA_ALIGN) unsigned char smem[];
+    const int Dq = Dk + Ds;
+    const MmaLayout L = mma_layout(Dq, Dv);
+    bf16 *sQ = (bf16 *)(smem + L.bq), *sdO = (bf16 *)(smem + L.bdo), *sK = (bf16 *)(smem + L.bk);
+    bf16 *sV = (bf16 *)(smem + L.bv), *sP = (bf16 *)(smem + L.bp);
+    float *sF = (float *)(smem + L.bf), *sLse = (float *)(smem + L.bstats), *sDelta = sLse + MMA_ROWS;
+    float *sdQ = (float *)(smem + L.bdq);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, g = h / group;
+    const int64_t i0 = (int64_t)blockIdx.y * MMA_ROWS;
+    const bf16 *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
+    const bf16 *ksb = ks ? ks + b * T * Ds : NULL;
+
+    load_tile(sQ, L.LDQ, q + (b * T * H + h) * Dq, H * Dq, i0, T, Dq, L.DQP);
+    load_tile(sdO, L.LDV, dout + (b * T * H + h) * Dv, H * Dv, i0, T, Dv, L.DVP);
+    load_row_stats(sLse, sDelta, lse, delta, bh, i0, T);
+    for (int idx = threadIdx.x; idx < MMA_ROWS * L.LDQF; idx += blockDim.x) sdQ[idx] = 0.0f;
+    float *sFw = sF + warp * 16 * L.LDS;
+    const int64_t kend = i0 + MMA_ROWS < T ? i0 + MMA_ROWS : T;
+    for (int64_t j0 = 0; j0 < kend; j0 += MMA_ROWS) {
+        __syncthreads();
+        load_key_tile(sK, L.LDQ, kg, ksb, Hk, Dk, Ds, j0, T, L.DQP);
+        load_tile(sV, L.LDV, vg, Hk * Dv, j0, T, Dv, L.DVP);
+        __syncthreads();
+        /* dS overwrites P in place: each element is read, then written, by the same lane */
+        score_gradient_rows(sP, sP, sFw, sQ + warp * 16 * L.LDQ, sdO + warp * 16 * L.LDV, sK, sV, sLse, sDelta, L,
+                            warp, lane, i0, j0, T, scale);
+        /* dQ[rows] += dS K */
+        for (int n = 0; n < L.DQP / 16; n++) {
+            Acc acc;
+            float *dst = sdQ + warp * 16 * L.LDQF + n * 16;
+            wmma::load_matrix_sync(acc, dst, L.LDQF, wmma::mem_row_major);
+            for (int kk = 0; kk < MMA_ROWS; kk += 16) {
+                ARow fa;
+                BRow fb;
+                wmma::load_matrix_sync(fa, sP + warp * 16 * L.LDP + kk, L.LDP);
+                wmma::load_matrix_sync(fb, sK + kk * L.LDQ + n * 16, L.LDQ);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(dst, acc, L.LDQF, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    for (int r = 0; r < 16; r++) {
+        const int row = warp * 16 + r;
+        const int64_t gi = i0 + row;
+        if (gi >= T) continue;
+        for (int d = lane; d < Dq; d += 32)
+            dq[((b * T + gi) * H + h) * Dq + d] = __float2bfloat16_rn(sdQ[row * L.LDQF + d]);
+    }
+}
+
+__global__ void __launch_bounds__(MMA_THREADS)
+    attention_backward_dkdv_mma_kernel(bf16 *dk, float *dks_partial, bf16 *dv, const bf16 *dout, const float *lse,
+                                       const float *delta, const bf16 *q, const bf16 *k, const bf16 *ks,
+                                       const bf16 *v, int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv,
+                                       int64_t group, float scale) {
+    extern __shared__ __align__(MMA_ALIGN) unsigned char smem[];
+    const int Dq = Dk + Ds;
+    const MmaLayout L = mma_layout(Dq, Dv);
+    bf16 *sQ = (bf16 *)(smem + L.bq), *sdO = (bf16 *)(smem + L.bdo), *sK = (bf16 *)(smem + L.bk);
+    bf16 *sV = (bf16 *)(smem + L.bv), *sP = (bf16 *)(smem + L.bp), *sdS = (bf16 *)(smem + L.bds);
+    float *sF = (float *)(smem + L.bf), *sLse = (float *)(smem + L.bstats), *sDelta = sLse + MMA_ROWS;
+    float *sdK = (float *)(smem + L.bdk), *sdV = (float *)(smem + L.bdv);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t bg = blockIdx.x, b = bg / Hk, g = bg % Hk;
+    const int64_t j0 = (int64_t)blockIdx.y * MMA_ROWS;
+
+    load_key_tile(sK, L.LDQ, k + (b * T * Hk + g) * Dk, ks ? ks + b * T * Ds : NULL, Hk, Dk, Ds, j0, T, L.DQP);
+    load_tile(sV, L.LDV, v + (b * T * Hk + g) * Dv, Hk * Dv, j0, T, Dv, L.DVP);
+    for (int idx = threadIdx.x; idx < MMA_ROWS * L.LDQF; idx += blockDim.x) sdK[idx] = 0.0f;
+    for (int idx = threadIdx.x; idx < MMA_ROWS * L.LDVF; idx += blockDim.x) sdV[idx] = 0.0f;
+    float *sFw = sF + warp * 16 * L.LDS;
+    for (int64_t h = g * group; h < (g + 1) * group; h++) {
+        const int64_t bh = b * H + h;
+        /* Queries before j0 see none of these keys: start at the tile holding query j0. */
+        for (int64_t i0 = j0; i0 < T; i0 += MMA_ROWS) {
+            __syncthreads();   /* the previous query tile's P, dS, Q and dO are no longer read */
+            load_tile(sQ, L.LDQ, q + (b * T * H + h) * Dq, H * Dq, i0, T, Dq, L.DQP);
+            load_tile(sdO, L.LDV, dout + (b * T * H + h) * Dv, H * Dv, i0, T, Dv, L.DVP);
+            load_row_stats(sLse, sDelta, lse, delta, bh, i0, T);
+            __syncthreads();
+            score_gradient_rows(sP, sdS, sFw, sQ + warp * 16 * L.LDQ, sdO + warp * 16 * L.LDV, sK, sV, sLse, sDelta,
+                                L, warp, lane, i0, j0, T, scale);
+            __syncthreads();   /* from here each warp owns 16 keys and reads every query row */
+            /* dV[keys] += P^T dO */
+            for (int n = 0; n < L.DVP / 16; n++) {
+                Acc acc;
+                float *dst = sdV + warp * 16 * L.LDVF + n * 16;
+                wmma::load_matrix_sync(acc, dst, L.LDVF, wmma::mem_row_major);
+                for (int kk = 0; kk < MMA_ROWS; kk += 16) {
+                    ACol fa;
+                    BRow fb;
+                    wmma::load_matrix_sync(fa, sP + kk * L.LDP + warp * 16, L.LDP);
+                    wmma::load_matrix_sync(fb, sdO + kk * L.LDV + n * 16, L.LDV);
+                    wmma::mma_sync(acc, fa, fb, acc);
+                }
+                wmma::store_matrix_sync(dst, acc, L.LDVF, wmma::mem_row_major);
+            }
+            /* dK[keys] += dS^T Q */
+            for (int n = 0; n < L.DQP / 16; n++) {
+                Acc acc;
+                float *dst = sdK + warp * 16 * L.LDQF + n * 16;
+                wmma::load_matrix_sync(acc, dst, L.LDQF, wmma::mem_row_major);
+                for (int kk = 0; kk < MMA_ROWS; kk += 16) {
+                    ACol fa;
+                    BRow fb;
+                    wmma::load_matrix_sync(fa, sdS + kk * L.LDP + warp * 16, L.LDP);
+                    wmma::load_matrix_sync(fb, sQ + kk * L.LDQ + n * 16, L.LDQ);
+                    wmma::mma_sync(acc, fa, fb, acc);
+                }
+                wmma::store_matrix_sync(dst, acc, L.LDQF, wmma::mem_row_major);
+            }
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < MMA_ROWS * Dq; idx += blockDim.x) {
+        const int j = idx / Dq, d = idx % Dq;
+        const int64_t gj = j0 + j;
+        if (gj >= T) continue;
+        if (d < Dk) {
+            if (dk) dk[((b * T + gj) * Hk + g) * Dk + d] = __float2bfloat16_rn(sdK[j * L.LDQF + d]);
+        } else if (dks_partial) {
+            dks_partial[((b * Hk + g) * T + gj) * Ds + (d - Dk)] = sdK[j * L.LDQF + d];
+        }
+    }
+    if (dv)
+        for (int idx = threadIdx.x; idx < MMA_ROWS * Dv; idx += blockDim.x) {
+            const int j = idx / Dv, d = idx % Dv;
+            const int64_t gj = j0 + j;
+            if (gj < T) dv[((b * T + gj) * Hk + g) * Dv + d] = __float2bfloat16_rn(sdV[j * L.LDVF + d]);
+        }
+}
+
+int attention_mma_supported(Backend *be, int64_t Dq, int64_t Dv) {
+    const cudaDeviceProp *prop = &cuda_state(be)->prop;
+    if (prop->major < 8 || Dq < 1 || Dv < 1 || Dq > 512 || Dv > 512) return 0;
+    const MmaLayout L = mma_layout((int)Dq, (int)Dv);
+    size_t need = L.bytes;
+    if (L.dq_bytes > need) need = L.dq_bytes;
+    if (L.dkdv_bytes > need) need = L.dkdv_bytes;
+    return need <= prop->sharedMemPerBlockOptin;
+}
+
+static unsigned query_tiles(int64_t T) { return (unsigned)((T + MMA_ROWS - 1) / MMA_ROWS); }
+
+Status attention_forward_mma(Backend *be, const MmaAttentionShape *s, void *out, float *lse, const void *q,
+                             const void *k, const void *k_shared, const void *v, float scale) {
+    const MmaLayout L = mma_layout((int)(s->Dk + s->Ds), (int)s->Dv);
+    CUDA_TRY(cudaFuncSetAttribute(attention_forward_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)L.bytes));
+    dim3 grid((unsigned)(s->B * s->H), query_tiles(s->T));
+    attention_forward_mma_kernel<<<grid, MMA_THREADS, L.bytes, cuda_state(be)->stream>>>(
+        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)k_shared, (const bf16 *)v, s->T, s->H, s->Hk,
+        (int)s->Dk, (int)s->Ds, (int)s->Dv, s->group, scale);
+    CUDA_TRY_LAUNCH();
+    return STATUS_OK;
+}
+
+Status attention_backward_mma(Backend *be, const MmaAttentionShape *s, void *dq, void *dk, float *dk_shared_partial,
+                              void *dv, const void *dout, const void *out, const float *lse, const void *q,
+                              const void *k, const void *k_shared, const void *v, float scale, float *delta) {
+    CudaState *st = cuda_state(be);
+    const MmaLayout L = mma_layout((int)(s->Dk + s->Ds), (int)s->Dv);
+    const int64_t rows = s->B * s->T * s->H;
+    int64_t blocks = (rows + 7) / 8;
+    attention_delta_kernel<<<(int)(blocks < 65535 * 4 ? blocks : 65535 * 4), 256, 0, st->stream>>>(
+        delta, (const bf16 *)dout, (const bf16 *)out, s->B, s->T, s->H, (int)s->Dv);
+    CUDA_TRY_LAUNCH();
+    if (dq) {
+        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dq_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)L.dq_bytes));
+        dim3 grid((unsigned)(s->B * s->H), query_tiles(s->T));
+        attention_backward_dq_mma_kernel<<<grid, MMA_THREADS, L.dq_bytes, st->stream>>>(
+            (bf16 *)dq, (const bf16 *)dout, lse, delta, (const bf16 *)q, (const bf16 *)k, (const bf16 *)k_shared,
+            (const bf16 *)v, s->T, s->H, s->Hk, (int)s->Dk, (int)s->Ds, (int)s->Dv, s->group, scale);
+        CUDA_TRY_LAUNCH();
+    }
+    if (dk || dv || dk_shared_partial) {
+        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv_mma_kernel,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.dkdv_bytes));
+        dim3 grid((unsigned)(s->B * s->Hk), query_tiles(s->T));
+        attention_backward_dkdv_mma_kernel<<<grid, MMA_THREADS, L.dkdv_bytes, st->stream>>>(
+            (bf16 *)dk, dk_shared_partial, (bf16 *)dv, (const bf16 *)dout, lse, delta, (const bf16 *)q,
+            (const bf16 *)k, (const bf16 *)k_shared, (const bf16 *)v, s->T, s->H, s->Hk, (int)s->Dk, (int)s->Ds,
+            (int)s->Dv, s->group, scale);
+        CUDA_TRY_LAUNCH();
+    }
+    return STATUS_OK;
+}
