@@ -41,6 +41,7 @@ Status gqa_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     Tensor attn = reshape2(c->attn, N, H * hd), dattn = reshape2(g->dattn, N, H * hd);
     Tensor dq = reshape2(g->dq, N, H * hd), dk = reshape2(g->dk, N, K * hd), dv = reshape2(g->dv, N, K * hd);
 
+    TRY(op->rmsnorm_forward(be, c->a, c->rstd1, c->x, w->input_norm, (float)cfg->rms_norm_eps));
     TRY(op->linear_backward(be, dattn, gw->o_proj, tensor_none(), g->dh, attn, w->o_proj));
     TRY(op->attention_backward(be, reshape4(dq, B, T, H, hd), reshape4(dk, B, T, K, hd), tensor_none(),
                                reshape4(dv, B, T, K, hd), reshape4(dattn, B, T, H, hd),

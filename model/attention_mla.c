@@ -65,6 +65,7 @@ Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     Tensor dv = reshape2(g->dv, s.N, s.H * s.dv), dattn = reshape2(g->dattn, s.N, s.H * s.dv);
     Tensor cos = m->mla_cos[layer], sin = m->mla_sin[layer];
 
+    TRY(op->rmsnorm_forward(be, c->a, c->rstd1, c->x, w->input_norm, (float)m->cfg.rms_norm_eps));
     TRY(op->linear_backward(be, dattn, gw->o_proj, tensor_none(), g->dh, attn, w->o_proj));
     TRY(op->attention_backward(be, reshape4(dq, s.B, s.T, s.H, dqk), reshape4(dk, s.B, s.T, s.H, s.dn),
                                reshape3(g->dk_rope, s.B, s.T, s.dr), reshape4(dv, s.B, s.T, s.H, s.dv),

@@ -68,7 +68,10 @@ static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cf
     int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
     ACT_2(c->x, N, D);
     STAT_1(c->rstd1, N);
-    ACT_2(c->a, N, D);
+    /* Kept for backward: the norm outputs and the SwiGLU product are recomputed there (one cheap
+     * pass each) instead, so every layer's a, a2 and act are views of one shared buffer each. */
+    if (st->keep) c->a = st->norm_out;
+    else ACT_2(c->a, N, D);
     ACT_2(c->q, N, w.q);
     ACT_2(c->k, N, w.k);
     ACT_2(c->v, N, w.v);
@@ -91,10 +94,12 @@ static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cf
     TRY(own(st, &c->lse, 3, st->B, cfg->num_attention_heads, st->T, DT_F32));
     ACT_2(c->h, N, D);
     STAT_1(c->rstd2, N);
-    ACT_2(c->a2, N, D);
+    if (st->keep) c->a2 = st->norm_out;
+    else ACT_2(c->a2, N, D);
     ACT_2(c->gate, N, F);
     ACT_2(c->up, N, F);
-    ACT_2(c->act, N, F);
+    if (st->keep) c->act = st->act_out;
+    else ACT_2(c->act, N, F);
     return STATUS_OK;
 }
 
@@ -135,6 +140,10 @@ static Status forward_state_init(ForwardState *st, const Model *m) {
     int ncache = st->keep ? L : 1;
     st->caches = calloc((size_t)ncache, sizeof *st->caches);
     if (!st->caches) return errorf("forward state: out of memory");
+    if (st->keep) {
+        TRY(own(st, &st->norm_out, 2, st->N, cfg->hidden_size, 0, st->dtype));
+        TRY(own(st, &st->act_out, 2, st->N, cfg->intermediate_size, 0, st->dtype));
+    }
     for (int i = 0; i < ncache; i++) {
         LayerWidths w = st->keep ? widths_of(cfg, cfg->layer_attention[i]) : widest(cfg);
         TRY(alloc_cache(st, &st->caches[i], cfg, w, cfg->mla.latent_norm));

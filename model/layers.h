@@ -42,12 +42,16 @@ struct ForwardState {
     Tensor ids;                     /* the ids of the last forward (a view, not owned) */
     LayerCache *caches;             /* [L] when keep, else [1] reused */
     Tensor x_final, rstd_final;     /* [N, D], [N]: the stream before the final norm */
+    /* With keep: the one buffer behind every layer's a and a2 [N, D], and behind act [N, F];
+     * backward recomputes them from x, h (and the saved rstd) and gate, up. */
+    Tensor norm_out, act_out;
     BackwardScratch g;
     Tensor **owned;                 /* every tensor allocated here, for release */
     int n_owned, cap_owned;
 };
 
-/* x -> x + attention(input_layernorm(x)) -> h, for a GQA or an MLA layer. */
+/* x -> x + attention(input_layernorm(x)) -> h, for a GQA or an MLA layer. The backwards recompute
+ * input_layernorm(x) first (forward keeps one shared buffer for it, see ForwardState). */
 Status gqa_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *c);
 Status gqa_attention_backward(Model *m, ForwardState *st, int layer, LayerCache *c);
 Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *c);
@@ -55,7 +59,8 @@ Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
 
 /* h -> h + down(silu(gate(a2)) * up(a2)), written to x_next. */
 Status mlp_forward(Model *m, ForwardState *st, int layer, LayerCache *c, Tensor x_next);
-/* From dx (gradient at x_next) to dh (gradient at h), accumulating the MLP's weight gradients. */
+/* From dx (gradient at x_next) to dh (gradient at h), accumulating the MLP's weight gradients;
+ * recomputes a2 and act first. */
 Status mlp_backward(Model *m, ForwardState *st, int layer, LayerCache *c);
 
 /* [N, cols] view of a tensor's memory with a new shape (no copy). */

@@ -21,6 +21,8 @@ Status mlp_backward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     const LayerWeights *w = model_compute_layer(m, layer);
     LayerWeights *gw = &m->grad_layers[layer];
     BackwardScratch *g = &st->g;
+    TRY(op->rmsnorm_forward(be, c->a2, c->rstd2, c->h, w->post_norm, (float)m->cfg.rms_norm_eps));
+    TRY(op->swiglu_forward(be, c->act, c->gate, c->up));
     TRY(op->linear_backward(be, g->dact, gw->down_proj, tensor_none(), g->dx, c->act, w->down_proj));
     TRY(op->swiglu_backward(be, g->dgate, g->dup, g->dact, c->gate, c->up));
     TRY(op->linear_backward(be, g->da, gw->gate_proj, tensor_none(), g->dgate, c->a2, w->gate_proj));
