@@ -6,6 +6,7 @@
  * Tiles are staged through shared memory, head widths padded to 16 with zeros. */
 #include <math.h>
 #include <mma.h>
+#include <stdint.h>
 
 #include "attention_mma.h"
 #include "cuda_ops.h"
@@ -89,10 +90,26 @@ __device__ static inline float warp_sum(float x) {
     return x;
 }
 
+/* 16-byte copies (8 bf16) where the rows allow them: widths and strides multiples of 8 and the
+ * source aligned; the tiles' own rows always are (ld and the padded widths are multiples of 8). */
+__device__ static inline bool vector_rows(const bf16 *src, int64_t row_step, int width) {
+    return width % 8 == 0 && row_step % 8 == 0 && ((uintptr_t)src & 15) == 0;
+}
+
 /* Rows [r0, r0 + 64) of a head's [T, width] slice (row r at src + r * row_step) into a bf16 tile
  * of `padded` columns, zeros past T and past width. */
 __device__ static void load_tile(bf16 *dst, int ld, const bf16 *src, int64_t row_step, int64_t r0, int64_t T,
                                  int width, int padded) {
+    if (vector_rows(src, row_step, width)) {
+        const int chunks = padded / 8;
+        for (int idx = threadIdx.x; idx < MMA_ROWS * chunks; idx += blockDim.x) {
+            const int r = idx / chunks, c = idx % chunks * 8;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (r0 + r < T && c < width) val = *(const uint4 *)(src + (r0 + r) * row_step + c);
+            *(uint4 *)(dst + r * ld + c) = val;
+        }
+        return;
+    }
     const bf16 zero = __float2bfloat16_rn(0.0f);
     for (int idx = threadIdx.x; idx < MMA_ROWS * padded; idx += blockDim.x) {
         int r = idx / padded, c = idx % padded;
@@ -103,6 +120,18 @@ __device__ static void load_tile(bf16 *dst, int ld, const bf16 *src, int64_t row
 /* Keys [j0, j0 + 64) of one kv head as rows [k ; k_shared] of width Dk + Ds. */
 __device__ static void load_key_tile(bf16 *dst, int ld, const bf16 *k, const bf16 *ks, int64_t Hk, int Dk, int Ds,
                                      int64_t j0, int64_t T, int padded) {
+    if (vector_rows(k, Hk * Dk, Dk) && (!ks || vector_rows(ks, Ds, Ds))) {
+        const int chunks = padded / 8;
+        for (int idx = threadIdx.x; idx < MMA_ROWS * chunks; idx += blockDim.x) {
+            const int r = idx / chunks, c = idx % chunks * 8;
+            const int64_t j = j0 + r;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (j < T && c < Dk) val = *(const uint4 *)(k + j * Hk * Dk + c);
+            else if (j < T && c < Dk + Ds) val = *(const uint4 *)(ks + j * Ds + (c - Dk));
+            *(uint4 *)(dst + r * ld + c) = val;
+        }
+        return;
+    }
     const bf16 zero = __float2bfloat16_rn(0.0f);
     for (int idx = threadIdx.x; idx < MMA_ROWS * padded; idx += blockDim.x) {
         int r = idx / padded, c = idx % padded;
