@@ -1,6 +1,7 @@
 /* Row-major float32 matrix products through cuBLAS: a row-major C = op(A) op(B) is the
  * column-major C^T = op(B)^T op(A)^T, so the operands swap and keep their transpose flags. */
 #include <limits.h>
+#include <stdint.h>
 
 #include "cuda_ops.h"
 #include "cuda_state.h"
@@ -35,8 +36,17 @@ typedef struct {
     int device, trans_a, trans_b, has_bias, accumulate;
     int64_t M, N, K, lda, ldb, ldc;
     DType ab, c;
+    uint32_t align_a, align_b, align_c;   /* of the pointers: the heuristic otherwise assumes 256 */
     cublasLtMatmulAlgo_t algo;
 } LtPlan;
+
+/* The largest power of two (at most 256) dividing the address. */
+static uint32_t pointer_alignment(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    uint32_t align = 256;
+    while (align > 1 && a % align != 0) align /= 2;
+    return align;
+}
 
 enum { LT_PLAN_CACHE = 256 };
 static LtPlan lt_plans[LT_PLAN_CACHE];
@@ -45,7 +55,8 @@ static int lt_plan_count, lt_plan_next;
 static int same_problem(const LtPlan *a, const LtPlan *b) {
     return a->device == b->device && a->trans_a == b->trans_a && a->trans_b == b->trans_b &&
            a->has_bias == b->has_bias && a->accumulate == b->accumulate && a->M == b->M && a->N == b->N &&
-           a->K == b->K && a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->ab == b->ab && a->c == b->c;
+           a->K == b->K && a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->ab == b->ab && a->c == b->c &&
+           a->align_a == b->align_a && a->align_b == b->align_b && a->align_c == b->align_c;
 }
 
 /* Descriptors of one product, released together. */
@@ -96,6 +107,15 @@ static Status lt_pick_algo(CudaState *st, LtProblem *p, LtPlan *k) {
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                     sizeof schemes));
+    /* cuBLASLt's first operand is our B, its second our A; C and D are both our C. */
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->align_b,
+                                                    sizeof k->align_b));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->align_a,
+                                                    sizeof k->align_a));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->align_c,
+                                                    sizeof k->align_c));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->align_c,
+                                                    sizeof k->align_c));
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;
     CUBLAS_TRY(cublasLtMatmulAlgoGetHeuristic(st->cublaslt, p->desc, p->a, p->b, p->c, p->c, p->pref, 1, &result,
@@ -123,7 +143,8 @@ Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t 
         return STATUS_OK;
     }
     if (K == 0) return errorf("%s: a biased product with an empty inner dimension", op);
-    LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c, {}};
+    LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c,
+                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), {}};
     LtProblem p = {NULL, NULL, NULL, NULL, NULL};
     Status s = lt_problem_build(&p, &key, bias);
     const LtPlan *plan = NULL;
