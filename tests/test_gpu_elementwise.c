@@ -1,9 +1,10 @@
-/* The CUDA backend's memory, AdamW and reductions against the CPU backend; two runs give the same
- * bits. Reports "skipped: no CUDA device" where there is none. */
+/* The CUDA backend's memory, AdamW (with its bf16 copy), casts and reductions against the CPU
+ * backend; two runs give the same bits. Reports "skipped: no CUDA device" where there is none. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/half.h"
 #include "harness.h"
 
 static Tensor upload_f32(Backend *be, const float *host, int64_t n) {
@@ -55,6 +56,31 @@ int main(void) {
     download_f32(gpu, out_gpu, dp);
     double err = rel_error_f32(out_gpu, tensor_f32(cp), n);
     CHECK(err < 1e-6, "adamw gpu vs cpu (fp32 both): rel error %.3g", err);
+
+    /* AdamW's bf16 copy is exactly the rounding of the master it just wrote; casts round to nearest
+     * even both ways, bit for bit as on the host. */
+    Tensor copy, back;
+    CHECK_OK(gpu->alloc(gpu, &copy, DT_BF16, 1, shape));
+    CHECK_OK(gpu->alloc(gpu, &back, DT_F32, 1, shape));
+    AdamWConfig c4 = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = 4};
+    CHECK_OK(gpu->ops.adamw_step(gpu, dp, dg, dm, dv, copy, c4));
+    uint16_t *copy_h = test_alloc((size_t)n * 2);
+    float *master = test_alloc((size_t)n * 4);
+    CHECK_OK(gpu->download(gpu, copy_h, copy));
+    download_f32(gpu, master, dp);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += copy_h[i] != f32_to_bf16(master[i]);
+    CHECK(bad == 0, "adamw's bf16 copy: %lld of %lld values are not the rounded master", (long long)bad, (long long)n);
+    CHECK_OK(gpu->ops.cast(gpu, copy, dg));
+    CHECK_OK(gpu->ops.cast(gpu, back, copy));
+    download_f32(gpu, out_gpu, back);
+    bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += out_gpu[i] != bf16_to_f32(f32_to_bf16(g[i]));
+    CHECK(bad == 0, "cast f32 -> bf16 -> f32 on the GPU: %lld values differ from the host's rounding", (long long)bad);
+    gpu->release(gpu, &copy);
+    gpu->release(gpu, &back);
+    free(copy_h);
+    free(master);
 
     /* Sum of squares: against the CPU's, and bitwise equal run to run. */
     double s_gpu1 = 0, s_gpu2 = 0, s_cpu = 0;
