@@ -126,15 +126,16 @@ static void result_free(StepResult *r) {
 
 /* CUDA against CPU, and CUDA against itself. Float32 on both sides: the losses agree to roundoff
  * (1e-5); each gradient tensor within 1e-3 (a tensor with a small gradient carries the absolute
- * roundoff of the large ones upstream of it); the parameters after the steps within 1e-4. bf16: both
- * sides round the same f32 results, so they part only where a summation order flips a rounding and
- * where the GPU rounds the logits' gradient to bf16 before its products (about 1e-3 relative, then
- * carried through backward): losses within 1e-3, gradients 1e-2, parameters (moved by Adam's
- * normalised steps of lr = 1e-3) 1e-3. */
+ * roundoff of the large ones upstream of it); the parameters after the steps within 1e-4. bf16: the
+ * GPU rounds to bf16 where the CPU reference keeps f32 (attention's probabilities before P V, as
+ * flash attention does; the logits' gradient before its products), and every later activation
+ * gradient is rounded again from slightly different values: losses within 1e-3, each gradient
+ * tensor within 5e-2 (1-2% seen for the small tensors under a CPU emulation of the kernels),
+ * parameters (moved by Adam's normalised steps of lr = 1e-3) 1e-3. */
 static void compare_backends(Backend *gpu, Backend *cpu, const char *name, ModelConfig tc, ModelConfig sc,
                              DType dtype) {
     const int bf16 = dtype == DT_BF16;
-    const double loss_tol = bf16 ? 1e-3 : 1e-5, grad_tol = bf16 ? 1e-2 : 1e-3, param_tol = bf16 ? 1e-3 : 1e-4;
+    const double loss_tol = bf16 ? 1e-3 : 1e-5, grad_tol = bf16 ? 5e-2 : 1e-3, param_tol = bf16 ? 1e-3 : 1e-4;
     StepResult c = train(cpu, tc, sc, dtype), g = train(gpu, tc, sc, dtype), g2 = train(gpu, tc, sc, dtype);
     CHECK(c.n_params == g.n_params, "%s: %d parameters on cpu, %d on cuda", name, c.n_params, g.n_params);
     if (c.n_params != g.n_params) return;
