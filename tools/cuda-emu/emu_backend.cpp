@@ -1,0 +1,61 @@
+/* The CUDA backend's lifetime for the CPU emulation: host memory in place of device memory, the
+ * real ops of model/ops/cuda in the table. */
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include "model/ops/cuda/cuda_backend.h"
+#include "model/ops/cuda/cuda_ops.h"
+#include "model/ops/cuda/cuda_state.h"
+static Status emu_alloc(Backend *, Tensor *t, DType dt, int ndim, const int64_t *shape) {
+    *t = tensor_view(NULL, dt, ndim, shape);
+    size_t b = tensor_bytes(*t);
+    t->data = calloc(b ? b : 1, 1);
+    return STATUS_OK;
+}
+static void emu_release(Backend *, Tensor *t) { free(t->data); t->data = NULL; }
+static Status emu_upload(Backend *, Tensor d, const void *s) { memcpy(d.data, s, tensor_bytes(d)); return STATUS_OK; }
+static Status emu_download(Backend *, void *d, Tensor s) { memcpy(d, s.data, tensor_bytes(s)); return STATUS_OK; }
+static Status emu_zero(Backend *, Tensor t) { memset(t.data, 0, tensor_bytes(t)); return STATUS_OK; }
+static Status emu_sync_be(Backend *) { return STATUS_OK; }
+static void emu_destroy(Backend *be) { CudaState *st = cuda_state(be); free(st->index_probe); free(st->scratch); free(st->reduce_scratch); free(st); free(be); }
+extern "C" int cuda_device_count(void) { return 1; }
+Status cuda_scratch(Backend *be, size_t bytes, void **out) {
+    CudaState *st = cuda_state(be);
+    if (bytes > st->scratch_bytes) {
+        free(st->scratch);
+        CUDA_TRY(cudaMalloc(&st->scratch, bytes));
+        st->scratch_bytes = bytes;
+    }
+    *out = st->scratch;
+    return STATUS_OK;
+}
+extern "C" Status cuda_backend_create(Backend **out, BackendOptions) {
+    CudaState *st = (CudaState *)calloc(1, sizeof *st);
+    Backend *be = (Backend *)calloc(1, sizeof *be);
+    st->prop.sharedMemPerBlockOptin = 232448;
+    st->prop.major = 9;
+    cudaMalloc((void **)&st->index_probe, 8);
+    cudaMalloc((void **)&st->reduce_scratch, CUDA_REDUCE_BLOCKS * sizeof(double));
+    be->name = "cuda"; be->impl = st;
+    be->alloc = emu_alloc; be->release = emu_release; be->upload = emu_upload; be->download = emu_download;
+    be->zero = emu_zero; be->synchronize = emu_sync_be; be->destroy = emu_destroy;
+    be->ops.embedding_forward = cuda_embedding_forward;
+    be->ops.embedding_backward = cuda_embedding_backward;
+    be->ops.rmsnorm_forward = cuda_rmsnorm_forward;
+    be->ops.rmsnorm_backward = cuda_rmsnorm_backward;
+    be->ops.linear_forward = cuda_linear_forward;
+    be->ops.linear_backward = cuda_linear_backward;
+    be->ops.rope_forward = cuda_rope_forward;
+    be->ops.rope_backward = cuda_rope_backward;
+    be->ops.attention_forward = cuda_attention_forward;
+    be->ops.attention_backward = cuda_attention_backward;
+    be->ops.swiglu_forward = cuda_swiglu_forward;
+    be->ops.swiglu_backward = cuda_swiglu_backward;
+    be->ops.lm_head_loss = cuda_lm_head_loss;
+    be->ops.adamw_step = cuda_adamw_step;
+    be->ops.sum_squares = cuda_sum_squares;
+    be->ops.scale = cuda_scale;
+    be->ops.accumulate = cuda_accumulate;
+    be->ops.cast = cuda_cast;
+    *out = be;
+    return STATUS_OK;
+}

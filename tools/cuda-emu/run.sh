@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the CUDA backend's GPU tests on the CPU: the kernels of model/ops/cuda compiled as C++ against
+# an emulation of the CUDA runtime (each block's threads as fibers that switch only at barriers and
+# warp-collective calls, in forward, reversed or shuffled order), of cuBLAS/cuBLASLt/CUB and of WMMA.
+# It checks indexing, masking, barriers and the host code of every op against the CPU backend; not
+# the hardware, its timing, or the real libraries. EMU_BUILD_DIR (default build-emu) holds a
+# CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+here="$root/tools/cuda-emu"
+build=${EMU_BUILD_DIR:-$root/build-emu}
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMLATRAIN_CUDA=OFF >/dev/null
+cmake --build "$build" -j"$jobs" --target mlatrain_lib mlatrain_test_harness test_gpu_ops >/dev/null
+work="$build/cuda-emu"
+mkdir -p "$work/src" "$work/obj"
+
+# The ops' sources; the backend's own lifetime (device, handles, measurements) is emu_backend.cpp.
+for f in "$root"/model/ops/cuda/*.cu; do
+    b=$(basename "$f" .cu)
+    case $b in cuda_backend | matmul_peak | memory_figures) continue ;; esac
+    python3 "$here/transform.py" "$f" "$work/src/$b.cpp"
+done
+cxx=(g++ -std=c++17 -O2 -w -I"$here/include" -I"$root" -I"$root/model/ops/cuda" -include cuda_runtime.h)
+pids=() objs=()
+for f in "$work"/src/*.cpp "$here"/runtime.cpp "$here"/lt.cpp "$here"/emu_backend.cpp; do
+    o="$work/obj/$(basename "$f" .cpp).o"
+    objs+=("$o")
+    "${cxx[@]}" -c "$f" -o "$o" &
+    pids+=($!)
+    if [ ${#pids[@]} -ge "$jobs" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+done
+for p in "${pids[@]}"; do wait "$p"; done
+# backend_create("cuda") reaches the emulated backend only when built with the CUDA define.
+gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -DMLATRAIN_HAVE_CUDA=1 -I"$root" -c "$root/model/ops/backend.c" \
+    -o "$work/obj/backend_cuda.o"
+# The libraries the CPU build links its tests with.
+read -r -a libs <<<"$(sed -e 's/.* -o test_gpu_ops //' "$build/CMakeFiles/test_gpu_ops.dir/link.txt")"
+tests=(test_gpu_elementwise test_gpu_ops)
+[ "${EMU_STEP:-0}" = 1 ] && tests+=(test_gpu_step)
+status=0
+for t in "${tests[@]}"; do
+    gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -I"$root" -I"$root/tests" -c "$root/tests/$t.c" -o "$work/obj/$t.o"
+    (cd "$build" && g++ "$work/obj/$t.o" "$work/obj/backend_cuda.o" "${objs[@]}" "${libs[@]}" -fopenmp \
+        -o "$work/$t")
+    orders=(0)
+    [ "$t" = test_gpu_ops ] && orders=(0 2)
+    for order in "${orders[@]}"; do
+        printf '%s (emulated, thread order %s): ' "$t" "$order"
+        if ! EMU_ORDER=$order "$work/$t" >"$work/$t.$order.log" 2>&1; then
+            status=1
+            echo "FAILED"
+            grep -m 20 FAIL "$work/$t.$order.log" || tail -n 20 "$work/$t.$order.log"
+        else
+            tail -n 1 "$work/$t.$order.log"
+        fi
+    done
+done
+exit $status
