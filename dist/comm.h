@@ -27,7 +27,9 @@ typedef struct Comm Comm;
 /* Every collective is synchronous and either completes on every rank or fails on every rank within
  * the communicator's timeout, the error naming the collective, the rank and what went wrong.
  * Sums over ranks are formed once per element and the result broadcast, so every rank receives
- * the same bits. Buffers are host memory for MPI and the single process, device memory for NCCL. */
+ * the same bits. Buffers are host memory for MPI and the single process, device memory for NCCL,
+ * whose all-reduces and broadcast also take a few host values (loss totals, flags: staged through
+ * the GPU). The stream-ordered sums at the end are NCCL's alone. */
 struct Comm {
     const char *name;           /* "single", "mpi", "nccl" */
     DistEnv env;
@@ -51,6 +53,18 @@ struct Comm {
     /* Ends the communicator. MPI's finalisation waits for every rank, so a rank leaving on an
      * error while the others may still be in a collective should abort instead. */
     void (*destroy)(Comm *c);
+
+    /* Sums that overlap a GPU's computation; NULL where buffers are host memory (single, MPI).
+     * Makes the communicator's own stream wait for the work enqueued so far on `after` (a
+     * cudaStream_t: the caller's compute stream), then enqueues there the in-place sums over ranks
+     * of n device buffers, bufs[i] holding counts[i] float32 values, as one group, and returns
+     * without waiting for them. NCCL picks how it sums from the group alone, so the same groups
+     * give the same bits whenever they are issued. Every operation of the communicator runs on
+     * that stream in the order issued: a later collective waits for these sums. */
+    Status (*all_reduce_sum_f32_after)(Comm *c, float *const *bufs, const int64_t *counts, int n, void *after);
+    /* Makes `stream` (a cudaStream_t, or NULL) wait for everything issued so far, then waits for it
+     * on the host: a failure or the timeout aborts the communicator, as in any collective. */
+    Status (*wait_issued)(Comm *c, void *stream);
 };
 
 /* Reads the environment. OpenMPI's OMPI_COMM_WORLD_* win over Slurm's variables (under mpirun

@@ -1,5 +1,9 @@
 /* The NCCL communicator for GPU tensors: a non-blocking NCCL communicator whose every call is
- * polled against the timeout and aborted on a timeout or an asynchronous error, on its own stream. */
+ * polled against the timeout and aborted on a timeout or an asynchronous error, on its own stream.
+ * Every operation runs on that one stream in the order issued: the synchronous collectives, and the
+ * sums a training step starts during backward (all_reduce_sum_f32_after), which that stream takes
+ * up once the compute stream has reached them. A few host values (loss totals, stop flags) are
+ * staged through the GPU. */
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -9,9 +13,17 @@
 
 #include "dist/comm_internal.h"
 
+/* Host values of the in-place collectives go through these buffers in pieces of this size: the
+ * trainer's host collectives are a few dozen bytes (a 4 KB path at most). */
+enum { STAGE_BYTES = 64 << 10 };
+
 typedef struct {
     ncclComm_t nccl;
-    cudaStream_t stream;
+    cudaStream_t stream;  /* every operation of the communicator, in the order issued */
+    cudaEvent_t after;    /* recorded on a caller's stream: where `stream` takes up its sums */
+    cudaEvent_t issued;   /* recorded on `stream`: where a caller's stream waits for them */
+    void *host_stage;     /* [STAGE_BYTES] pinned: a copy from it never blocks the host */
+    void *dev_stage;      /* [STAGE_BYTES] */
     int *flag;     /* one int on the device: what barrier() sums */
     int device;
     int rank;
@@ -83,10 +95,17 @@ static Status wait_done(NcclImpl *m, const char *op, double deadline) {
     }
 }
 
-/* What every collective does after its NCCL call returned rc. */
-static Status finish(NcclImpl *m, const char *op, ncclResult_t rc, double deadline) {
+/* After an NCCL call returned rc: the operation is on the stream (a non-blocking communicator may
+ * still be enqueueing it; no other call may come before it has). */
+static Status enqueued(NcclImpl *m, const char *op, ncclResult_t rc, double deadline) {
     if (rc != ncclSuccess && rc != ncclInProgress) return fail(m, op, ncclGetErrorString(rc), ncclGetLastError(m->nccl));
     if (rc == ncclInProgress) TRY(wait_ready(m, op, deadline));
+    return STATUS_OK;
+}
+
+/* What every synchronous collective does after its NCCL call returned rc. */
+static Status finish(NcclImpl *m, const char *op, ncclResult_t rc, double deadline) {
+    TRY(enqueued(m, op, rc, deadline));
     return wait_done(m, op, deadline);
 }
 
@@ -101,6 +120,61 @@ static Status start(NcclImpl *m, const char *op, int64_t n, const void *buf) {
     return STATUS_OK;
 }
 
+/* Memory the GPU cannot address directly: plain (or pinned) host memory. */
+static int is_host_memory(const void *p) {
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* not a pointer CUDA knows: host memory (and no sticky error) */
+        return 1;
+    }
+    return a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged;
+}
+
+static Status device_only(NcclImpl *m, const char *op, const void *p, const char *what) {
+    if (p && is_host_memory(p))
+        return errorf("rank %d: nccl %s: %s is host memory; this collective takes device memory only", m->rank, op, what);
+    return STATUS_OK;
+}
+
+/* What an in-place collective does to `count` values at dev (device memory), on the stream. */
+typedef struct {
+    int broadcast; /* from `root`; else an all-reduce with `reduce` */
+    ncclDataType_t type;
+    ncclRedOp_t reduce;
+    int root;
+} InPlace;
+
+static ncclResult_t enqueue_in_place(NcclImpl *m, void *dev, size_t count, const InPlace *how) {
+    if (how->broadcast) return ncclBroadcast(dev, dev, count, how->type, how->root, m->nccl, m->stream);
+    return ncclAllReduce(dev, dev, count, how->type, how->reduce, m->nccl, m->stream);
+}
+
+/* An in-place collective on n values of `elem` bytes. Host values go through the staging buffers,
+ * a piece at a time, their copies on the same stream; each piece is one NCCL call, so every rank
+ * still gets the same bits. */
+static Status in_place(Comm *c, void *buf, int64_t n, size_t elem, const InPlace *how, const char *op) {
+    NcclImpl *m = (NcclImpl *)c->impl;
+    TRY(start(m, op, n, buf));
+    if (n == 0) return STATUS_OK;
+    double deadline = deadline_after(m->timeout_s);
+    if (!is_host_memory(buf)) return finish(m, op, enqueue_in_place(m, buf, (size_t)n, how), deadline);
+    int64_t per = (int64_t)(STAGE_BYTES / elem);
+    for (int64_t at = 0; at < n; at += per) {
+        int64_t k = n - at < per ? n - at : per;
+        size_t bytes = (size_t)k * elem;
+        char *host = (char *)buf + (size_t)at * elem;
+        memcpy(m->host_stage, host, bytes);
+        cudaError_t e = cudaMemcpyAsync(m->dev_stage, m->host_stage, bytes, cudaMemcpyHostToDevice, m->stream);
+        if (e != cudaSuccess) return fail(m, op, "copying host values to the GPU", cudaGetErrorString(e));
+        TRY(enqueued(m, op, enqueue_in_place(m, m->dev_stage, (size_t)k, how), deadline));
+        e = cudaMemcpyAsync(m->host_stage, m->dev_stage, bytes, cudaMemcpyDeviceToHost, m->stream);
+        if (e != cudaSuccess) return fail(m, op, "copying the result back to the host", cudaGetErrorString(e));
+        TRY(wait_done(m, op, deadline));
+        memcpy(host, m->host_stage, bytes);
+    }
+    return STATUS_OK;
+}
+
 static int overlaps(const void *a, size_t abytes, const void *b, size_t bbytes) {
     const char *pa = (const char *)a, *pb = (const char *)b;
     return pa < pb + bbytes && pb < pa + abytes;
@@ -108,29 +182,19 @@ static int overlaps(const void *a, size_t abytes, const void *b, size_t bbytes) 
 
 /* NCCL's rings and trees sum each element on one rank and forward the result, so every rank gets
  * the same bits. */
-static Status sum(Comm *c, void *buf, int64_t n, ncclDataType_t type, const char *op) {
-    NcclImpl *m = (NcclImpl *)c->impl;
-    TRY(start(m, op, n, buf));
-    if (n == 0) return STATUS_OK;
-    double deadline = deadline_after(m->timeout_s);
-    return finish(m, op, ncclAllReduce(buf, buf, (size_t)n, type, ncclSum, m->nccl, m->stream), deadline);
-}
-
 static Status nccl_all_reduce_sum_f32(Comm *c, float *buf, int64_t n) {
-    return sum(c, buf, n, ncclFloat32, "all_reduce_sum_f32");
+    InPlace how = {0, ncclFloat32, ncclSum, 0};
+    return in_place(c, buf, n, sizeof *buf, &how, "all_reduce_sum_f32");
 }
 
 static Status nccl_all_reduce_sum_f64(Comm *c, double *buf, int64_t n) {
-    return sum(c, buf, n, ncclFloat64, "all_reduce_sum_f64");
+    InPlace how = {0, ncclFloat64, ncclSum, 0};
+    return in_place(c, buf, n, sizeof *buf, &how, "all_reduce_sum_f64");
 }
 
 static Status nccl_all_reduce_max_i32(Comm *c, int32_t *buf, int64_t n) {
-    NcclImpl *m = (NcclImpl *)c->impl;
-    const char *op = "all_reduce_max_i32";
-    TRY(start(m, op, n, buf));
-    if (n == 0) return STATUS_OK;
-    double deadline = deadline_after(m->timeout_s);
-    return finish(m, op, ncclAllReduce(buf, buf, (size_t)n, ncclInt32, ncclMax, m->nccl, m->stream), deadline);
+    InPlace how = {0, ncclInt32, ncclMax, 0};
+    return in_place(c, buf, n, sizeof *buf, &how, "all_reduce_max_i32");
 }
 
 static Status nccl_reduce_scatter_sum_f32(Comm *c, const float *send, float *recv, int64_t count) {
@@ -139,6 +203,8 @@ static Status nccl_reduce_scatter_sum_f32(Comm *c, const float *send, float *rec
     TRY(start(m, op, count, send));
     TRY(start(m, op, count, recv));
     if (count == 0) return STATUS_OK;
+    TRY(device_only(m, op, send, "send"));
+    TRY(device_only(m, op, recv, "recv"));
     size_t bytes = (size_t)count * sizeof(float);
     if (recv != send + (int64_t)m->rank * count && overlaps(send, (size_t)c->env.world * bytes, recv, bytes))
         return errorf("rank %d: nccl %s: recv overlaps send other than as this rank's own block", m->rank, op);
@@ -153,6 +219,8 @@ static Status nccl_all_gather_f32(Comm *c, const float *send, float *recv, int64
     TRY(start(m, op, count, send));
     TRY(start(m, op, count, recv));
     if (count == 0) return STATUS_OK;
+    TRY(device_only(m, op, send, "send"));
+    TRY(device_only(m, op, recv, "recv"));
     size_t bytes = (size_t)count * sizeof(float);
     if (send != recv + (int64_t)m->rank * count && overlaps(send, bytes, recv, (size_t)c->env.world * bytes))
         return errorf("rank %d: nccl %s: send overlaps recv other than as this rank's own block", m->rank, op);
@@ -163,12 +231,10 @@ static Status nccl_all_gather_f32(Comm *c, const float *send, float *recv, int64
 static Status nccl_broadcast(Comm *c, void *buf, size_t bytes, int root) {
     NcclImpl *m = (NcclImpl *)c->impl;
     const char *op = "broadcast";
-    TRY(start(m, op, (int64_t)bytes, buf));
     if (root < 0 || root >= c->env.world)
         return errorf("rank %d: nccl %s: root %d is not a rank of this job (0..%d)", m->rank, op, root, c->env.world - 1);
-    if (bytes == 0) return STATUS_OK;
-    double deadline = deadline_after(m->timeout_s);
-    return finish(m, op, ncclBroadcast(buf, buf, bytes, ncclUint8, root, m->nccl, m->stream), deadline);
+    InPlace how = {1, ncclUint8, ncclSum, root};
+    return in_place(c, buf, (int64_t)bytes, 1, &how, op);
 }
 
 /* NCCL has no barrier: a one-value all-reduce completes on no rank before every rank joins it. */
@@ -178,6 +244,53 @@ static Status nccl_barrier(Comm *c) {
     TRY(start(m, op, 1, m->flag));
     double deadline = deadline_after(m->timeout_s);
     return finish(m, op, ncclAllReduce(m->flag, m->flag, 1, ncclInt32, ncclSum, m->nccl, m->stream), deadline);
+}
+
+/* One layer's gradients (or any group of buffers): the communicator's stream waits for the
+ * caller's stream to reach this point, then sums every buffer in place, all in one NCCL group so
+ * that the group costs one launch. The host goes on at once. */
+static Status nccl_all_reduce_sum_f32_after(Comm *c, float *const *bufs, const int64_t *counts, int n, void *after) {
+    NcclImpl *m = (NcclImpl *)c->impl;
+    const char *op = "all_reduce_sum_f32_after";
+    TRY(start(m, op, 0, NULL));
+    if (n < 0) return errorf("rank %d: nccl %s: negative number of buffers %d", m->rank, op, n);
+    for (int i = 0; i < n; i++) {
+        if (counts[i] < 0)
+            return errorf("rank %d: nccl %s: buffer %d: negative count %lld", m->rank, op, i, (long long)counts[i]);
+        if (counts[i] > 0 && !bufs[i])
+            return errorf("rank %d: nccl %s: buffer %d: NULL for %lld values", m->rank, op, i, (long long)counts[i]);
+        if (counts[i] > 0) TRY(device_only(m, op, bufs[i], "a buffer"));
+    }
+    if (n == 0) return STATUS_OK;
+    if (after) {
+        cudaError_t e = cudaEventRecord(m->after, (cudaStream_t)after);
+        /* The wait holds the event as recorded now; recording it again for the next group is safe. */
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(m->stream, m->after, 0);
+        if (e != cudaSuccess) return fail(m, op, "ordering after the caller's stream", cudaGetErrorString(e));
+    }
+    double deadline = deadline_after(m->timeout_s);
+    ncclResult_t rc = ncclGroupStart();
+    if (rc != ncclSuccess) return fail(m, op, "ncclGroupStart failed", ncclGetErrorString(rc));
+    ncclResult_t first = ncclSuccess;
+    for (int i = 0; i < n; i++) {
+        if (counts[i] == 0) continue;
+        ncclResult_t r = ncclAllReduce(bufs[i], bufs[i], (size_t)counts[i], ncclFloat32, ncclSum, m->nccl, m->stream);
+        if (first == ncclSuccess && r != ncclSuccess && r != ncclInProgress) first = r;
+    }
+    rc = ncclGroupEnd(); /* closes the group even after a failed call */
+    return enqueued(m, op, first != ncclSuccess ? first : rc, deadline);
+}
+
+static Status nccl_wait_issued(Comm *c, void *stream) {
+    NcclImpl *m = (NcclImpl *)c->impl;
+    const char *op = "wait_issued";
+    TRY(start(m, op, 0, NULL));
+    if (stream) {
+        cudaError_t e = cudaEventRecord(m->issued, m->stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)stream, m->issued, 0);
+        if (e != cudaSuccess) return fail(m, op, "ordering the caller's stream after the sums", cudaGetErrorString(e));
+    }
+    return wait_done(m, op, deadline_after(m->timeout_s));
 }
 
 static void nccl_abort(Comm *c, int status) {
@@ -205,6 +318,10 @@ static void nccl_destroy(Comm *c) {
                 abort_comm(m);
         }
         if (m->flag) cudaFree(m->flag);
+        if (m->dev_stage) cudaFree(m->dev_stage);
+        if (m->host_stage) cudaFreeHost(m->host_stage);
+        if (m->after) cudaEventDestroy(m->after);
+        if (m->issued) cudaEventDestroy(m->issued);
         if (m->stream) cudaStreamDestroy(m->stream);
         if (m->oob) comm_destroy(m->oob);
         free(m);
@@ -236,9 +353,17 @@ static Status pick_device(const DistEnv *env, int *device) {
 
 static Status nccl_setup(Comm *c, NcclImpl *m, const DistEnv *env) {
     TRY(pick_device(env, &m->device));
-    cudaError_t e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking);
+    /* The highest priority: a layer's sum, once its gradients are ready, gets the SMs ahead of the
+     * backward kernels still queued on the compute stream. */
+    int least = 0, greatest = 0;
+    cudaError_t e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&m->stream, cudaStreamNonBlocking, greatest);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&m->after, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&m->issued, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaMalloc((void **)&m->flag, sizeof(int));
     if (e == cudaSuccess) e = cudaMemset(m->flag, 0, sizeof(int));
+    if (e == cudaSuccess) e = cudaMalloc(&m->dev_stage, STAGE_BYTES);
+    if (e == cudaSuccess) e = cudaMallocHost(&m->host_stage, STAGE_BYTES);
     if (e != cudaSuccess) return errorf("rank %d: setting up the NCCL communicator's stream: %s", env->rank, cudaGetErrorString(e));
 
     /* The unique id: from rank 0 over the host communicator, or, with NCCL_COMM_ID set, the same
@@ -300,6 +425,8 @@ Status comm_nccl_create(Comm **out, const DistEnv *env, double timeout_s, Comm *
     c->barrier = nccl_barrier;
     c->abort = nccl_abort;
     c->destroy = nccl_destroy;
+    c->all_reduce_sum_f32_after = nccl_all_reduce_sum_f32_after;
+    c->wait_issued = nccl_wait_issued;
     if (nccl_setup(c, m, env) != STATUS_OK) {
         m->oob = NULL; /* the caller still owns oob when creation fails */
         nccl_destroy(c);

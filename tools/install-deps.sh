@@ -9,7 +9,10 @@ packages=(
   libhdf5-dev                             # hdf5-serial: token datasets, checkpoints
   libcjson-dev                            # configs, HF config.json, safetensors headers
   libopenmpi-dev openmpi-bin              # optional: data-parallel on the CPU
+  slurm-wlm munge                         # optional: tests/slurm/test_slurm_dp.sh's one-node cluster
+  libpmix-dev                             # srun --mpi=pmix: Slurm's plugin loads pmix2/lib/libpmix.so from it
   bible-kjv                               # the offline corpus of the demo (tools/make-corpus.sh)
+  python3                                 # tools/cuda-emu's source transformation
 )
 
 missing=()

@@ -142,6 +142,7 @@ typedef struct {
     struct {
         int zero1;                /* shard the optimizer state across ranks (ZeRO-1) */
         double timeout_s;         /* a collective not done by then aborts the job */
+        int overlap;              /* GPU: sum each layer's gradients while backward goes on */
     } dist;
 } Config;
 

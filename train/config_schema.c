@@ -125,6 +125,7 @@ const KeySpec CONFIG_KEYS[] = {
     OBJECT("dist"),
     BOOL("dist.zero1", dist.zero1, 0),
     NUMBER("dist.timeout_s", dist.timeout_s, 600, 0, INFINITY, KEY_LO_OPEN),
+    BOOL("dist.overlap", dist.overlap, 1),
 };
 const int CONFIG_N_KEYS = (int)(sizeof CONFIG_KEYS / sizeof CONFIG_KEYS[0]);
 

@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "train/checkpoint.h"
 #include "train/grad_sync.h"
+#include "train/grad_sync_overlap.h"
 #include "train/models.h"
 
 static Status open_loader(const Config *cfg, const ConfigPathList *list, const char *key, int shuffle, int rank,
@@ -273,6 +274,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
                      .temperature = (float)cfg->loss.temperature, .ignore_index = -100, .chunk_tokens = 0};
     LossSums sums = {0};
     TRY(model_zero_grads(t->student));
+    GradSync sync = grad_sync_start(t->comm, t->student, cfg->dist.overlap && !t->zero1);
     for (int64_t a = 0; a < t->accum; a++) {
         TRY(upload_micro_batch(t, a));
         if (t->teacher) TRY(model_forward(t->teacher, t->tst, t->ids, t->teacher_hidden));
@@ -281,7 +283,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
                                  model_compute_lm_head(t->student), t->teacher ? t->teacher_hidden : tensor_none(),
                                  t->teacher ? model_compute_lm_head(t->teacher) : tensor_none(), t->targets, lc,
                                  1.0f / (float)counted));
-        TRY(model_backward(t->student, t->sst, t->dhidden));
+        TRY(grad_sync_backward(&sync, t->sst, t->dhidden, a + 1 == t->accum));
     }
     /* The figures of the whole global batch. */
     double totals[5] = {sums.loss, sums.kl, sums.ce, (double)sums.counted, (double)sums.top1_agree};
@@ -298,7 +300,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
         if (zero1_step(&t->zero, lr, cfg->optim.grad_clip, &norm) != STATUS_OK)
             return error_context("step %lld: ", (long long)t->step + 1);
     } else {
-        TRY(grad_all_reduce(t->comm, t->student, t->grad_bucket));
+        TRY(grad_sync_finish(&sync, t->grad_bucket));
         if (grad_norm_clip(be, t->grads, t->student->n_params, cfg->optim.grad_clip, &norm) != STATUS_OK)
             return error_context("step %lld: ", (long long)t->step + 1);
         TRY(optimizer_step(&t->opt, lr));
