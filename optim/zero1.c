@@ -1,15 +1,25 @@
 /* zero1_step: pack -> reduce-scatter -> norm over ranks -> clip -> AdamW on slices -> all-gather ->
- * unpack. The slices are views of the parameter tensors, so the AdamW kernel is the backend's own. */
+ * unpack. Buffers live where the backend's tensors do, and every step is a backend op on views, so
+ * the same code runs on the CPU with MPI and on the GPU with NCCL. */
 #include "optim/zero1.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* [len] f32 values of t from element `at` (a view: no copy). */
+static Tensor slice(Tensor t, int64_t at, int64_t len) {
+    return tensor_view((char *)t.data + (size_t)at * dtype_size(t.dtype), t.dtype, 1, &len);
+}
+
+static Tensor flat_view(Tensor t) {
+    int64_t n = tensor_numel(t);
+    return tensor_view(t.data, t.dtype, 1, &n);
+}
+
 Status zero1_create(Zero1 *z, Model *model, OptimizerConfig cfg, Comm *comm) {
     memset(z, 0, sizeof *z);
-    if (strcmp(model->be->name, "cpu") != 0)
-        return errorf("dist.zero1: the sharded optimizer runs on the cpu backend (device \"%s\")", model->be->name);
+    Backend *be = model->be;
     z->model = model;
     z->comm = comm;
     z->cfg = cfg;
@@ -18,22 +28,23 @@ Status zero1_create(Zero1 *z, Model *model, OptimizerConfig cfg, Comm *comm) {
     z->per = (z->n + W - 1) / W;
     z->lo = r * z->per < z->n ? r * z->per : z->n;
     z->hi = z->lo + z->per < z->n ? z->lo + z->per : z->n;
-    z->flat = calloc((size_t)(z->per * W), sizeof(float));
-    z->grad = calloc((size_t)z->per, sizeof(float));
-    z->m = calloc((size_t)z->per, sizeof(float));
-    z->v = calloc((size_t)z->per, sizeof(float));
-    if (!z->flat || !z->grad || !z->m || !z->v) {
+    int64_t all = z->per * W;
+    Status st = be->alloc(be, &z->flat, DT_F32, 1, &all);
+    if (st == STATUS_OK) st = be->alloc(be, &z->grad, DT_F32, 1, &z->per);
+    if (st == STATUS_OK) st = be->alloc(be, &z->m, DT_F32, 1, &z->per);
+    if (st == STATUS_OK) st = be->alloc(be, &z->v, DT_F32, 1, &z->per);
+    if (st != STATUS_OK) {
         zero1_destroy(z);
-        return errorf("dist.zero1: out of memory for %lld values", (long long)(z->per * W));
+        return error_context("dist.zero1: %lld values: ", (long long)all);
     }
     return STATUS_OK;
 }
 
 void zero1_destroy(Zero1 *z) {
-    free(z->flat);
-    free(z->grad);
-    free(z->m);
-    free(z->v);
+    Backend *be = z->model ? z->model->be : NULL;
+    Tensor *all[] = {&z->flat, &z->grad, &z->m, &z->v};
+    for (size_t i = 0; be && i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->data) be->release(be, all[i]);
     memset(z, 0, sizeof *z);
 }
 
@@ -43,21 +54,22 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
     Comm *c = z->comm;
     int64_t off = 0;
     for (int i = 0; i < m->n_params; i++) {
-        TRY(be->download(be, z->flat + off, *m->params[i].grad));
-        off += tensor_numel(*m->params[i].grad);
+        int64_t n = tensor_numel(*m->params[i].grad);
+        TRY(be->ops.cast(be, slice(z->flat, off, n), flat_view(*m->params[i].grad)));
+        off += n;
     }
-    memset(z->flat + z->n, 0, (size_t)(z->per * c->env.world - z->n) * sizeof(float));
-    TRY(c->reduce_scatter_sum_f32(c, z->flat, z->grad, z->per));
+    if (z->per * c->env.world > z->n) TRY(be->zero(be, slice(z->flat, z->n, z->per * c->env.world - z->n)));
+    TRY(c->reduce_scatter_sum_f32(c, tensor_f32(z->flat), tensor_f32(z->grad), z->per));
 
     int64_t len = z->hi - z->lo;
     double sq = 0;
-    TRY(be->ops.sum_squares(be, &sq, tensor_view(z->grad, DT_F32, 1, &len)));
+    TRY(be->ops.sum_squares(be, &sq, slice(z->grad, 0, len)));
     TRY(c->all_reduce_sum_f64(c, &sq, 1));
     double norm = sqrt(sq);
     *norm_out = norm;
     if (!isfinite(norm)) return errorf("the gradient norm is %g (NaN or Inf in the gradients)", norm);
     if (grad_clip > 0 && norm > grad_clip)
-        TRY(be->ops.scale(be, tensor_view(z->grad, DT_F32, 1, &len), (float)(grad_clip / (norm + 1e-6))));
+        TRY(be->ops.scale(be, slice(z->grad, 0, len), (float)(grad_clip / (norm + 1e-6))));
 
     /* AdamW on the part of each parameter inside [lo, hi). */
     z->step++;
@@ -72,12 +84,9 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
                               .weight_decay = m->params[i].decay || z->cfg.decay_norms_and_embeddings
                                                   ? (float)z->cfg.weight_decay : 0.0f,
                               .step = z->step};
-            Tensor pv = tensor_view(tensor_f32(*p) + (a - off), DT_F32, 1, &k);
-            Tensor gv = tensor_view(z->grad + (a - z->lo), DT_F32, 1, &k);
-            Tensor mv = tensor_view(z->m + (a - z->lo), DT_F32, 1, &k);
-            Tensor vv = tensor_view(z->v + (a - z->lo), DT_F32, 1, &k);
-            if (be->ops.adamw_step(be, pv, gv, mv, vv, tensor_none(), ac) != STATUS_OK)
-                return error_context("dist.zero1: %s: ", m->params[i].name);
+            Status st = be->ops.adamw_step(be, slice(*p, a - off, k), slice(z->grad, a - z->lo, k),
+                                           slice(z->m, a - z->lo, k), slice(z->v, a - z->lo, k), tensor_none(), ac);
+            if (st != STATUS_OK) return error_context("dist.zero1: %s: ", m->params[i].name);
         }
         off += n;
     }
@@ -87,15 +96,33 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
     for (int i = 0; i < m->n_params; i++) {
         Tensor *p = m->params[i].value;
         int64_t n = tensor_numel(*p), a = off > z->lo ? off : z->lo, b = off + n < z->hi ? off + n : z->hi;
-        if (a < b) memcpy(z->grad + (a - z->lo), tensor_f32(*p) + (a - off), (size_t)(b - a) * sizeof(float));
+        if (a < b) TRY(be->ops.cast(be, slice(z->grad, a - z->lo, b - a), slice(*p, a - off, b - a)));
         off += n;
     }
-    TRY(c->all_gather_f32(c, z->grad, z->flat, z->per));
+    TRY(c->all_gather_f32(c, tensor_f32(z->grad), tensor_f32(z->flat), z->per));
     off = 0;
     for (int i = 0; i < m->n_params; i++) {
-        TRY(be->upload(be, *m->params[i].value, z->flat + off));
-        off += tensor_numel(*m->params[i].value);
+        int64_t n = tensor_numel(*m->params[i].value);
+        TRY(be->ops.cast(be, flat_view(*m->params[i].value), slice(z->flat, off, n)));
+        off += n;
     }
+    /* The bf16 copies forward reads (if any) are refreshed from the gathered masters. */
     model_weights_changed(m);
     return STATUS_OK;
+}
+
+Status zero1_get_moments(const Zero1 *z, float *m, float *v) {
+    Backend *be = z->model->be;
+    int64_t len = z->hi - z->lo;
+    if (len == 0) return STATUS_OK;
+    TRY(be->download(be, m, slice(z->m, 0, len)));
+    return be->download(be, v, slice(z->v, 0, len));
+}
+
+Status zero1_set_moments(Zero1 *z, const float *m, const float *v) {
+    Backend *be = z->model->be;
+    int64_t len = z->hi - z->lo;
+    if (len == 0) return STATUS_OK;
+    TRY(be->upload(be, slice(z->m, 0, len), m));
+    return be->upload(be, slice(z->v, 0, len), v);
 }

@@ -81,8 +81,11 @@ static Status save_checkpoint(Trainer *t) {
     OptimizerShard shard = {.n_total = optimizer_flat_size(t->student)}, *mine = NULL;
     Status st = STATUS_OK;
     if (t->zero1) {
-        shard = (OptimizerShard){.n_total = t->zero.n, .lo = t->zero.lo, .hi = t->zero.hi, .m = t->zero.m,
-                                 .v = t->zero.v, .adamw_step = t->zero.step};
+        int64_t len = t->zero.hi - t->zero.lo;
+        shard = (OptimizerShard){.n_total = t->zero.n, .lo = t->zero.lo, .hi = t->zero.hi, .adamw_step = t->zero.step};
+        shard.m = malloc((size_t)(len > 0 ? len : 1) * sizeof(float));
+        shard.v = malloc((size_t)(len > 0 ? len : 1) * sizeof(float));
+        st = shard.m && shard.v ? zero1_get_moments(&t->zero, shard.m, shard.v) : errorf("out of memory");
         mine = &shard;
     } else if (t->rank == 0) {
         shard.lo = 0;
@@ -95,10 +98,8 @@ static Status save_checkpoint(Trainer *t) {
     }
     if (st == STATUS_OK)
         st = checkpoint_save(t->comm, t->cfg->run.dir, t->student, mine, &s, json, (int)t->cfg->checkpoint.keep_last);
-    if (!t->zero1) {
-        free(shard.m);
-        free(shard.v);
-    }
+    free(shard.m);
+    free(shard.v);
     free(json);
     return st;
 }

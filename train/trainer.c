@@ -73,10 +73,16 @@ static Status check_resume_compatible(const Config *cfg, const char *saved_json,
 static Status load_optimizer_state(Trainer *t) {
     int64_t n = optimizer_flat_size(t->student);
     if (t->zero1) {
-        OptimizerShard sh = {.n_total = n, .lo = t->zero.lo, .hi = t->zero.hi, .m = t->zero.m, .v = t->zero.v};
-        TRY(checkpoint_load_optimizer(t->resumed_from, &sh));
+        int64_t len = t->zero.hi - t->zero.lo;
+        OptimizerShard sh = {.n_total = n, .lo = t->zero.lo, .hi = t->zero.hi};
+        sh.m = malloc((size_t)(len > 0 ? len : 1) * sizeof(float));
+        sh.v = malloc((size_t)(len > 0 ? len : 1) * sizeof(float));
+        Status st = sh.m && sh.v ? checkpoint_load_optimizer(t->resumed_from, &sh) : errorf("out of memory");
+        if (st == STATUS_OK) st = zero1_set_moments(&t->zero, sh.m, sh.v);
         t->zero.step = sh.adamw_step;
-        return STATUS_OK;
+        free(sh.m);
+        free(sh.v);
+        return st;
     }
     OptimizerShard sh = {.n_total = n, .lo = 0, .hi = n};
     sh.m = malloc((size_t)n * sizeof(float));
