@@ -124,5 +124,22 @@ expect_error "a config naming a data file that does not exist" "$bin" --config "
 expect_error "a wrong type via --set" "$bin" --config "$here/tiny_train.json" --set "optim.lr=fast" -- \
     "optim.lr" "expected a number"
 
+# bench: one JSON line of figures (bf16 storage on the CPU too), and the GPU configs refused where
+# there is no GPU with one line saying so.
+root="$(cd "$here/../.." && pwd)"
+expect_error "bench with an unknown key" "$bin" bench --config "$root/configs/bench_cpu_tiny.json" --steps 1 \
+    --set precison=bf16 -- "precison"
+run "$bin" bench --config "$root/configs/bench_cpu_tiny.json" --steps 1 --set precision=bf16
+check "bench exits 0 (stderr: $err)" test "$rc" -eq 0
+for key in '"tok_s": ' '"gflop_per_tok": ' '"precision": "bf16"' '"loss": '; do
+    check "bench prints $key" grep -qF "$key" "$work/out"
+done
+if ! nvidia-smi >/dev/null 2>&1; then
+    for cfg in bench_1b bench_8b_1b; do
+        expect_error "bench $cfg without a GPU" "$bin" bench --config "$root/configs/$cfg.json" --steps 1 -- \
+            'device "cuda"'
+    done
+fi
+
 echo "test_cli: $checks checks, $failed failed"
 [ "$failed" -eq 0 ]
