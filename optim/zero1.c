@@ -59,6 +59,8 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
         off += n;
     }
     if (z->per * c->env.world > z->n) TRY(be->zero(be, slice(z->flat, z->n, z->per * c->env.world - z->n)));
+    /* The collectives run on the communicator's own stream (NCCL): the packing must be done first. */
+    TRY(be->synchronize(be));
     TRY(c->reduce_scatter_sum_f32(c, tensor_f32(z->flat), tensor_f32(z->grad), z->per));
 
     int64_t len = z->hi - z->lo;
@@ -99,6 +101,7 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
         if (a < b) TRY(be->ops.cast(be, slice(z->grad, a - z->lo, b - a), slice(*p, a - off, b - a)));
         off += n;
     }
+    TRY(be->synchronize(be));
     TRY(c->all_gather_f32(c, tensor_f32(z->grad), tensor_f32(z->flat), z->per));
     off = 0;
     for (int i = 0; i < m->n_params; i++) {
