@@ -6,6 +6,8 @@
 #                            configs/bench_1b.json, torch 1b eager and compiled, ours on
 #                            configs/bench_8b_1b.json, torch 8b (all B = 4, T = 2048)
 #   probe                    the largest batch (of PROBE_BATCHES) that fits at T = 2048, ours and torch
+#   ablation                 (not in the default list) ours on bench_1b one change undone at a time:
+#                            attention on the float32-math tiles instead of the tensor cores
 # then a table of tok/s, TFLOP/s, MFU (against the bf16 matrix-product peak mlatrain's bench
 # measures), peak memory and the ratios the performance targets are stated in (docs/performance.md).
 #
@@ -18,7 +20,7 @@
 #   STAGES          build, tests, sanitizer, bench, probe (default all), comma- or space-separated
 #   BUDGET_S        seconds for the whole run (default 560)
 #   BUILD_DIR       build folder (default build-gpu)
-#   LOG_DIR         logs, results.jsonl and table.txt, at most 6 files (default BUILD_DIR/bench-logs)
+#   LOG_DIR         logs, results.jsonl and table.txt, at most 7 files (default BUILD_DIR/bench-logs)
 #   TORCH_BENCH     the PyTorch baseline; default shared/bench/torch_distill.py in this checkout,
 #                   else ../shared/bench/torch_distill.py beside it
 #   PYTHON          a python with torch and CUDA (default python3)
@@ -30,8 +32,8 @@ start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-560}))
 stages=${STAGES:-build,tests,sanitizer,bench,probe}
 for s in ${stages//,/ }; do
-    case "$s" in build | tests | sanitizer | bench | probe) ;;
-    *) echo "gpu-bench: STAGES: unknown stage '$s' (build, tests, sanitizer, bench, probe)" >&2; exit 2 ;;
+    case "$s" in build | tests | sanitizer | bench | probe | ablation) ;;
+    *) echo "gpu-bench: STAGES: unknown stage '$s' (build, tests, sanitizer, bench, probe, ablation)" >&2; exit 2 ;;
     esac
 done
 want() { [[ ",${stages// /,}," == *",$1,"* ]]; }
@@ -155,11 +157,12 @@ torch() {
     PYTHONUNBUFFERED=1 run "$name" "$cap" "$log" "$python" "$build/torch_run.py" "$torch_bench" "$@"
 }
 
-if (want bench || want probe) && ! "${mlatrain[@]}" bench --help >/dev/null 2>&1; then
+if (want bench || want probe || want ablation) && ! "${mlatrain[@]}" bench --help >/dev/null 2>&1; then
     echo "gpu-bench: $build/mlatrain is not built or does not start (add build to STAGES): benchmarks skipped" >&2
-    for s in bench probe; do want $s && record "$s" "skipped (no mlatrain)" 0; done
+    for s in bench probe ablation; do want $s && record "$s" "skipped (no mlatrain)" 0; done
     stages=${stages//bench/}
     stages=${stages//probe/}
+    stages=${stages//ablation/}
     failed=1
 fi
 if want bench; then
@@ -190,6 +193,12 @@ if want probe; then
             torch "probe torch $teacher B=$b" 150 "$logs/probe.log" "$teacher" "$b" || torch_fits=0
         fi
     done
+fi
+
+if want ablation; then
+    run "ours 1b, attention tiles" 200 "$logs/ablation.log" env MLATRAIN_CUDA_ATTENTION=tiles "${mlatrain[@]}" \
+        bench --config configs/bench_1b.json --steps 3
+    case $? in 1 | 3) failed=1 ;; esac
 fi
 
 # The table, and the comparisons the targets are stated in.
