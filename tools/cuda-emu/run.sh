@@ -4,14 +4,17 @@
 # warp-collective calls, in forward, reversed or shuffled order), of cuBLAS/cuBLASLt/CUB and of WMMA.
 # It checks indexing, masking, barriers and the host code of every op against the CPU backend; not
 # the hardware, its timing, or the real libraries. EMU_BUILD_DIR (default build-emu) holds a
-# CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes).
+# CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes); EMU_TRAIN=1
+# also runs a whole tiny distillation (conversion, training, evaluation, checkpoints) with
+# "device": "cuda" under the emulation and checks its figures against the same run on the CPU's
+# bf16 storage (a few minutes).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/tools/cuda-emu"
 build=${EMU_BUILD_DIR:-$root/build-emu}
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMLATRAIN_CUDA=OFF >/dev/null
-cmake --build "$build" -j"$jobs" --target mlatrain_lib mlatrain_test_harness test_gpu_ops >/dev/null
+cmake --build "$build" -j"$jobs" --target mlatrain mlatrain_lib mlatrain_test_harness test_gpu_ops >/dev/null
 work="$build/cuda-emu"
 mkdir -p "$work/src" "$work/obj"
 
@@ -56,4 +59,29 @@ for t in "${tests[@]}"; do
         fi
     done
 done
+
+if [ "${EMU_TRAIN:-0}" = 1 ]; then
+    gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -I"$root" -c "$root/train/main.c" -o "$work/obj/main.o"
+    (cd "$build" && g++ "$work/obj/main.o" "$work/obj/backend_cuda.o" "${objs[@]}" "${libs[@]}" -fopenmp \
+        -o "$work/mlatrain")
+    run="$work/train"
+    rm -rf "$run" && mkdir -p "$run"
+    "$build/mlatrain" data text "$root/README.md" "$root"/docs/*.md --out "$run/train.h5" --docs paragraph \
+        --val-out "$run/val.h5" --val-fraction 0.1 >/dev/null
+    common=(--config "$here/tiny_distill.json" --set "data.train=$run/train.h5" --set "data.val=$run/val.h5")
+    "$work/mlatrain" "${common[@]}" --set "run.dir=$run/cuda" >"$run/cuda.log" 2>&1 || status=1
+    "$build/mlatrain" "${common[@]}" --set device=cpu --set precision=bf16 --set "run.dir=$run/cpu" \
+        >"$run/cpu.log" 2>&1 || status=1
+    # The last evaluation of each: the same to 1e-3 (both round the same f32 results to bf16; the
+    # GPU's attention and loss round a few more intermediates).
+    last() { grep "student after training" "$1" | awk '{print $4}'; }
+    a=$(last "$run/cuda.log") b=$(last "$run/cpu.log")
+    if [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-3 * b) }'; then
+        echo "tiny distillation (emulated cuda, bf16): final val loss $a, cpu bf16 $b"
+    else
+        status=1
+        echo "tiny distillation (emulated cuda, bf16): FAILED: final val loss '${a}' against the cpu's '${b}'"
+        tail -n 5 "$run/cuda.log" "$run/cpu.log"
+    fi
+fi
 exit $status
