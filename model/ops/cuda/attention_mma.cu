@@ -8,6 +8,8 @@
 #include <mma.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "attention_mma.h"
 #include "cuda_ops.h"
 #include "cuda_state.h"
@@ -19,7 +21,6 @@ enum { MMA_ROWS = 64, MMA_WARPS = 4, MMA_THREADS = 128, MMA_ALIGN = 128 };
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> Acc;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> ARow;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> ACol;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> BRow;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> BCol;
 
@@ -157,6 +158,26 @@ __device__ static void rows_times_rows_t(float *c, int ldc, const bf16 *a, int l
             wmma::mma_sync(acc, fa, fb, acc);
         }
         wmma::store_matrix_sync(c + n * 16, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+/* dst[16 x width] (f32, ld ldd) += A[16 x 64] B[64 x width]: A from a (ld lda), row-major, or
+ * column-major when it is the transpose of a stored [64 x 16] tile; B row-major from b (ld ldb). */
+template <typename ALayout>
+__device__ static void accumulate_rows(float *dst, int ldd, const bf16 *a, int lda, const bf16 *b, int ldb,
+                                       int width) {
+    for (int n = 0; n < width / 16; n++) {
+        Acc acc;
+        wmma::load_matrix_sync(acc, dst + n * 16, ldd, wmma::mem_row_major);
+        for (int kk = 0; kk < MMA_ROWS; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, ALayout> fa;
+            BRow fb;
+            const bf16 *ak = std::is_same<ALayout, wmma::row_major>::value ? a + kk : a + (size_t)kk * lda;
+            wmma::load_matrix_sync(fa, ak, lda);
+            wmma::load_matrix_sync(fb, b + kk * ldb + n * 16, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(dst + n * 16, acc, ldd, wmma::mem_row_major);
     }
 }
 
@@ -338,19 +359,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
         score_gradient_rows(sP, sP, sFw, sQ + warp * 16 * L.LDQ, sdO + warp * 16 * L.LDV, sK, sV, sLse, sDelta, L,
                             warp, lane, i0, j0, T, scale);
         /* dQ[rows] += dS K */
-        for (int n = 0; n < L.DQP / 16; n++) {
-            Acc acc;
-            float *dst = sdQ + warp * 16 * L.LDQF + n * 16;
-            wmma::load_matrix_sync(acc, dst, L.LDQF, wmma::mem_row_major);
-            for (int kk = 0; kk < MMA_ROWS; kk += 16) {
-                ARow fa;
-                BRow fb;
-                wmma::load_matrix_sync(fa, sP + warp * 16 * L.LDP + kk, L.LDP);
-                wmma::load_matrix_sync(fb, sK + kk * L.LDQ + n * 16, L.LDQ);
-                wmma::mma_sync(acc, fa, fb, acc);
-            }
-            wmma::store_matrix_sync(dst, acc, L.LDQF, wmma::mem_row_major);
-        }
+        accumulate_rows<wmma::row_major>(sdQ + warp * 16 * L.LDQF, L.LDQF, sP + warp * 16 * L.LDP, L.LDP, sK, L.LDQ,
+                                         L.DQP);
         __syncwarp();
     }
     for (int r = 0; r < 16; r++) {
@@ -395,34 +405,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
             score_gradient_rows(sP, sdS, sFw, sQ + warp * 16 * L.LDQ, sdO + warp * 16 * L.LDV, sK, sV, sLse, sDelta,
                                 L, warp, lane, i0, j0, T, scale);
             __syncthreads();   /* from here each warp owns 16 keys and reads every query row */
-            /* dV[keys] += P^T dO */
-            for (int n = 0; n < L.DVP / 16; n++) {
-                Acc acc;
-                float *dst = sdV + warp * 16 * L.LDVF + n * 16;
-                wmma::load_matrix_sync(acc, dst, L.LDVF, wmma::mem_row_major);
-                for (int kk = 0; kk < MMA_ROWS; kk += 16) {
-                    ACol fa;
-                    BRow fb;
-                    wmma::load_matrix_sync(fa, sP + kk * L.LDP + warp * 16, L.LDP);
-                    wmma::load_matrix_sync(fb, sdO + kk * L.LDV + n * 16, L.LDV);
-                    wmma::mma_sync(acc, fa, fb, acc);
-                }
-                wmma::store_matrix_sync(dst, acc, L.LDVF, wmma::mem_row_major);
-            }
-            /* dK[keys] += dS^T Q */
-            for (int n = 0; n < L.DQP / 16; n++) {
-                Acc acc;
-                float *dst = sdK + warp * 16 * L.LDQF + n * 16;
-                wmma::load_matrix_sync(acc, dst, L.LDQF, wmma::mem_row_major);
-                for (int kk = 0; kk < MMA_ROWS; kk += 16) {
-                    ACol fa;
-                    BRow fb;
-                    wmma::load_matrix_sync(fa, sdS + kk * L.LDP + warp * 16, L.LDP);
-                    wmma::load_matrix_sync(fb, sQ + kk * L.LDQ + n * 16, L.LDQ);
-                    wmma::mma_sync(acc, fa, fb, acc);
-                }
-                wmma::store_matrix_sync(dst, acc, L.LDQF, wmma::mem_row_major);
-            }
+            /* dV[keys] += P^T dO;  dK[keys] += dS^T Q */
+            accumulate_rows<wmma::col_major>(sdV + warp * 16 * L.LDVF, L.LDVF, sP + warp * 16, L.LDP, sdO, L.LDV,
+                                             L.DVP);
+            accumulate_rows<wmma::col_major>(sdK + warp * 16 * L.LDQF, L.LDQF, sdS + warp * 16, L.LDP, sQ, L.LDQ,
+                                             L.DQP);
         }
     }
     __syncthreads();
