@@ -14,18 +14,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-checks=0
-failed=0
-
-check() { # description, then a command that must succeed
-    local what="$1"
-    shift
-    checks=$((checks + 1))
-    if ! "$@"; then
-        failed=$((failed + 1))
-        echo "FAIL: $what" >&2
-    fi
-}
+. "$(dirname "$0")/harness.sh"
 
 # Waits until the run in $1 has logged a training step (metrics.jsonl has a line with "lr").
 wait_for_step() {

@@ -12,19 +12,8 @@ root="$(cd "$here/../.." && pwd)"
 work="$(mktemp -d)"
 pid=
 trap '[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-checks=0
-failed=0
+. "$(dirname "$0")/harness.sh"
 kills="${MLATRAIN_KILLS:-30}"
-
-check() { # description, then a command that must succeed
-    local what="$1"
-    shift
-    checks=$((checks + 1))
-    if ! "$@"; then
-        failed=$((failed + 1))
-        echo "FAIL: $what" >&2
-    fi
-}
 
 "$bin" data text "$root/README.md" "$root/docs/"*.md --docs paragraph --out "$work/train.h5" \
     --val-out "$work/val.h5" --val-fraction 0.2 --seed 1 >/dev/null

@@ -9,17 +9,7 @@ mpirun="$3"
 here="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-checks=0
-failed=0
-check() {
-    local what="$1"
-    shift
-    checks=$((checks + 1))
-    if ! "$@"; then
-        failed=$((failed + 1))
-        echo "FAIL: $what" >&2
-    fi
-}
+. "$(dirname "$0")/../cli/harness.sh"
 mpi() { "$mpirun" --allow-run-as-root --oversubscribe -np "$@"; }
 
 "$bin" data text "$here/../../README.md" "$here/../../docs/"*.md --docs paragraph --out "$work/train.h5" \
