@@ -167,25 +167,7 @@ extern "C" Status cuda_backend_create(Backend **out, BackendOptions opts) {
     be->zero = cuda_zero;
     be->synchronize = cuda_synchronize;
     be->destroy = cuda_destroy;
-    memset(&be->ops, 0, sizeof be->ops);
-    be->ops.embedding_forward = cuda_embedding_forward;
-    be->ops.embedding_backward = cuda_embedding_backward;
-    be->ops.rmsnorm_forward = cuda_rmsnorm_forward;
-    be->ops.rmsnorm_backward = cuda_rmsnorm_backward;
-    be->ops.linear_forward = cuda_linear_forward;
-    be->ops.linear_backward = cuda_linear_backward;
-    be->ops.rope_forward = cuda_rope_forward;
-    be->ops.rope_backward = cuda_rope_backward;
-    be->ops.attention_forward = cuda_attention_forward;
-    be->ops.attention_backward = cuda_attention_backward;
-    be->ops.swiglu_forward = cuda_swiglu_forward;
-    be->ops.swiglu_backward = cuda_swiglu_backward;
-    be->ops.lm_head_loss = cuda_lm_head_loss;
-    be->ops.adamw_step = cuda_adamw_step;
-    be->ops.sum_squares = cuda_sum_squares;
-    be->ops.scale = cuda_scale;
-    be->ops.accumulate = cuda_accumulate;
-    be->ops.cast = cuda_cast;
+    be->ops = cuda_ops_table();
     *out = be;
     return STATUS_OK;
 }

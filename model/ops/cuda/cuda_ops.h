@@ -2,6 +2,8 @@
  * in core/backend.h. Storage is f32 or bf16 (storage.cuh), math f32. */
 #pragma once
 
+#include <string.h>
+
 #include "core/backend.h"
 
 /* Blocks in the first pass of every reduction: fixed, so the summation order (and the bits) does
@@ -31,6 +33,31 @@ Status cuda_cast(Backend *be, Tensor dst, Tensor src);
 Status cuda_sum_squares(Backend *be, double *out, Tensor t);
 Status cuda_scale(Backend *be, Tensor t, float s);
 Status cuda_accumulate(Backend *be, Tensor y, Tensor x);
+
+/* The op table of the CUDA backend (also what the CPU emulation of tools/cuda-emu installs). */
+static inline Ops cuda_ops_table(void) {
+    Ops o;
+    memset(&o, 0, sizeof o);
+    o.embedding_forward = cuda_embedding_forward;
+    o.embedding_backward = cuda_embedding_backward;
+    o.rmsnorm_forward = cuda_rmsnorm_forward;
+    o.rmsnorm_backward = cuda_rmsnorm_backward;
+    o.linear_forward = cuda_linear_forward;
+    o.linear_backward = cuda_linear_backward;
+    o.rope_forward = cuda_rope_forward;
+    o.rope_backward = cuda_rope_backward;
+    o.attention_forward = cuda_attention_forward;
+    o.attention_backward = cuda_attention_backward;
+    o.swiglu_forward = cuda_swiglu_forward;
+    o.swiglu_backward = cuda_swiglu_backward;
+    o.lm_head_loss = cuda_lm_head_loss;
+    o.adamw_step = cuda_adamw_step;
+    o.sum_squares = cuda_sum_squares;
+    o.scale = cuda_scale;
+    o.accumulate = cuda_accumulate;
+    o.cast = cuda_cast;
+    return o;
+}
 
 /* Row-major C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C through cuBLAS in float32 (no TF32),
  * the conventions of cpu_sgemm: trans_a/trans_b are 0 or 1, lda/ldb/ldc row strides. beta is 0
