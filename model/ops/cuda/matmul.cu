@@ -30,14 +30,31 @@ Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t
 
 static cudaDataType_t lt_type(DType d) { return d == DT_BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
+/* Descriptors of one product, released together. */
+typedef struct {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulPreference_t pref;
+} LtProblem;
+
+static void lt_problem_free(LtProblem *p) {
+    if (p->pref) cublasLtMatmulPreferenceDestroy(p->pref);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+}
+
 /* The algorithm cuBLASLt's heuristic picks depends only on the problem, so it is asked once per
- * problem and reused: the same kernel every call (deterministic, no per-call heuristic cost). */
+ * problem and reused with the problem's descriptors: the same kernel every call (deterministic),
+ * and no heuristic or descriptor building on the hot path (only the bias pointer is set per call). */
 typedef struct {
     int device, trans_a, trans_b, has_bias, accumulate;
     int64_t M, N, K, lda, ldb, ldc;
     DType ab, c;
     uint32_t align_a, align_b, align_c;   /* of the pointers: the heuristic otherwise assumes 256 */
     cublasLtMatmulAlgo_t algo;
+    LtProblem problem;
 } LtPlan;
 
 /* The largest power of two (at most 256) dividing the address. */
@@ -59,25 +76,10 @@ static int same_problem(const LtPlan *a, const LtPlan *b) {
            a->align_a == b->align_a && a->align_b == b->align_b && a->align_c == b->align_c;
 }
 
-/* Descriptors of one product, released together. */
-typedef struct {
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t a, b, c;
-    cublasLtMatmulPreference_t pref;
-} LtProblem;
-
-static void lt_problem_free(LtProblem *p) {
-    if (p->pref) cublasLtMatmulPreferenceDestroy(p->pref);
-    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
-    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
-    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
-    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
-}
-
 /* Row-major C[M, N] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's first operand
  * is B as stored (N x K, or K x N transposed), its second A, and its output C^T [N x M] with the
  * bias along its rows, i.e. one value per column of the row-major C. */
-static Status lt_problem_build(LtProblem *p, const LtPlan *k, const void *bias) {
+static Status lt_problem_build(LtProblem *p, const LtPlan *k) {
     cublasOperation_t op_first = k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_second = k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -89,7 +91,6 @@ static Status lt_problem_build(LtProblem *p, const LtPlan *k, const void *bias) 
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
         CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                   sizeof bias_type));
-        CUBLAS_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     }
     uint64_t first_rows = k->trans_b ? k->K : k->N, first_cols = k->trans_b ? k->N : k->K;
     uint64_t second_rows = k->trans_a ? k->M : k->K, second_cols = k->trans_a ? k->K : k->M;
@@ -144,28 +145,32 @@ Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t 
     }
     if (K == 0) return errorf("%s: a biased product with an empty inner dimension", op);
     LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c,
-                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), {}};
-    LtProblem p = {NULL, NULL, NULL, NULL, NULL};
-    Status s = lt_problem_build(&p, &key, bias);
-    const LtPlan *plan = NULL;
-    for (int i = 0; s == STATUS_OK && i < lt_plan_count; i++)
+                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), {}, {NULL, NULL, NULL, NULL, NULL}};
+    LtPlan *plan = NULL;
+    for (int i = 0; i < lt_plan_count && !plan; i++)
         if (same_problem(&lt_plans[i], &key)) plan = &lt_plans[i];
-    if (s == STATUS_OK && !plan) {
-        s = lt_pick_algo(st, &p, &key);
-        if (s == STATUS_OK) {
-            int slot = lt_plan_count < LT_PLAN_CACHE ? lt_plan_count++ : lt_plan_next++ % LT_PLAN_CACHE;
-            lt_plans[slot] = key;
-            plan = &lt_plans[slot];
+    if (!plan) {
+        Status s = lt_problem_build(&key.problem, &key);
+        if (s == STATUS_OK) s = lt_pick_algo(st, &key.problem, &key);
+        if (key.problem.pref) cublasLtMatmulPreferenceDestroy(key.problem.pref);
+        key.problem.pref = NULL;
+        if (s != STATUS_OK) {
+            lt_problem_free(&key.problem);
+            return error_context("%s: ", op);
         }
+        int slot = lt_plan_count < LT_PLAN_CACHE ? lt_plan_count++ : lt_plan_next++ % LT_PLAN_CACHE;
+        if (lt_plans[slot].problem.desc) lt_problem_free(&lt_plans[slot].problem); /* evicted */
+        lt_plans[slot] = key;
+        plan = &lt_plans[slot];
     }
-    if (s == STATUS_OK) {
-        cublasStatus_t r = cublasLtMatmul(st->cublaslt, p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c,
-                                          &plan->algo, st->workspace, st->workspace_bytes, st->stream);
-        if (r != CUBLAS_STATUS_SUCCESS)
-            s = errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
-                       (long long)K, dtype_name(ab), dtype_name(c), cublasGetStatusString(r));
-    }
-    lt_problem_free(&p);
-    if (s != STATUS_OK) return error_context("%s: ", op);
+    const LtProblem *p = &plan->problem;
+    if (bias && cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
+                    CUBLAS_STATUS_SUCCESS)
+        return errorf("%s: setting cuBLASLt's bias pointer failed", op);
+    cublasStatus_t r = cublasLtMatmul(st->cublaslt, p->desc, &alpha, B, p->a, A, p->b, &beta, C, p->c, C, p->c,
+                                      &plan->algo, st->workspace, st->workspace_bytes, st->stream);
+    if (r != CUBLAS_STATUS_SUCCESS)
+        return errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
+                      (long long)K, dtype_name(ab), dtype_name(c), cublasGetStatusString(r));
     return STATUS_OK;
 }
