@@ -145,6 +145,11 @@ void backend_destroy(Backend *be);
 Status backend_upload_f32(Backend *be, Tensor dst, const float *src);
 Status backend_download_f32(Backend *be, float *dst, Tensor src);
 
+/* For the backends' ops: notes the storage dtype of a call's argument `name` (absent: nothing).
+ * Every present storage argument of one call must be f32 or bf16, and all alike; *noted counts
+ * those seen (start at 0), *dt is their dtype. The error names the op and the argument. */
+Status storage_dtype_note(const char *op, const char *name, Tensor t, int *noted, DType *dt);
+
 /* Errors unless every op of the table is present, listing the ones this backend lacks. */
 Status backend_check_ops(const Backend *be);
 

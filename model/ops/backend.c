@@ -50,6 +50,18 @@ Status backend_check_ops(const Backend *be) {
     return STATUS_OK;
 }
 
+Status storage_dtype_note(const char *op, const char *name, Tensor t, int *noted, DType *dt) {
+    if (!tensor_present(t)) return STATUS_OK;
+    if (t.dtype != DT_F32 && t.dtype != DT_BF16)
+        return errorf("%s: %s is %s; storage tensors are f32 or bf16", op, name, dtype_name(t.dtype));
+    if (*noted && t.dtype != *dt)
+        return errorf("%s: %s is %s but the call's other storage tensors are %s (one storage dtype per call)", op, name,
+                      dtype_name(t.dtype), dtype_name(*dt));
+    (*noted)++;
+    *dt = t.dtype;
+    return STATUS_OK;
+}
+
 Status backend_upload_f32(Backend *be, Tensor dst, const float *src) {
     if (dst.dtype == DT_F32) return be->upload(be, dst, src);
     if (dst.dtype != DT_BF16) return errorf("upload: float32 values into a %s tensor", dtype_name(dst.dtype));

@@ -24,15 +24,8 @@ typedef struct {
  * of a call's present storage arguments must share one dtype, f32 or bf16; the f32-only arguments
  * (rstd, lse, parameter gradients) are left to the kernel's own checks. */
 static Status storage(Widened *w, const char *name, Tensor *t, int written) {
-    if (!tensor_present(*t)) return STATUS_OK;
-    if (t->dtype != DT_F32 && t->dtype != DT_BF16)
-        return errorf("%s: %s is %s; storage tensors are f32 or bf16", w->op, name, dtype_name(t->dtype));
-    if (w->noted && t->dtype != w->storage)
-        return errorf("%s: %s is %s but the call's other storage tensors are %s (one storage dtype per call)",
-                      w->op, name, dtype_name(t->dtype), dtype_name(w->storage));
-    w->noted++;
-    w->storage = t->dtype;
-    if (t->dtype == DT_BF16) {
+    TRY(storage_dtype_note(w->op, name, *t, &w->noted, &w->storage));
+    if (tensor_present(*t) && t->dtype == DT_BF16) {
         w->arg[w->n] = t;
         w->bf16[w->n] = *t;
         w->written[w->n] = written;

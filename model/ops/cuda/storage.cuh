@@ -25,17 +25,7 @@ typedef struct {
 static inline Status storage_dtype(const char *op, const StorageArg *args, int n, DType *out) {
     int noted = 0;
     DType dt = DT_F32;
-    for (int i = 0; i < n; i++) {
-        Tensor t = args[i].t;
-        if (!tensor_present(t)) continue;
-        if (t.dtype != DT_F32 && t.dtype != DT_BF16)
-            return errorf("%s: %s is %s; storage tensors are f32 or bf16", op, args[i].name, dtype_name(t.dtype));
-        if (noted && t.dtype != dt)
-            return errorf("%s: %s is %s but the call's other storage tensors are %s (one storage dtype per call)", op,
-                          args[i].name, dtype_name(t.dtype), dtype_name(dt));
-        noted = 1;
-        dt = t.dtype;
-    }
+    for (int i = 0; i < n; i++) TRY(storage_dtype_note(op, args[i].name, args[i].t, &noted, &dt));
     *out = dt;
     return STATUS_OK;
 }
