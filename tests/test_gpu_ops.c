@@ -139,13 +139,27 @@ static void test_embedding(int64_t V, int64_t D, int64_t N) {
         compare("embedding backward dtable", &dtable, 1e-7, &snap[1]);
     }
     free_snapshots(snap, 2);
-    /* An id outside the vocabulary: the CPU's message, found on the device. */
+    /* An id outside the vocabulary: the CPU's message, found on the device and reported at the next
+     * synchronisation, naming the first op that met it; the queue is empty afterwards. */
     ids_h[N - 1] = (int32_t)V;
     CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
     char needle[96];
-    snprintf(needle, sizeof needle, "ids[%lld] = %lld is outside the vocabulary", (long long)(N - 1), (long long)V);
-    CHECK_ERR(gpu->ops.embedding_forward(gpu, out.g, ids.g, table.g), needle);
-    CHECK_ERR(gpu->ops.embedding_backward(gpu, dtable.g, dout.g, ids.g), needle);
+    snprintf(needle, sizeof needle, "embedding_forward: ids[%lld] = %lld is outside the vocabulary",
+             (long long)(N - 1), (long long)V);
+    CHECK_OK(gpu->ops.embedding_forward(gpu, out.g, ids.g, table.g));
+    CHECK_OK(gpu->ops.embedding_backward(gpu, dtable.g, dout.g, ids.g));
+    CHECK_ERR(gpu->synchronize(gpu), needle);
+    CHECK_OK(gpu->synchronize(gpu));
+    snprintf(needle, sizeof needle, "embedding_backward: ids[%lld] = %lld is outside the vocabulary",
+             (long long)(N - 1), (long long)V);
+    CHECK_OK(gpu->ops.embedding_backward(gpu, dtable.g, dout.g, ids.g));
+    float probe;
+    CHECK_ERR(gpu->download(gpu, &probe, tensor_view(dtable.g.data, DT_F32, 1, (int64_t[]){1})), needle);
+    /* A negative id, which the backward's sort sees by its low bits only, is skipped, not written. */
+    ids_h[0] = -3;
+    CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
+    CHECK_OK(gpu->ops.embedding_backward(gpu, dtable.g, dout.g, ids.g));
+    CHECK_ERR(gpu->synchronize(gpu), "ids[0] = -3 is outside the vocabulary");
     free(ids_h);
     Pair *all[] = {&ids, &table, &out, &dout, &dtable};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
@@ -154,6 +168,47 @@ static void test_embedding(int64_t V, int64_t D, int64_t N) {
 /* RMSNorm: row sums in double on both sides, so the rows agree to a few float32 roundings; dw's
  * partial sums run in different blocks (256 rows here, 1024 there): about 1e-7 relative, 1e-5 leaves
  * room for N in the thousands. */
+/* More queued index checks than the queue holds: the ones before a bad index pass, the bad one is
+ * reported exactly once (by the call that had to drain the queue, or by the final synchronize),
+ * and the queue works again afterwards. Each call checks a one-id view, so no two are the same. */
+static void test_index_check_queue(void) {
+    const int64_t n = 600, V = 11, D = 3, bad = 450;
+    Tensor ids, table, out;
+    CHECK_OK(gpu->alloc(gpu, &ids, DT_I32, 1, &n));
+    CHECK_OK(gpu->alloc(gpu, &table, DT_F32, 2, (int64_t[]){V, D}));
+    CHECK_OK(gpu->alloc(gpu, &out, DT_F32, 2, (int64_t[]){n, D}));
+    int32_t *h = test_alloc((size_t)n * sizeof(int32_t));
+    for (int64_t i = 0; i < n; i++) h[i] = (int32_t)(i % V);
+    h[bad] = (int32_t)(V + 4);
+    CHECK_OK(gpu->upload(gpu, ids, h));
+    int errors = 0;
+    char needle[96];
+    snprintf(needle, sizeof needle, "ids[0] = %lld is outside the vocabulary", (long long)(V + 4));
+    for (int64_t i = 0; i < n; i++) {
+        Tensor one = tensor_view(tensor_i32(ids) + i, DT_I32, 1, (int64_t[]){1});
+        Tensor row = tensor_view((float *)out.data + i * D, DT_F32, 2, (int64_t[]){1, D});
+        if (gpu->ops.embedding_forward(gpu, row, one, table) != STATUS_OK) {
+            errors++;
+            CHECK(strstr(error_message(), needle) != NULL, "queued check: %s", error_message());
+            CHECK(i >= bad, "the fault is reported after it was queued (call %lld)", (long long)i);
+            error_clear();
+        }
+    }
+    if (gpu->synchronize(gpu) != STATUS_OK) {
+        errors++;
+        CHECK(strstr(error_message(), needle) != NULL, "queued check: %s", error_message());
+        error_clear();
+    }
+    CHECK(errors == 1, "one bad id among %lld queued checks is reported once, got %d", (long long)n, errors);
+    CHECK_OK(gpu->ops.embedding_forward(gpu, tensor_view(out.data, DT_F32, 2, (int64_t[]){1, D}),
+                                        tensor_view(ids.data, DT_I32, 1, (int64_t[]){1}), table));
+    CHECK_OK(gpu->synchronize(gpu));
+    free(h);
+    gpu->release(gpu, &ids);
+    gpu->release(gpu, &table);
+    gpu->release(gpu, &out);
+}
+
 static void test_rmsnorm(int64_t N, int64_t D) {
     Pair x = pair_normal(2, (int64_t[]){N, D}, 1.0f), w = pair_normal(1, (int64_t[]){D}, 1.0f);
     Pair y = pair_new(storage, 2, (int64_t[]){N, D}), rstd = pair_new(DT_F32, 1, (int64_t[]){N});
@@ -235,8 +290,9 @@ static void test_rope(int64_t N, int64_t H, int64_t S, int64_t offset, int64_t P
     pos_h[0] = (int32_t)max_pos;
     CHECK_OK(gpu->upload(gpu, pos.g, pos_h));
     char needle[96];
-    snprintf(needle, sizeof needle, "pos[0] = %lld is outside the tables' positions", (long long)max_pos);
-    CHECK_ERR(gpu->ops.rope_forward(gpu, x.g, offset, cs.g, sn.g, pos.g), needle);
+    snprintf(needle, sizeof needle, "rope_forward: pos[0] = %lld is outside the tables' positions", (long long)max_pos);
+    CHECK_OK(gpu->ops.rope_forward(gpu, x.g, offset, cs.g, sn.g, pos.g));
+    CHECK_ERR(gpu->synchronize(gpu), needle);
     free(pos_h);
     Pair *all[] = {&x, &cs, &sn, &pos};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
@@ -407,6 +463,7 @@ int main(void) {
     cpu = test_cpu_backend(0);
     if (!CHECK_OK(backend_create(&gpu, "cuda", (BackendOptions){0, 0}))) return test_finish("test_gpu_ops");
     CHECK_OK(backend_check_ops(gpu));
+    test_index_check_queue();
 
     /* Every op with f32 storage (tight tolerances), then with bf16 storage against the CPU's bf16. */
     for (int mode = 0; mode < 2; mode++) {

@@ -12,11 +12,12 @@ static Status emu_alloc(Backend *, Tensor *t, DType dt, int ndim, const int64_t 
     return STATUS_OK;
 }
 static void emu_release(Backend *, Tensor *t) { free(t->data); t->data = NULL; }
-static Status emu_upload(Backend *, Tensor d, const void *s) { memcpy(d.data, s, tensor_bytes(d)); return STATUS_OK; }
-static Status emu_download(Backend *, void *d, Tensor s) { memcpy(d, s.data, tensor_bytes(s)); return STATUS_OK; }
-static Status emu_zero(Backend *, Tensor t) { memset(t.data, 0, tensor_bytes(t)); return STATUS_OK; }
-static Status emu_sync_be(Backend *) { return STATUS_OK; }
-static void emu_destroy(Backend *be) { CudaState *st = cuda_state(be); free(st->index_probe); free(st->scratch); free(st->reduce_scratch); free(st); free(be); }
+/* The same synchronisation points as cuda_backend.cu, where queued index checks report. */
+static Status emu_upload(Backend *be, Tensor d, const void *s) { TRY(cuda_index_checks_resolve(be)); memcpy(d.data, s, tensor_bytes(d)); return STATUS_OK; }
+static Status emu_download(Backend *be, void *d, Tensor s) { memcpy(d, s.data, tensor_bytes(s)); return cuda_index_checks_resolve(be); }
+static Status emu_zero(Backend *be, Tensor t) { if (t.dtype == DT_I32) TRY(cuda_index_checks_resolve(be)); memset(t.data, 0, tensor_bytes(t)); return STATUS_OK; }
+static Status emu_sync_be(Backend *be) { return cuda_index_checks_resolve(be); }
+static void emu_destroy(Backend *be) { CudaState *st = cuda_state(be); free(st->index_faults); free(st->scratch); free(st->reduce_scratch); free(st); free(be); }
 extern "C" int cuda_device_count(void) { return 1; }
 Status cuda_scratch(Backend *be, size_t bytes, void **out) {
     CudaState *st = cuda_state(be);
@@ -33,9 +34,9 @@ extern "C" Status cuda_backend_create(Backend **out, BackendOptions) {
     Backend *be = (Backend *)calloc(1, sizeof *be);
     st->prop.sharedMemPerBlockOptin = 232448;
     st->prop.major = 9;
-    cudaMalloc((void **)&st->index_probe, 8);
     cudaMalloc((void **)&st->reduce_scratch, CUDA_REDUCE_BLOCKS * sizeof(double));
     be->name = "cuda"; be->impl = st;
+    cuda_index_checks_init(be);
     be->alloc = emu_alloc; be->release = emu_release; be->upload = emu_upload; be->download = emu_download;
     be->zero = emu_zero; be->synchronize = emu_sync_be; be->destroy = emu_destroy;
     be->ops = cuda_ops_table();

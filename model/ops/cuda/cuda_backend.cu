@@ -52,8 +52,12 @@ static void cuda_release(Backend *be, Tensor *t) {
     t->data = NULL;
 }
 
+/* Uploads, downloads and synchronize wait for the stream, so they are where the queued index
+ * checks of earlier ops report (cuda_check_indices); the upload resolves them before it may
+ * overwrite the indices they read. */
 static Status cuda_upload(Backend *be, Tensor dst, const void *src) {
     CudaState *st = cuda_state(be);
+    TRY(cuda_index_checks_resolve(be));
     CUDA_TRY(cudaMemcpyAsync(dst.data, src, tensor_bytes(dst), cudaMemcpyHostToDevice, st->stream));
     CUDA_TRY(cudaStreamSynchronize(st->stream));
     return STATUS_OK;
@@ -63,23 +67,25 @@ static Status cuda_download(Backend *be, void *dst, Tensor src) {
     CudaState *st = cuda_state(be);
     CUDA_TRY(cudaMemcpyAsync(dst, src.data, tensor_bytes(src), cudaMemcpyDeviceToHost, st->stream));
     CUDA_TRY(cudaStreamSynchronize(st->stream));
-    return STATUS_OK;
+    return cuda_index_checks_resolve(be);
 }
 
 static Status cuda_zero(Backend *be, Tensor t) {
+    /* Zeroing int32 memory may change indices a queued check has yet to report on. */
+    if (t.dtype == DT_I32) TRY(cuda_index_checks_resolve(be));
     CUDA_TRY(cudaMemsetAsync(t.data, 0, tensor_bytes(t), cuda_state(be)->stream));
     return STATUS_OK;
 }
 
 static Status cuda_synchronize(Backend *be) {
     CUDA_TRY(cudaStreamSynchronize(cuda_state(be)->stream));
-    return STATUS_OK;
+    return cuda_index_checks_resolve(be);
 }
 
 static void cuda_state_free(CudaState *st) {
     if (!st) return;
     if (st->reduce_scratch) cudaFree(st->reduce_scratch);
-    if (st->index_probe) cudaFree(st->index_probe);
+    if (st->index_faults) cudaFree(st->index_faults);
     if (st->scratch) cudaFree(st->scratch);
     if (st->workspace) cudaFree(st->workspace);
     if (st->cudnn) cudnnDestroy(st->cudnn);
@@ -116,7 +122,6 @@ static Status cuda_state_init(CudaState *st, int device) {
     CUDA_TRY(cudaMalloc(&st->workspace, st->workspace_bytes));
     st->reduce_scratch_len = CUDA_REDUCE_BLOCKS;
     CUDA_TRY(cudaMalloc((void **)&st->reduce_scratch, st->reduce_scratch_len * sizeof(double)));
-    CUDA_TRY(cudaMalloc((void **)&st->index_probe, sizeof *st->index_probe));
     return STATUS_OK;
 }
 
@@ -153,7 +158,8 @@ extern "C" Status cuda_backend_create(Backend **out, BackendOptions opts) {
         free(be);
         return errorf("cuda backend: out of host memory");
     }
-    if (cuda_state_init(st, opts.device) != STATUS_OK) {
+    be->impl = st;
+    if (cuda_state_init(st, opts.device) != STATUS_OK || cuda_index_checks_init(be) != STATUS_OK) {
         cuda_state_free(st);
         free(be);
         return STATUS_ERROR;

@@ -73,8 +73,27 @@ Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t 
                  const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta, void *C, int64_t ldc,
                  DType c, const void *bias);
 
-/* Finds, on the device, the first n with ids[n] outside [0, limit) (ids equal to `skip` are
- * allowed when has_skip). *bad_at = -1 when there is none, else its position and *bad_value its
- * value. Waits for the device. */
-Status cuda_find_bad_index(Backend *be, Tensor ids, int64_t limit, int has_skip, int32_t skip, int64_t *bad_at,
-                           int32_t *bad_value);
+/* An index range check queued on the stream whose verdict is read at the next synchronisation
+ * point (cuda_index_checks_resolve): the op that asked, what it checked, and how to word a fault. */
+typedef struct CudaIndexCheck CudaIndexCheck;
+typedef Status (*CudaIndexReport)(const CudaIndexCheck *check, int64_t at, int32_t value);
+struct CudaIndexCheck {
+    const char *op;
+    const int32_t *ids;
+    int64_t n, limit;
+    int has_skip;
+    int32_t skip;
+    CudaIndexReport report;
+};
+/* Queues a check that every ids[n] lies in [0, limit) (ids equal to `skip` allowed when has_skip)
+ * and returns at once; a fault is reported, through `report` and naming the first bad position, by
+ * cuda_index_checks_resolve at the next synchronisation point (synchronize, upload, download, or
+ * an op that reads a result back). Kernels that index with ids must therefore tolerate bad ones
+ * (skip them) rather than trust the check. An identical check still queued is not repeated. */
+Status cuda_check_indices(Backend *be, const char *op, Tensor ids, int64_t limit, int has_skip, int32_t skip,
+                          CudaIndexReport report);
+/* Waits for the stream and reports the first queued index check that found a fault (in the order
+ * the checks were queued), clearing the queue either way. */
+Status cuda_index_checks_resolve(Backend *be);
+/* The device words of the checks (at backend creation, after the stream exists). */
+Status cuda_index_checks_init(Backend *be);

@@ -3,6 +3,9 @@
 #pragma once
 
 #include "cuda_check.h"
+#include "cuda_ops.h"
+
+enum { CUDA_INDEX_CHECKS_MAX = 256 };
 
 typedef struct {
     int device;
@@ -15,7 +18,11 @@ typedef struct {
     size_t workspace_bytes;
     double *reduce_scratch;   /* device scratch for deterministic reductions */
     size_t reduce_scratch_len;
-    unsigned long long *index_probe; /* one word: the first out-of-range index an op's check found */
+    /* Device words, one per queued index check: (first bad position << 32 | its value), all ones
+     * when none; and the checks queued since the last synchronisation point, in issue order. */
+    unsigned long long *index_faults;
+    CudaIndexCheck index_checks[CUDA_INDEX_CHECKS_MAX];
+    int n_index_checks;
     void *scratch;            /* grow-only device scratch of the ops (partial sums, logits chunks) */
     size_t scratch_bytes;
     /* Bytes held by the backend's tensors (cuda_alloc) and the op scratch, now and at their

@@ -125,5 +125,5 @@ Status cuda_sum_squares(Backend *be, double *out, Tensor t) {
     CUDA_TRY_LAUNCH();
     CUDA_TRY(cudaMemcpyAsync(out, st->reduce_scratch, sizeof(double), cudaMemcpyDeviceToHost, st->stream));
     CUDA_TRY(cudaStreamSynchronize(st->stream));
-    return STATUS_OK;
+    return cuda_index_checks_resolve(be);
 }

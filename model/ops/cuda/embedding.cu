@@ -8,22 +8,28 @@
 
 static const int EMBEDDING_THREADS = 256;
 
-static Status check_ids(Backend *be, const char *op, Tensor ids, int64_t vocab) {
-    int64_t at;
-    int32_t value = 0;
-    TRY(cuda_find_bad_index(be, ids, vocab, 0, 0, &at, &value));
-    if (at >= 0)
-        return errorf("%s: ids[%lld] = %d is outside the vocabulary [0, %lld)", op, (long long)at, value,
-                      (long long)vocab);
-    return STATUS_OK;
+static Status report_bad_id(const CudaIndexCheck *c, int64_t at, int32_t value) {
+    return errorf("%s: ids[%lld] = %d is outside the vocabulary [0, %lld)", c->op, (long long)at, value,
+                  (long long)c->limit);
 }
 
-/* out[n, :] = table[ids[n], :]; one block per token row. */
+/* The range check runs on the device and is reported at the next synchronisation point. */
+static Status check_ids(Backend *be, const char *op, Tensor ids, int64_t vocab) {
+    return cuda_check_indices(be, op, ids, vocab, 0, 0, report_bad_id);
+}
+
+/* out[n, :] = table[ids[n], :]; one block per token row. An id outside [0, V), which the queued
+ * check reports, gives a row of zeros rather than a read outside the table. */
 template <typename T>
-__global__ void embedding_gather(T *out, const int32_t *ids, const T *table, int64_t N, int64_t D) {
+__global__ void embedding_gather(T *out, const int32_t *ids, const T *table, int64_t N, int64_t V, int64_t D) {
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-        const T *src = table + (int64_t)ids[n] * D;
+        const int32_t id = ids[n];
         T *dst = out + n * D;
+        if (id < 0 || id >= V) {
+            for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = from_f32<T>(0.0f);
+            continue;
+        }
+        const T *src = table + (int64_t)id * D;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = src[d];
     }
 }
@@ -39,10 +45,11 @@ __global__ void token_positions_i32(int32_t *pos, int64_t N) {
  * order the CPU uses, and no row is written by two blocks. */
 template <typename T>
 __global__ void embedding_scatter_runs(float *dtable, const T *dout, const int32_t *sorted_ids, const int32_t *order,
-                                       int64_t N, int64_t D) {
+                                       int64_t N, int64_t V, int64_t D) {
     for (int64_t s = blockIdx.x; s < N; s += gridDim.x) {
         int32_t id = sorted_ids[s];
         if (s > 0 && sorted_ids[s - 1] == id) continue;
+        if (id < 0 || id >= V) continue; /* reported by the queued check; never written */
         int64_t end = s + 1;
         while (end < N && sorted_ids[end] == id) end++;
         float *dst = dtable + (int64_t)id * D;
@@ -68,7 +75,7 @@ Status cuda_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table)
     if (N == 0 || D == 0) return STATUS_OK;
     WITH_STORAGE(dt, T,
                  embedding_gather<<<grid_rows(N), EMBEDDING_THREADS, 0, cuda_state(be)->stream>>>(
-                     (T *)out.data, tensor_i32(ids), (const T *)table.data, N, D));
+                     (T *)out.data, tensor_i32(ids), (const T *)table.data, N, V, D));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }
@@ -118,7 +125,7 @@ Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor i
                                              (int)N, 0, id_bits(V), st->stream));
     WITH_STORAGE(dt, T,
                  embedding_scatter_runs<<<grid_rows(N), EMBEDDING_THREADS, 0, st->stream>>>(
-                     tensor_f32(dtable), (const T *)dout.data, sorted_ids, order, N, D));
+                     tensor_f32(dtable), (const T *)dout.data, sorted_ids, order, N, V, D));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }

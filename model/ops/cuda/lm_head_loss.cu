@@ -90,7 +90,9 @@ __global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const 
     G *dzr = dz + i * V;
     const float *ztr = zt ? zt + i * V : NULL;
     const int32_t target = targets[n];
-    if (target == p.ignore_index) {
+    /* A target outside the vocabulary is reported by the queued range check; the row is then
+     * treated as ignored rather than read out of bounds. */
+    if (target == p.ignore_index || target < 0 || target >= V) {
         if (p.grad_wanted)
             for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dzr[v] = from_f32<G>(0.0f);
         return;
@@ -174,7 +176,13 @@ static Status row_fault_error(int fault, int64_t token) {
     return STATUS_OK;
 }
 
-/* The CPU's checks and messages; the targets are range-checked on the device. */
+static Status report_bad_target(const CudaIndexCheck *c, int64_t at, int32_t value) {
+    return errorf("%s: target %d of token %lld is outside the vocabulary [0, %lld) and is not ignore_index (%d)",
+                  c->op, value, (long long)at, (long long)c->limit, c->skip);
+}
+
+/* The CPU's checks and messages; the targets' range is checked on the device, and its verdict read
+ * with the per-token records. */
 static Status check_arguments(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
                               Tensor wt, Tensor targets, LossConfig cfg, float grad_scale) {
     const char *op = "lm_head_loss";
@@ -212,13 +220,7 @@ static Status check_arguments(Backend *be, LossSums *sums, Tensor dh, Tensor dw,
     if (!isfinite(grad_scale)) return errorf("%s: grad_scale must be finite, got %g", op, grad_scale);
     if (cfg.chunk_tokens < 0)
         return errorf("%s: chunk_tokens must be >= 0 (0 = default), got %lld", op, (long long)cfg.chunk_tokens);
-    int64_t at;
-    int32_t value = 0;
-    TRY(cuda_find_bad_index(be, targets, V, 1, cfg.ignore_index, &at, &value));
-    if (at >= 0)
-        return errorf("%s: target %d of token %lld is outside the vocabulary [0, %lld) and is not ignore_index (%d)",
-                      op, value, (long long)at, (long long)V, cfg.ignore_index);
-    return STATUS_OK;
+    return cuda_check_indices(be, op, targets, V, 1, cfg.ignore_index, report_bad_target);
 }
 
 Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht, Tensor wt,
@@ -290,6 +292,8 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
                           dt, NULL));
     }
 
+    /* An earlier op's bad index, or this call's bad target, before any per-token fault. */
+    TRY(cuda_index_checks_resolve(be));
     RowRecord *host = (RowRecord *)malloc(rec_bytes);
     if (!host) return errorf("%s: out of host memory for %lld per-token records", op, (long long)N);
     cudaError_t err = cudaMemcpyAsync(host, rec, rec_bytes, cudaMemcpyDeviceToHost, st->stream);

@@ -10,10 +10,12 @@ static const int ROPE_THREADS = 256;
  * with sign sin_sign (-1: the inverse rotation, which is the gradient's). */
 template <typename T>
 __global__ void rope_rotate(T *x, int64_t N, int64_t H, int64_t S, int64_t P, int64_t offset,
-                                const float *cos, const float *sin, const int32_t *pos, float sin_sign) {
+                                const float *cos, const float *sin, const int32_t *pos, int64_t max_pos,
+                                float sin_sign) {
     int64_t total = N * H * P;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total; t += (int64_t)gridDim.x * blockDim.x) {
         int64_t i = t % P, nh = t / P, n = nh / H;
+        if (pos[n] < 0 || pos[n] >= max_pos) continue; /* reported by the queued check */
         int64_t row = (int64_t)pos[n] * P + i;
         float c = cos[row], si = sin_sign * sin[row];
         T *x1 = x + nh * S + offset + i, *x2 = x1 + P;
@@ -23,7 +25,13 @@ __global__ void rope_rotate(T *x, int64_t N, int64_t H, int64_t S, int64_t P, in
     }
 }
 
-/* The CPU's checks, the positions range-checked on the device; sets N, H, S, P. */
+static Status report_bad_position(const CudaIndexCheck *c, int64_t at, int32_t value) {
+    return errorf("%s: pos[%lld] = %d is outside the tables' positions [0, %lld)", c->op, (long long)at, value,
+                  (long long)c->limit);
+}
+
+/* The CPU's checks; the positions' range is checked on the device and reported at the next
+ * synchronisation point. Sets N, H, S, P. */
 static Status rope_check(Backend *be, const char *op, const char *xname, Tensor x, int64_t offset, Tensor cos,
                          Tensor sin, Tensor pos, int64_t *N, int64_t *H, int64_t *S, int64_t *P) {
     DType dt = DT_F32;
@@ -41,13 +49,7 @@ static Status rope_check(Backend *be, const char *op, const char *xname, Tensor 
     if (offset + 2 * *P > *S)
         return errorf("%s: offset %lld + 2 x %lld pairs = %lld exceeds the head stride S = %lld of %s", op,
                       (long long)offset, (long long)*P, (long long)(offset + 2 * *P), (long long)*S, xname);
-    int64_t max_pos = cos.shape[0], at;
-    int32_t value = 0;
-    TRY(cuda_find_bad_index(be, pos, max_pos, 0, 0, &at, &value));
-    if (at >= 0)
-        return errorf("%s: pos[%lld] = %d is outside the tables' positions [0, %lld)", op, (long long)at, value,
-                      (long long)max_pos);
-    return STATUS_OK;
+    return cuda_check_indices(be, op, pos, cos.shape[0], 0, 0, report_bad_position);
 }
 
 static Status rope_launch(Backend *be, Tensor x, int64_t N, int64_t H, int64_t S, int64_t P, int64_t offset,
@@ -58,7 +60,7 @@ static Status rope_launch(Backend *be, Tensor x, int64_t N, int64_t H, int64_t S
     if (blocks > 65535 * 16) blocks = 65535 * 16;
     WITH_STORAGE(x.dtype, T,
                  rope_rotate<<<(int)blocks, ROPE_THREADS, 0, cuda_state(be)->stream>>>(
-                     (T *)x.data, N, H, S, P, offset, tensor_f32(cos), tensor_f32(sin), tensor_i32(pos), sin_sign));
+                     (T *)x.data, N, H, S, P, offset, tensor_f32(cos), tensor_f32(sin), tensor_i32(pos), cos.shape[0], sin_sign));
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }
