@@ -23,7 +23,10 @@ typedef struct Backend Backend;
  * - Storage dtype: activations, weights read by forward, and activation gradients are f32 or bf16
  *   (one dtype per call); what is summed or kept for precision is always f32: rstd, lse, rope
  *   tables, parameter gradients (dw, db, dtable), AdamW's master weights and moments. Math is f32
- *   whatever the storage; a bf16 output is the f32 result rounded to nearest even, once. */
+ *   whatever the storage; a bf16 output is the f32 result rounded to nearest even, once.
+ * - Index values (token ids, positions, targets) are range-checked by every backend with the same
+ *   messages; an asynchronous backend (cuda) reports a bad index at its next synchronisation point
+ *   (synchronize, upload, download, or an op that returns a host value) rather than from the op. */
 
 typedef struct {
     float kl_weight;      /* w_kl: weight of T^2 * KL(p_teacher^T || p_student^T) */
@@ -46,6 +49,13 @@ typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     int64_t step;         /* 1-based step number, for bias correction */
 } AdamWConfig;
+
+/* One parameter of a multi-tensor AdamW step: the tensors of adamw_step, and whether the config's
+ * weight decay applies to it (norms and embeddings are usually exempt). */
+typedef struct {
+    Tensor param, grad, m, v, param_copy;
+    int decay;
+} AdamWParam;
 
 typedef struct {
     /* out[N, D] = table[ids[n], :]. ids: i32 [N], every id in [0, V). */
@@ -106,8 +116,17 @@ typedef struct {
     Status (*adamw_step)(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
                          AdamWConfig cfg);
 
+    /* adamw_step over n parameters at once, each gradient read as grad * grad_scale (global-norm
+     * clipping without a pass over the gradients; 1 = as is). Bitwise equal to scaling each gradient
+     * by grad_scale (the scale op) and calling adamw_step per parameter; a backend may fuse the
+     * whole list into a few launches. */
+    Status (*adamw_step_multi)(Backend *be, const AdamWParam *params, int n, AdamWConfig cfg, float grad_scale);
+
     /* *out = sum of squares of t, in double, reduced in an order fixed by the size alone. */
     Status (*sum_squares)(Backend *be, double *out, Tensor t);
+    /* *out = sum over i of the squares of ts[i] (one storage dtype), in double, in an order fixed by
+     * the sizes alone: the global gradient norm in one pass and one wait. */
+    Status (*sum_squares_multi)(Backend *be, double *out, const Tensor *ts, int n);
     /* t *= s */
     Status (*scale)(Backend *be, Tensor t, float s);
     /* y += x (same shape) */
@@ -155,12 +174,21 @@ Status backend_check_ops(const Backend *be);
 
 /* Validates the AdamW hyperparameters every backend's adamw_step relies on. */
 Status adamw_config_check(AdamWConfig cfg);
+/* Validates adamw_step_multi's grad_scale: finite and > 0. */
+Status adamw_grad_scale_check(float grad_scale);
 
 /* Number of CUDA devices visible to this process; 0 when none or when built without CUDA. */
 int backend_cuda_device_count(void);
 
-/* Convenience: global gradient norm over a list of tensors and clipping to max_norm (no clipping
- * when max_norm <= 0). Writes the pre-clip norm. */
+/* The global L2 norm of a list of gradients (sum_squares_multi); an error when it is NaN or Inf. */
+Status grad_norm(Backend *be, const Tensor *grads, int n, double *norm_out);
+
+/* The factor that clips a gradient of norm `norm` to max_norm: max_norm / (norm + 1e-6) when
+ * max_norm > 0 and norm > max_norm, else 1 (no clipping). */
+float grad_clip_scale(double norm, double max_norm);
+
+/* Convenience: grad_norm, then the gradients scaled in place by grad_clip_scale (when it is not 1).
+ * Writes the pre-clip norm. */
 Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double *norm_out);
 
 #ifdef __cplusplus

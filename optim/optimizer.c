@@ -1,4 +1,4 @@
-/* The optimizer's state and its step: the backend's fused AdamW kernel per parameter tensor. */
+/* The optimizer's state and its step: the backend's multi-tensor AdamW over every parameter. */
 #include "optim/optimizer.h"
 
 #include <stdlib.h>
@@ -43,19 +43,22 @@ int optimizer_decays(const Optimizer *opt, int i) {
     return opt->model->params[i].decay || opt->cfg.decay_norms_and_embeddings;
 }
 
-Status optimizer_step(Optimizer *opt, double lr) {
+Status optimizer_step(Optimizer *opt, double lr, float grad_scale) {
     Model *m = opt->model;
     if (!m->has_grads) return errorf("optimizer_step: the model has no gradients");
+    AdamWParam *list = malloc((size_t)(m->n_params > 0 ? m->n_params : 1) * sizeof *list);
+    if (!list) return errorf("optimizer_step: out of memory");
+    for (int i = 0; i < m->n_params; i++)
+        list[i] = (AdamWParam){.param = *m->params[i].value, .grad = *m->params[i].grad, .m = opt->m[i],
+                               .v = opt->v[i],
+                               .param_copy = m->params[i].compute ? *m->params[i].compute : tensor_none(),
+                               .decay = optimizer_decays(opt, i)};
+    AdamWConfig c = {.lr = (float)lr, .beta1 = (float)opt->cfg.beta1, .beta2 = (float)opt->cfg.beta2,
+                     .eps = (float)opt->cfg.eps, .weight_decay = (float)opt->cfg.weight_decay, .step = opt->step + 1};
+    Status st = m->be->ops.adamw_step_multi(m->be, list, m->n_params, c, grad_scale);
+    free(list);
+    if (st != STATUS_OK) return error_context("optimizer step: ");
     opt->step++;
-    for (int i = 0; i < m->n_params; i++) {
-        AdamWConfig c = {.lr = (float)lr, .beta1 = (float)opt->cfg.beta1, .beta2 = (float)opt->cfg.beta2,
-                         .eps = (float)opt->cfg.eps,
-                         .weight_decay = optimizer_decays(opt, i) ? (float)opt->cfg.weight_decay : 0.0f,
-                         .step = opt->step};
-        Tensor copy = m->params[i].compute ? *m->params[i].compute : tensor_none();
-        if (m->be->ops.adamw_step(m->be, *m->params[i].value, *m->params[i].grad, opt->m[i], opt->v[i], copy, c) != STATUS_OK)
-            return error_context("optimizer step on %s: ", m->params[i].name);
-    }
     return STATUS_OK;
 }
 

@@ -21,8 +21,9 @@ typedef struct {
 Status optimizer_create(Optimizer *opt, Model *model, OptimizerConfig cfg);
 void optimizer_destroy(Optimizer *opt);
 
-/* One AdamW step on the model's accumulated gradients at learning rate lr. */
-Status optimizer_step(Optimizer *opt, double lr);
+/* One AdamW step on the model's accumulated gradients, read as grad * grad_scale (clipping,
+ * grad_clip_scale; 1 = as is), at learning rate lr: one multi-tensor op over every parameter. */
+Status optimizer_step(Optimizer *opt, double lr, float grad_scale);
 
 /* Whether weight decay applies to parameter i. */
 int optimizer_decays(const Optimizer *opt, int i);

@@ -70,28 +70,31 @@ Status zero1_step(Zero1 *z, double lr, double grad_clip, double *norm_out) {
     double norm = sqrt(sq);
     *norm_out = norm;
     if (!isfinite(norm)) return errorf("the gradient norm is %g (NaN or Inf in the gradients)", norm);
-    if (grad_clip > 0 && norm > grad_clip)
-        TRY(be->ops.scale(be, slice(z->grad, 0, len), (float)(grad_clip / (norm + 1e-6))));
 
-    /* AdamW on the part of each parameter inside [lo, hi). */
-    z->step++;
+    /* AdamW on the part of each parameter inside [lo, hi), clipped as it reads the gradient: one
+     * multi-tensor op. */
+    AdamWParam *list = malloc((size_t)(m->n_params > 0 ? m->n_params : 1) * sizeof *list);
+    if (!list) return errorf("dist.zero1: out of memory");
+    int count = 0;
     off = 0;
     for (int i = 0; i < m->n_params; i++) {
         Tensor *p = m->params[i].value;
         int64_t n = tensor_numel(*p), a = off > z->lo ? off : z->lo, b = off + n < z->hi ? off + n : z->hi;
         if (a < b) {
             int64_t k = b - a;
-            AdamWConfig ac = {.lr = (float)lr, .beta1 = (float)z->cfg.beta1, .beta2 = (float)z->cfg.beta2,
-                              .eps = (float)z->cfg.eps,
-                              .weight_decay = m->params[i].decay || z->cfg.decay_norms_and_embeddings
-                                                  ? (float)z->cfg.weight_decay : 0.0f,
-                              .step = z->step};
-            Status st = be->ops.adamw_step(be, slice(*p, a - off, k), slice(z->grad, a - z->lo, k),
-                                           slice(z->m, a - z->lo, k), slice(z->v, a - z->lo, k), tensor_none(), ac);
-            if (st != STATUS_OK) return error_context("dist.zero1: %s: ", m->params[i].name);
+            list[count++] = (AdamWParam){.param = slice(*p, a - off, k), .grad = slice(z->grad, a - z->lo, k),
+                                         .m = slice(z->m, a - z->lo, k), .v = slice(z->v, a - z->lo, k),
+                                         .param_copy = tensor_none(),
+                                         .decay = m->params[i].decay || z->cfg.decay_norms_and_embeddings};
         }
         off += n;
     }
+    AdamWConfig ac = {.lr = (float)lr, .beta1 = (float)z->cfg.beta1, .beta2 = (float)z->cfg.beta2,
+                      .eps = (float)z->cfg.eps, .weight_decay = (float)z->cfg.weight_decay, .step = z->step + 1};
+    Status st = be->ops.adamw_step_multi(be, list, count, ac, grad_clip_scale(norm, grad_clip));
+    free(list);
+    if (st != STATUS_OK) return error_context("dist.zero1: ");
+    z->step++;
 
     /* Every rank's shard of the new weights, to every rank. */
     off = 0;

@@ -118,6 +118,65 @@ static void test_grad_norm_clip(Backend *be) {
     for (int i = 0; i < 3; i++) be->release(be, &grads[i]);
 }
 
+/* adamw_step_multi is bitwise the scale op followed by adamw_step per parameter, with each
+ * parameter's own decay flag and bf16 copy; sum_squares_multi is the per-tensor sums added in
+ * order. Errors name the parameter. */
+static void test_adamw_multi(Backend *be) {
+    enum { P = 5 };
+    int64_t sizes[P] = {7, 5000, 1, 0, 300};
+    Tensor p[2][P], g[2][P], m[2][P], v[2][P], copy[2][P];
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < P; i++) {
+            Tensor *all[] = {&p[r][i], &g[r][i], &m[r][i], &v[r][i]};
+            for (int k = 0; k < 4; k++) CHECK_OK(be->alloc(be, all[k], DT_F32, 1, &sizes[i]));
+            CHECK_OK(be->alloc(be, &copy[r][i], DT_BF16, 1, &sizes[i]));
+            fill_normal(tensor_f32(p[r][i]), sizes[i], 40 + (uint64_t)i, 1.0f);
+            fill_normal(tensor_f32(g[r][i]), sizes[i], 50 + (uint64_t)i, 0.1f);
+        }
+    const float grad_scale = 0.37f;
+    AdamWConfig cfg = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = 1};
+    for (int step = 1; step <= 2; step++) {
+        cfg.step = step;
+        AdamWParam list[P];
+        for (int i = 0; i < P; i++)
+            list[i] = (AdamWParam){p[0][i], g[0][i], m[0][i], v[0][i], i % 2 ? copy[0][i] : tensor_none(), i != 2};
+        CHECK_OK(be->ops.adamw_step_multi(be, list, P, cfg, grad_scale));
+        for (int i = 0; i < P; i++) {
+            AdamWConfig one = cfg;
+            one.weight_decay = i != 2 ? cfg.weight_decay : 0.0f;
+            if (step == 1) CHECK_OK(be->ops.scale(be, g[1][i], grad_scale)); /* then kept scaled */
+            CHECK_OK(be->ops.adamw_step(be, p[1][i], g[1][i], m[1][i], v[1][i], i % 2 ? copy[1][i] : tensor_none(),
+                                        one));
+        }
+    }
+    for (int i = 0; i < P; i++) {
+        size_t b = (size_t)sizes[i] * 4;
+        CHECK(memcmp(p[0][i].data, p[1][i].data, b) == 0 && memcmp(m[0][i].data, m[1][i].data, b) == 0 &&
+                  memcmp(v[0][i].data, v[1][i].data, b) == 0 && memcmp(copy[0][i].data, copy[1][i].data, b / 2) == 0,
+              "adamw_step_multi == scale + adamw_step, bitwise: parameter %d (%lld values)", i, (long long)sizes[i]);
+    }
+    double multi = 0, sum = 0;
+    CHECK_OK(be->ops.sum_squares_multi(be, &multi, p[0], P));
+    for (int i = 0; i < P; i++) {
+        double one = 0;
+        if (sizes[i] > 0) CHECK_OK(be->ops.sum_squares(be, &one, p[0][i]));
+        sum += one;
+    }
+    CHECK(memcmp(&multi, &sum, sizeof sum) == 0, "sum_squares_multi %.17g == per-tensor sums %.17g", multi, sum);
+
+    AdamWParam list[P];
+    for (int i = 0; i < P; i++) list[i] = (AdamWParam){p[0][i], g[0][i], m[0][i], v[0][i], tensor_none(), 1};
+    CHECK_ERR(be->ops.adamw_step_multi(be, list, P, cfg, 0.0f), "grad_scale must be finite and > 0");
+    CHECK_ERR(be->ops.adamw_step_multi(be, list, P, cfg, NAN), "grad_scale must be finite and > 0");
+    list[4].grad = g[0][1];
+    CHECK_ERR(be->ops.adamw_step_multi(be, list, P, cfg, 1.0f), "parameter 4: adamw_step_multi: grad");
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < P; i++) {
+            Tensor *all[] = {&p[r][i], &g[r][i], &m[r][i], &v[r][i], &copy[r][i]};
+            for (int k = 0; k < 5; k++) be->release(be, all[k]);
+        }
+}
+
 /* The same AdamW steps and norm with 1 and 2 threads give identical bits. */
 static void test_thread_count_independence(void) {
     const int64_t n = 70001;
@@ -154,6 +213,7 @@ int main(void) {
     CHECK_OK(backend_check_ops(be));
     test_adamw_against_reference(be);
     test_grad_norm_clip(be);
+    test_adamw_multi(be);
     backend_destroy(be);
     test_thread_count_independence();
 

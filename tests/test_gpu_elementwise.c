@@ -16,6 +16,84 @@ static Tensor upload_f32(Backend *be, const float *host, int64_t n) {
 
 static void download_f32(Backend *be, float *host, Tensor t) { CHECK_OK(be->download(be, host, t)); }
 
+/* The multi-tensor ops over more tensors than one launch takes (MULTI_TENSOR_BATCH = 32), of sizes
+ * around the chunk boundaries: adamw_step_multi bitwise equal to scale + adamw_step per tensor on
+ * the GPU, and within float rounding of the CPU's multi step; sum_squares_multi against the CPU's
+ * and bitwise equal run to run. */
+static void test_multi_tensor(Backend *gpu, Backend *cpu) {
+    enum { P = 41 };
+    static const int64_t base[] = {1, 7, 16383, 16384, 16385, 70001, 0, 300};
+    Tensor t[3][5][P]; /* [gpu multi, gpu per tensor, cpu multi][p, g, m, v, copy][i] */
+    int64_t sizes[P];
+    for (int i = 0; i < P; i++) sizes[i] = base[i % 8] + (i / 8);
+    for (int r = 0; r < 3; r++) {
+        Backend *be = r < 2 ? gpu : cpu;
+        for (int i = 0; i < P; i++) {
+            float *init = test_alloc((size_t)(sizes[i] > 0 ? sizes[i] : 1) * 4);
+            for (int k = 0; k < 5; k++) {
+                CHECK_OK(be->alloc(be, &t[r][k][i], k == 4 ? DT_BF16 : DT_F32, 1, &sizes[i]));
+                if (k < 2 && sizes[i] > 0) {
+                    fill_normal(init, sizes[i], 60 + 2 * (uint64_t)i + (uint64_t)k, k ? 0.1f : 1.0f);
+                    CHECK_OK(be->upload(be, t[r][k][i], init));
+                }
+            }
+            free(init);
+        }
+    }
+    const float grad_scale = 0.61f;
+    for (int step = 1; step <= 2; step++) {
+        AdamWConfig cfg = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .step = step};
+        for (int r = 0; r < 3; r += 2) {
+            AdamWParam list[P];
+            for (int i = 0; i < P; i++)
+                list[i] = (AdamWParam){t[r][0][i], t[r][1][i], t[r][2][i], t[r][3][i],
+                                       i % 3 ? t[r][4][i] : tensor_none(), i % 4 != 1};
+            CHECK_OK((r ? cpu : gpu)->ops.adamw_step_multi(r ? cpu : gpu, list, P, cfg, grad_scale));
+        }
+        for (int i = 0; i < P; i++) {
+            AdamWConfig one = cfg;
+            one.weight_decay = i % 4 != 1 ? cfg.weight_decay : 0.0f;
+            if (step == 1 && sizes[i] > 0) CHECK_OK(gpu->ops.scale(gpu, t[1][1][i], grad_scale));
+            CHECK_OK(gpu->ops.adamw_step(gpu, t[1][0][i], t[1][1][i], t[1][2][i], t[1][3][i],
+                                         i % 3 ? t[1][4][i] : tensor_none(), one));
+        }
+    }
+    int differ = 0;
+    double worst = 0;
+    for (int i = 0; i < P; i++) {
+        if (sizes[i] == 0) continue;
+        size_t bytes = (size_t)sizes[i] * 4;
+        float *a = test_alloc(bytes), *b = test_alloc(bytes);
+        for (int k = 0; k < 5; k++) {
+            if (k == 1) continue; /* the gradient: scaled in place by one path only */
+            size_t kb = k == 4 ? bytes / 2 : bytes;
+            CHECK_OK(gpu->download(gpu, a, t[0][k][i]));
+            CHECK_OK(gpu->download(gpu, b, t[1][k][i]));
+            differ += memcmp(a, b, kb) != 0;
+        }
+        CHECK_OK(gpu->download(gpu, a, t[0][0][i]));
+        CHECK_OK(cpu->download(cpu, b, t[2][0][i]));
+        double e = rel_error_f32(a, b, sizes[i]);
+        worst = e > worst ? e : worst;
+        free(a);
+        free(b);
+    }
+    CHECK(differ == 0, "adamw_step_multi == scale + adamw_step on the GPU, bitwise: %d tensors differ", differ);
+    CHECK(worst < 1e-6, "adamw_step_multi gpu vs cpu: worst rel error %.3g", worst);
+
+    double s1 = 0, s2 = 0, sc = 0;
+    CHECK_OK(gpu->ops.sum_squares_multi(gpu, &s1, t[0][1], P));
+    CHECK_OK(gpu->ops.sum_squares_multi(gpu, &s2, t[0][1], P));
+    CHECK_OK(cpu->ops.sum_squares_multi(cpu, &sc, t[2][1], P));
+    CHECK(fabs(s1 - sc) <= 1e-12 * sc, "sum_squares_multi gpu %.17g vs cpu %.17g", s1, sc);
+    CHECK(memcmp(&s1, &s2, sizeof s1) == 0, "sum_squares_multi: two runs give the same bits");
+    Tensor mixed[2] = {t[0][0][2], t[0][4][2]};
+    CHECK_ERR(gpu->ops.sum_squares_multi(gpu, &s1, mixed, 2), "sum_squares_multi");
+    for (int r = 0; r < 3; r++)
+        for (int k = 0; k < 5; k++)
+            for (int i = 0; i < P; i++) (r < 2 ? gpu : cpu)->release(r < 2 ? gpu : cpu, &t[r][k][i]);
+}
+
 int main(void) {
     if (backend_cuda_device_count() == 0) {
         printf("skipped: no CUDA device\n");
@@ -89,6 +167,8 @@ int main(void) {
     CHECK_OK(cpu->ops.sum_squares(cpu, &s_cpu, cg));
     CHECK(fabs(s_gpu1 - s_cpu) <= 1e-12 * s_cpu, "sum_squares gpu %.17g vs cpu %.17g", s_gpu1, s_cpu);
     CHECK(memcmp(&s_gpu1, &s_gpu2, sizeof(double)) == 0, "sum_squares: two runs give the same bits");
+
+    test_multi_tensor(gpu, cpu);
 
     /* Scale and accumulate. */
     CHECK_OK(gpu->ops.scale(gpu, dg, 0.5f));

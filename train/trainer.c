@@ -307,9 +307,10 @@ Status trainer_step(Trainer *t, StepRecord *r) {
             return error_context("step %lld: ", (long long)t->step + 1);
     } else {
         TRY(grad_sync_finish(&sync, t->grad_bucket));
-        if (grad_norm_clip(be, t->grads, t->student->n_params, cfg->optim.grad_clip, &norm) != STATUS_OK)
+        /* One pass for the norm, one wait for it; the clipping happens inside AdamW. */
+        if (grad_norm(be, t->grads, t->student->n_params, &norm) != STATUS_OK ||
+            optimizer_step(&t->opt, lr, grad_clip_scale(norm, cfg->optim.grad_clip)) != STATUS_OK)
             return error_context("step %lld: ", (long long)t->step + 1);
-        TRY(optimizer_step(&t->opt, lr));
     }
     TRY(be->synchronize(be));
     t->step++;

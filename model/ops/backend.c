@@ -37,7 +37,8 @@ Status backend_check_ops(const Backend *be) {
         "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward",
         "linear_forward", "linear_backward", "rope_forward", "rope_backward",
         "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
-        "lm_head_loss", "adamw_step", "sum_squares", "scale", "accumulate", "cast"};
+        "lm_head_loss", "adamw_step", "adamw_step_multi", "sum_squares", "sum_squares_multi",
+        "scale", "accumulate", "cast"};
     _Static_assert(sizeof(Ops) == sizeof(names) / sizeof(names[0]) * sizeof(void (*)(void)),
                    "the names above must list every op of Ops");
     void (*const *fn)(void) = (void (*const *)(void))(const void *)&be->ops;
@@ -97,21 +98,30 @@ Status adamw_config_check(AdamWConfig cfg) {
     return STATUS_OK;
 }
 
-Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double *norm_out) {
+Status adamw_grad_scale_check(float grad_scale) {
+    if (!(grad_scale > 0) || !isfinite(grad_scale))
+        return errorf("adamw_step_multi: grad_scale must be finite and > 0, got %g", grad_scale);
+    return STATUS_OK;
+}
+
+Status grad_norm(Backend *be, const Tensor *grads, int n, double *norm_out) {
     double total = 0;
-    for (int i = 0; i < n; i++) {
-        double s = 0;
-        if (be->ops.sum_squares(be, &s, grads[i]) != STATUS_OK)
-            return error_context("grad_norm_clip: tensor %d: ", i);
-        total += s;
-    }
+    if (be->ops.sum_squares_multi(be, &total, grads, n) != STATUS_OK) return error_context("grad_norm: ");
     double norm = sqrt(total);
     *norm_out = norm;
-    if (!isfinite(norm)) return errorf("grad_norm_clip: the gradient norm is %g (NaN or Inf in the gradients)", norm);
-    if (max_norm > 0 && norm > max_norm) {
-        float s = (float)(max_norm / (norm + 1e-6));
+    if (!isfinite(norm)) return errorf("grad_norm: the gradient norm is %g (NaN or Inf in the gradients)", norm);
+    return STATUS_OK;
+}
+
+float grad_clip_scale(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+Status grad_norm_clip(Backend *be, Tensor *grads, int n, double max_norm, double *norm_out) {
+    TRY(grad_norm(be, grads, n, norm_out));
+    float s = grad_clip_scale(*norm_out, max_norm);
+    if (s != 1.0f)
         for (int i = 0; i < n; i++) TRY(be->ops.scale(be, grads[i], s));
-    }
     return STATUS_OK;
 }
 

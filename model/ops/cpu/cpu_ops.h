@@ -43,7 +43,9 @@ Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tenso
                         Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
 Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
                       AdamWConfig cfg);
+Status cpu_adamw_step_multi(Backend *be, const AdamWParam *params, int n, AdamWConfig cfg, float grad_scale);
 Status cpu_sum_squares(Backend *be, double *out, Tensor t);
+Status cpu_sum_squares_multi(Backend *be, double *out, const Tensor *ts, int n);
 Status cpu_scale(Backend *be, Tensor t, float s);
 Status cpu_accumulate(Backend *be, Tensor y, Tensor x);
 Status cpu_cast(Backend *be, Tensor dst, Tensor src);

@@ -29,6 +29,18 @@ Status cpu_sum_squares(Backend *be, double *out, Tensor t) {
     return STATUS_OK;
 }
 
+Status cpu_sum_squares_multi(Backend *be, double *out, const Tensor *ts, int n) {
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        /* through the table, so bf16 storage goes through its widening adapter */
+        if (be->ops.sum_squares(be, &s, ts[i]) != STATUS_OK) return error_context("sum_squares_multi: tensor %d: ", i);
+        total += s;
+    }
+    *out = total;
+    return STATUS_OK;
+}
+
 Status cpu_scale(Backend *be, Tensor t, float s) {
     if (t.data == NULL || t.dtype != DT_F32) return errorf("scale: expected an f32 tensor");
     float *x = tensor_f32(t);

@@ -84,7 +84,6 @@ static Status cuda_synchronize(Backend *be) {
 
 static void cuda_state_free(CudaState *st) {
     if (!st) return;
-    if (st->reduce_scratch) cudaFree(st->reduce_scratch);
     if (st->index_faults) cudaFree(st->index_faults);
     if (st->scratch) cudaFree(st->scratch);
     if (st->workspace) cudaFree(st->workspace);
@@ -120,8 +119,6 @@ static Status cuda_state_init(CudaState *st, int device) {
     CUDNN_TRY(cudnnSetStream(st->cudnn, st->stream));
     st->workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
     CUDA_TRY(cudaMalloc(&st->workspace, st->workspace_bytes));
-    st->reduce_scratch_len = CUDA_REDUCE_BLOCKS;
-    CUDA_TRY(cudaMalloc((void **)&st->reduce_scratch, st->reduce_scratch_len * sizeof(double)));
     return STATUS_OK;
 }
 

@@ -6,10 +6,6 @@
 
 #include "core/backend.h"
 
-/* Blocks in the first pass of every reduction: fixed, so the summation order (and the bits) does
- * not depend on the device or its occupancy. */
-#define CUDA_REDUCE_BLOCKS 512
-
 Status cuda_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table);
 Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
 Status cuda_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
@@ -30,7 +26,9 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
 Status cuda_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
                        AdamWConfig cfg);
 Status cuda_cast(Backend *be, Tensor dst, Tensor src);
+Status cuda_adamw_step_multi(Backend *be, const AdamWParam *params, int n, AdamWConfig cfg, float grad_scale);
 Status cuda_sum_squares(Backend *be, double *out, Tensor t);
+Status cuda_sum_squares_multi(Backend *be, double *out, const Tensor *ts, int n);
 Status cuda_scale(Backend *be, Tensor t, float s);
 Status cuda_accumulate(Backend *be, Tensor y, Tensor x);
 
@@ -52,7 +50,9 @@ static inline Ops cuda_ops_table(void) {
     o.swiglu_backward = cuda_swiglu_backward;
     o.lm_head_loss = cuda_lm_head_loss;
     o.adamw_step = cuda_adamw_step;
+    o.adamw_step_multi = cuda_adamw_step_multi;
     o.sum_squares = cuda_sum_squares;
+    o.sum_squares_multi = cuda_sum_squares_multi;
     o.scale = cuda_scale;
     o.accumulate = cuda_accumulate;
     o.cast = cuda_cast;

@@ -16,8 +16,6 @@ typedef struct {
     cudnnHandle_t cudnn;
     void *workspace;          /* cuBLASLt workspace */
     size_t workspace_bytes;
-    double *reduce_scratch;   /* device scratch for deterministic reductions */
-    size_t reduce_scratch_len;
     /* Device words, one per queued index check: (first bad position << 32 | its value), all ones
      * when none; and the checks queued since the last synchronisation point, in issue order. */
     unsigned long long *index_faults;
