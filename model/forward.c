@@ -1,5 +1,11 @@
 /* The whole decoder, forward and backward: embedding, the layers in order (GQA or MLA attention,
- * then the MLP, each pre-norm with a residual), the final norm; and the buffers that carries. */
+ * then the MLP, each pre-norm with a residual), the final norm; and the buffers that carries.
+ *
+ * What a training state holds per layer: FORWARD_KEEP every activation backward reads (x, rstd1,
+ * q, k, v, k_rope, the q bottleneck, c and c_n, attn, lse, h, rstd2, gate, up; the norm outputs and
+ * the SwiGLU product are one shared buffer each, recomputed in backward); FORWARD_RECOMPUTE only x,
+ * with one set of the rest, shaped for the widest layer, that backward re-runs each layer's forward
+ * into before its backward. Both also hold the gradient scratch of one layer. */
 #include <stdlib.h>
 
 #include "model/layers.h"
@@ -63,14 +69,17 @@ static LayerWidths widest(const ModelConfig *c) {
     return m;
 }
 
-/* Buffers of one layer, shaped for its kind (a reused cache is shaped for the widest). */
-static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cfg, LayerWidths w, int latent_norm) {
+/* Buffers of one layer, shaped for its kind (a reused cache is shaped for the widest); its input x
+ * too when with_input (the recompute work cache views each layer's kept x instead). */
+static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cfg, LayerWidths w, int latent_norm,
+                          int with_input) {
     int64_t N = st->N, D = cfg->hidden_size, F = cfg->intermediate_size;
-    ACT_2(c->x, N, D);
+    int trains = st->mode != FORWARD_INFERENCE;
+    if (with_input) ACT_2(c->x, N, D);
     STAT_1(c->rstd1, N);
     /* Kept for backward: the norm outputs and the SwiGLU product are recomputed there (one cheap
      * pass each) instead, so every layer's a, a2 and act are views of one shared buffer each. */
-    if (st->keep) c->a = st->norm_out;
+    if (trains) c->a = st->norm_out;
     else ACT_2(c->a, N, D);
     ACT_2(c->q, N, w.q);
     ACT_2(c->k, N, w.k);
@@ -94,11 +103,11 @@ static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cf
     TRY(own(st, &c->lse, 3, st->B, cfg->num_attention_heads, st->T, DT_F32));
     ACT_2(c->h, N, D);
     STAT_1(c->rstd2, N);
-    if (st->keep) c->a2 = st->norm_out;
+    if (trains) c->a2 = st->norm_out;
     else ACT_2(c->a2, N, D);
     ACT_2(c->gate, N, F);
     ACT_2(c->up, N, F);
-    if (st->keep) c->act = st->act_out;
+    if (trains) c->act = st->act_out;
     else ACT_2(c->act, N, F);
     return STATUS_OK;
 }
@@ -137,20 +146,32 @@ static Status alloc_scratch(ForwardState *st, const ModelConfig *cfg) {
 static Status forward_state_init(ForwardState *st, const Model *m) {
     const ModelConfig *cfg = &m->cfg;
     int L = (int)cfg->num_hidden_layers;
-    int ncache = st->keep ? L : 1;
+    int64_t N = st->N, D = cfg->hidden_size;
+    int trains = st->mode != FORWARD_INFERENCE;
+    int ncache = trains ? L : 1;
     st->caches = calloc((size_t)ncache, sizeof *st->caches);
     if (!st->caches) return errorf("forward state: out of memory");
-    if (st->keep) {
-        TRY(own(st, &st->norm_out, 2, st->N, cfg->hidden_size, 0, st->dtype));
-        TRY(own(st, &st->act_out, 2, st->N, cfg->intermediate_size, 0, st->dtype));
+    if (trains) {
+        TRY(own(st, &st->norm_out, 2, N, D, 0, st->dtype));
+        TRY(own(st, &st->act_out, 2, N, cfg->intermediate_size, 0, st->dtype));
     }
-    for (int i = 0; i < ncache; i++) {
-        LayerWidths w = st->keep ? widths_of(cfg, cfg->layer_attention[i]) : widest(cfg);
-        TRY(alloc_cache(st, &st->caches[i], cfg, w, cfg->mla.latent_norm));
+    switch (st->mode) {
+    case FORWARD_INFERENCE:
+        TRY(alloc_cache(st, &st->caches[0], cfg, widest(cfg), cfg->mla.latent_norm, 1));
+        break;
+    case FORWARD_KEEP:
+        for (int l = 0; l < L; l++)
+            TRY(alloc_cache(st, &st->caches[l], cfg, widths_of(cfg, cfg->layer_attention[l]), cfg->mla.latent_norm, 1));
+        break;
+    case FORWARD_RECOMPUTE:
+        for (int l = 0; l < L; l++) TRY(own(st, &st->caches[l].x, 2, N, D, 0, st->dtype));
+        TRY(alloc_cache(st, &st->work, cfg, widest(cfg), cfg->mla.latent_norm, 0));
+        TRY(own(st, &st->x_next_scratch, 2, N, D, 0, st->dtype));
+        break;
     }
-    TRY(own(st, &st->x_final, 2, st->N, cfg->hidden_size, 0, st->dtype));
-    TRY(own(st, &st->rstd_final, 1, st->N, 0, 0, DT_F32));
-    if (st->keep) TRY(alloc_scratch(st, cfg));
+    TRY(own(st, &st->x_final, 2, N, D, 0, st->dtype));
+    TRY(own(st, &st->rstd_final, 1, N, 0, 0, DT_F32));
+    if (trains) TRY(alloc_scratch(st, cfg));
 
     TRY(own(st, &st->pos, 1, st->N, 0, 0, DT_I32));
     int32_t *pos = malloc((size_t)st->N * sizeof(int32_t));
@@ -161,8 +182,10 @@ static Status forward_state_init(ForwardState *st, const Model *m) {
     return s;
 }
 
-Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, int keep_activations) {
+Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, ForwardMode mode) {
     *out = NULL;
+    if (mode != FORWARD_INFERENCE && mode != FORWARD_KEEP && mode != FORWARD_RECOMPUTE)
+        return errorf("forward state: unknown mode %d (expected inference 0, keep 1 or recompute 2)", (int)mode);
     if (batch < 1 || seq < 1) return errorf("forward state: batch and seq must be >= 1, got %lld x %lld", (long long)batch, (long long)seq);
     if (seq > m->max_seq)
         return errorf("forward state: sequences of %lld tokens exceed the model's rope tables (%lld)",
@@ -174,7 +197,7 @@ Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, i
     st->B = batch;
     st->T = seq;
     st->N = batch * seq;
-    st->keep = keep_activations;
+    st->mode = mode;
     if (forward_state_init(st, m) != STATUS_OK) {
         forward_state_destroy(st);
         return STATUS_ERROR;
@@ -189,6 +212,25 @@ void forward_state_destroy(ForwardState *st) {
     free(st->owned);
     free(st->caches);
     free(st);
+}
+
+/* The buffers layer l runs in: its own (keep), the shared work cache over its kept input
+ * (recompute), or the one cache every layer reuses (inference). */
+static LayerCache *layer_cache(ForwardState *st, int l) {
+    switch (st->mode) {
+    case FORWARD_KEEP: return &st->caches[l];
+    case FORWARD_RECOMPUTE: st->work.x = st->caches[l].x; return &st->work;
+    case FORWARD_INFERENCE: break;
+    }
+    return &st->caches[0];
+}
+
+/* Attention then MLP of layer l, from c->x to x_next. */
+static Status layer_forward(Model *m, ForwardState *st, int l, LayerCache *c, Tensor x_next) {
+    Status s = m->cfg.layer_attention[l] == ATTENTION_GQA ? gqa_attention_forward(m, st, l, c)
+                                                          : mla_attention_forward(m, st, l, c);
+    if (s != STATUS_OK) return s;
+    return mlp_forward(m, st, l, c, x_next);
 }
 
 Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
@@ -207,15 +249,11 @@ Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden) {
     TRY(be->ops.embedding_forward(be, st->caches[0].x, ids, model_compute_embed(m)));
     for (int l = 0; l < L; l++) {
         /* A reused cache is shaped for the widest layer; the blocks view it at their widths. */
-        LayerCache *c = &st->caches[st->keep ? l : 0];
-        if (cfg->layer_attention[l] == ATTENTION_GQA) {
-            if (gqa_attention_forward(m, st, l, c) != STATUS_OK) return error_context("layer %d: ", l);
-        } else {
-            if (mla_attention_forward(m, st, l, c) != STATUS_OK) return error_context("layer %d: ", l);
-        }
-        /* The next layer's input: its own cache when kept, else this cache's x (no longer needed). */
-        Tensor x_next = l + 1 == L ? st->x_final : st->keep ? st->caches[l + 1].x : c->x;
-        if (mlp_forward(m, st, l, c, x_next) != STATUS_OK) return error_context("layer %d: ", l);
+        LayerCache *c = layer_cache(st, l);
+        /* The next layer's input: its own cache's x when training, else this cache's x (no longer
+         * needed). */
+        Tensor x_next = l + 1 == L ? st->x_final : st->mode != FORWARD_INFERENCE ? st->caches[l + 1].x : c->x;
+        if (layer_forward(m, st, l, c, x_next) != STATUS_OK) return error_context("layer %d: ", l);
     }
     TRY(be->ops.rmsnorm_forward(be, hidden, st->rstd_final, st->x_final, model_compute_final_norm(m),
                                 (float)cfg->rms_norm_eps));
@@ -230,7 +268,8 @@ Status model_backward(Model *m, ForwardState *st, Tensor dhidden) {
 Status model_backward_hooked(Model *m, ForwardState *st, Tensor dhidden, GradsReadyFn ready, void *ctx) {
     Backend *be = m->be;
     const ModelConfig *cfg = &m->cfg;
-    if (!st->keep) return errorf("model_backward: the forward state keeps no activations (created for inference)");
+    if (st->mode == FORWARD_INFERENCE)
+        return errorf("model_backward: the forward state keeps no activations (created for inference)");
     if (!st->ran) return errorf("model_backward: no forward pass has been run on this state");
     if (!m->has_grads) return errorf("model_backward: gradients are not allocated (model_alloc_grads)");
     TRY(tensor_check("model_backward", "dhidden", dhidden, m->dtype, 2, (int64_t[]){st->N, cfg->hidden_size}));
@@ -239,7 +278,14 @@ Status model_backward_hooked(Model *m, ForwardState *st, Tensor dhidden, GradsRe
     TRY(be->ops.rmsnorm_backward(be, g->dx, m->grad_final_norm, dhidden, st->x_final, model_compute_final_norm(m),
                                  st->rstd_final));
     for (int l = (int)cfg->num_hidden_layers - 1; l >= 0; l--) {
-        LayerCache *c = &st->caches[l];
+        LayerCache *c = layer_cache(st, l);
+        if (st->mode == FORWARD_RECOMPUTE) {
+            /* The same ops on the same input as the first forward, so the same bits (RoPE is applied
+             * to fresh q and k, not twice). The output goes to a scratch: caches[l + 1].x already
+             * holds it, and dx and dh hold the live gradients. */
+            if (layer_forward(m, st, l, c, st->x_next_scratch) != STATUS_OK)
+                return error_context("layer %d backward, recomputing its forward: ", l);
+        }
         if (mlp_backward(m, st, l, c) != STATUS_OK) return error_context("layer %d backward: ", l);
         Status s = cfg->layer_attention[l] == ATTENTION_GQA ? gqa_attention_backward(m, st, l, c)
                                                              : mla_attention_backward(m, st, l, c);

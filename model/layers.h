@@ -36,13 +36,20 @@ struct ForwardState {
     Backend *be;
     DType dtype;                    /* of the activations: the model's compute dtype */
     int64_t B, T, N;
-    int keep;                       /* per-layer caches kept for backward */
+    ForwardMode mode;               /* what is kept for backward */
     int ran;                        /* a forward has filled the caches */
     Tensor pos;                     /* i32 [N], t within each sequence */
     Tensor ids;                     /* the ids of the last forward (a view, not owned) */
-    LayerCache *caches;             /* [L] when keep, else [1] reused */
+    /* FORWARD_KEEP: [L], each layer's own. FORWARD_RECOMPUTE: [L] holding only x, the input of
+     * each layer. FORWARD_INFERENCE: [1], reused by every layer. */
+    LayerCache *caches;
+    /* FORWARD_RECOMPUTE: the buffers every layer's forward runs in (its x a view of caches[l].x),
+     * shaped for the widest layer kind, and where backward's re-run MLP writes the layer's output
+     * [N, D] (already in caches[l + 1].x, so a scratch no one reads). */
+    LayerCache work;
+    Tensor x_next_scratch;
     Tensor x_final, rstd_final;     /* [N, D], [N]: the stream before the final norm */
-    /* With keep: the one buffer behind every layer's a and a2 [N, D], and behind act [N, F];
+    /* When training: the one buffer behind every layer's a and a2 [N, D], and behind act [N, F];
      * backward recomputes them from x, h (and the saved rstd) and gate, up. */
     Tensor norm_out, act_out;
     BackwardScratch g;

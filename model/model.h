@@ -126,11 +126,21 @@ Param *model_find_param(Model *m, const char *name);
 /* Number of trainable values. */
 int64_t model_num_parameters(const Model *m);
 
-/* Saved forward state: per-layer activations for backward (training), or one set of buffers
- * reused layer after layer (inference: the teacher keeps nothing). */
+/* Saved forward state: what forward leaves for backward, and the buffers both run in. */
 typedef struct ForwardState ForwardState;
 
-Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, int keep_activations);
+/* What a forward state keeps between forward and backward. Per token and layer of a 1B model in
+ * bf16, the full activations are ~55-60 KB against 2*D bytes for the layer's input alone. */
+typedef enum {
+    FORWARD_INFERENCE = 0,   /* nothing: one set of buffers reused layer after layer; no backward */
+    FORWARD_KEEP = 1,        /* every layer's activations (training) */
+    FORWARD_RECOMPUTE = 2,   /* each layer's input only, plus one layer's buffers that backward
+                                re-runs each layer's forward into first: one more forward of the
+                                layers per step for room for larger batches (training) */
+} ForwardMode;
+
+/* mode FORWARD_INFERENCE, FORWARD_KEEP or FORWARD_RECOMPUTE (0 and 1 mean inference and keep). */
+Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, ForwardMode mode);
 void forward_state_destroy(ForwardState *st);
 
 /* Forward over B sequences of T tokens (ids: i32 [B*T]); hidden [B*T, D] receives the final-norm
@@ -138,7 +148,8 @@ void forward_state_destroy(ForwardState *st);
 Status model_forward(Model *m, ForwardState *st, Tensor ids, Tensor hidden);
 
 /* Backward from dhidden [B*T, D] (the LM-head loss's dh); accumulates into the gradients.
- * Needs a state created with keep_activations and the forward just run on it. */
+ * Needs a state created with FORWARD_KEEP or FORWARD_RECOMPUTE and the forward just run on it;
+ * either gives the same bits. */
 Status model_backward(Model *m, ForwardState *st, Tensor dhidden);
 /* Called by model_backward_hooked as soon as a group of parameter gradients is final for this
  * backward: layer l's tensors after its backward (layers L-1 down to 0), then l = -1 for the

@@ -27,6 +27,9 @@ typedef enum {
     CONFIG_ROPE_SELECT_NORM,
 } ConfigRopeSelect;
 typedef enum { CONFIG_SCHEDULE_COSINE = 0, CONFIG_SCHEDULE_LINEAR, CONFIG_SCHEDULE_CONSTANT } ConfigSchedule;
+/* What the student keeps for backward: every activation, or each layer's input only (the layer's
+ * forward runs again in backward). */
+typedef enum { CONFIG_RECOMPUTE_NONE = 0, CONFIG_RECOMPUTE_LAYERS } ConfigRecompute;
 
 /* The JSON spelling of each enum value ("cuda", "svd", "norm", "cosine", ...). */
 const char *config_device_name(ConfigDevice d);
@@ -122,6 +125,7 @@ typedef struct {
         int64_t micro_batch;      /* sequences per rank per micro-step */
         int64_t global_batch;     /* sequences per optimizer step, across ranks and micro-steps */
         int64_t max_steps;
+        ConfigRecompute recompute;
     } train;
 
     struct {

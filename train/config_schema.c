@@ -14,6 +14,7 @@ static const char *const MODEL_INIT_NAMES[] = {"random", NULL};
 static const char *const MLA_INIT_NAMES[] = {"svd", "exact", "random", NULL};
 static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", NULL};
 static const char *const SCHEDULE_NAMES[] = {"cosine", "linear", "constant", NULL};
+static const char *const RECOMPUTE_NAMES[] = {"none", "layers", NULL};
 
 const char *config_device_name(ConfigDevice d) { return DEVICE_NAMES[d]; }
 const char *config_mla_init_name(ConfigMlaInit m) { return MLA_INIT_NAMES[m]; }
@@ -109,6 +110,7 @@ const KeySpec CONFIG_KEYS[] = {
     INT("train.micro_batch", train.micro_batch, 1, 1, ANY_INT, 0),
     INT("train.global_batch", train.global_batch, 0, 1, ANY_INT, 0),
     INT("train.max_steps", train.max_steps, 1000, 1, ANY_INT, 0),
+    ENUM("train.recompute", train.recompute, RECOMPUTE_NAMES, CONFIG_RECOMPUTE_NONE),
 
     OBJECT("checkpoint"),
     INT("checkpoint.every_steps", checkpoint.every_steps, 500, 0, ANY_INT, 0),

@@ -188,7 +188,8 @@ static Status setup(Trainer *t, const Config *cfg) {
     }
 
     int64_t N = t->B * t->T, D = sc->hidden_size;
-    TRY(forward_state_create(&t->sst, t->student, t->B, t->T, 1));
+    ForwardMode student_mode = cfg->train.recompute == CONFIG_RECOMPUTE_LAYERS ? FORWARD_RECOMPUTE : FORWARD_KEEP;
+    TRY(forward_state_create(&t->sst, t->student, t->B, t->T, student_mode));
     if (t->teacher) TRY(forward_state_create(&t->tst, t->teacher, t->B, t->T, 0));
     TRY(t->be->alloc(t->be, &t->ids, DT_I32, 1, &N));
     TRY(t->be->alloc(t->be, &t->targets, DT_I32, 1, &N));
