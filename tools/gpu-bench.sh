@@ -5,7 +5,8 @@
 #   bench                    `mlatrain bench` and PyTorch's torch_distill.py side by side: ours on
 #                            configs/bench_1b.json, torch 1b eager and compiled, ours on
 #                            configs/bench_8b_1b.json, torch 8b (all B = 4, T = 2048)
-#   probe                    the largest batch (of PROBE_BATCHES) that fits at T = 2048, ours and torch
+#   probe                    the largest batch (of PROBE_BATCHES) that fits at T = 2048, ours and torch;
+#                            ours again with train.recompute = "layers" from the first batch that fails
 #   ablation                 (not in the default list) ours on bench_1b one change undone at a time:
 #                            attention on the float32-math tiles instead of the tensor cores
 # then a table of tok/s, TFLOP/s, MFU (against the bf16 matrix-product peak mlatrain's bench
@@ -183,11 +184,17 @@ if want probe; then
     teacher=${PROBE_TEACHER:-1b}
     config=configs/bench_1b.json
     [ "$teacher" = 8b ] && config=configs/bench_8b_1b.json
-    ours_fits=1 torch_fits=1
+    ours_fits=1 torch_fits=1 recompute_fits=1
     for b in ${PROBE_BATCHES:-8 16}; do
         if [ $ours_fits -eq 1 ]; then
             run "probe ours $teacher B=$b" 150 "$logs/probe.log" "${mlatrain[@]}" bench --config "$config" --steps 2 \
                 --set train.micro_batch="$b" --set train.global_batch="$b" || ours_fits=0
+        fi
+        # Where keeping every activation no longer fits: the same batch with per-layer recomputation.
+        if [ $ours_fits -eq 0 ] && [ $recompute_fits -eq 1 ]; then
+            run "probe recompute $teacher B=$b" 150 "$logs/probe.log" "${mlatrain[@]}" bench --config "$config" \
+                --steps 2 --set train.micro_batch="$b" --set train.global_batch="$b" --set train.recompute=layers ||
+                recompute_fits=0
         fi
         if [ $torch_fits -eq 1 ]; then
             torch "probe torch $teacher B=$b" 150 "$logs/probe.log" "$teacher" "$b" || torch_fits=0
@@ -241,7 +248,7 @@ for name, v, op, target in checks:
 probe = [r for r in runs if r["run"].startswith("probe ")]
 if probe:
     print()
-    for side in ("ours", "torch"):
+    for side in ("ours", "recompute", "torch"):
         fits = [int(r["run"].split("B=")[1]) for r in probe if r["run"].startswith(f"probe {side}") and r["status"] == "ok"]
         fails = [(r["run"].split("B=")[1], r["status"]) for r in probe if r["run"].startswith(f"probe {side}") and r["status"] != "ok"]
         print(f"probe {side}: fits at B = {fits or 'none tried above 4'}" + (f"; B = {fails[0][0]}: {fails[0][1]}" if fails else ""))

@@ -175,12 +175,20 @@ static const char *precision_name(const Config *cfg) {
     return config_compute_dtype(cfg) == DT_BF16 ? "bf16" : "fp32";
 }
 
+/* The FLOPs counted are the model's; with "layers" the hardware also runs the student's layers
+ * forward a second time, which the figures do not count. */
+static const char *recompute_name(const Config *cfg) {
+    return cfg->train.recompute == CONFIG_RECOMPUTE_LAYERS ? "layers" : "none";
+}
+
 static void print_cpu_line(const Config *cfg, const BenchFigures *f) {
     double tok_s = f->tokens_per_step / f->step_s, gflops = tok_s * f->flop_per_token / 1e9;
     double peak = measure_cpu_peak_gflops();
-    printf("{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"B\": %lld, "
+    printf("{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"recompute\": \"%s\", "
+           "\"threads\": %d, \"B\": %lld, "
            "\"T\": %lld, \"step_s\": %.4f, \"tok_s\": %.1f, \"gflop_per_tok\": %.4f, \"gflops\": %.1f",
-           config_file_name(cfg), config_device_name(cfg->device), precision_name(cfg), omp_get_max_threads(),
+           config_file_name(cfg), config_device_name(cfg->device), precision_name(cfg), recompute_name(cfg),
+           omp_get_max_threads(),
            (long long)cfg->train.global_batch, (long long)cfg->data.seq_len, f->step_s, tok_s, f->flop_per_token / 1e9,
            gflops);
     if (peak > 0) printf(", \"peak_gflops\": %.1f, \"mfu\": %.3f", peak, gflops / peak);
@@ -196,11 +204,12 @@ static Status print_gpu_line(const Config *cfg, const BenchFigures *f) {
     double tok_s = f->tokens_per_step / f->step_s, tflops = tok_s * f->flop_per_token / 1e12;
     char teacher[32] = "null";
     if (f->teacher_params > 0) snprintf(teacher, sizeof teacher, "\"%.2fb\"", f->teacher_params / 1e9);
-    printf("{\"config\": \"%s\", \"device\": \"cuda\", \"precision\": \"%s\", \"gpu\": \"%s\", \"teacher\": %s, "
+    printf("{\"config\": \"%s\", \"device\": \"cuda\", \"precision\": \"%s\", \"recompute\": \"%s\", "
+           "\"gpu\": \"%s\", \"teacher\": %s, "
            "\"B\": %lld, \"T\": %lld, \"compile\": false, \"step_s\": %.4f, \"tok_s\": %.0f, \"tflops\": %.1f, \"gflop_per_tok\": %.2f, "
            "\"peak_tflops\": %.1f, \"mfu\": %.3f, \"peak_mem_gb\": %.2f, \"setup_peak_mem_gb\": %.2f, "
            "\"device_used_gb\": %.2f, \"loss\": %.6g}\n",
-           config_file_name(cfg), precision_name(cfg), peak.device_name, teacher, (long long)cfg->train.global_batch,
+           config_file_name(cfg), precision_name(cfg), recompute_name(cfg), peak.device_name, teacher, (long long)cfg->train.global_batch,
            (long long)cfg->data.seq_len, f->step_s, tok_s, tflops, f->flop_per_token / 1e9, peak.tflops,
            tflops / peak.tflops, f->steps_peak / 1e9, f->setup_peak / 1e9, f->device_used / 1e9, f->loss);
     return STATUS_OK;
