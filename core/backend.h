@@ -73,6 +73,10 @@ typedef struct {
     /* dx[N, I] = dy w (optional); dw[O, I] += dy^T x; db[O] += sum_n dy (optional). */
     Status (*linear_backward)(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x,
                               Tensor w);
+    /* y[N, O] = x[N, I] w[O, I]^T + r[N, O]: a projection back onto the residual stream, the add
+     * fused into the product where the backend can (bf16: one rounding of the sum). y and r are
+     * different memory. Its backward is linear_backward's (r's gradient is y's). */
+    Status (*linear_residual_forward)(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r);
 
     /* Rotary embedding in HF's rotate-half layout, in place. x is [N, H, S] with a head stride S;
      * within each head the dims [offset, offset + 2P) are rotated, pair i being (offset+i,

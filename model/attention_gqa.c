@@ -23,8 +23,7 @@ Status gqa_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
     TRY(op->attention_forward(be, reshape4(attn, B, T, H, hd), c->lse, reshape4(q, B, T, H, hd),
                               reshape4(k, B, T, K, hd), tensor_none(), reshape4(v, B, T, K, hd),
                               1.0f / sqrtf((float)hd)));
-    TRY(op->linear_forward(be, c->h, attn, w->o_proj, tensor_none()));
-    TRY(op->accumulate(be, c->h, c->x));
+    TRY(op->linear_residual_forward(be, c->h, attn, w->o_proj, c->x));
     return STATUS_OK;
 }
 

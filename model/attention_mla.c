@@ -46,8 +46,7 @@ Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
                               reshape4(q, s.B, s.T, s.H, dq), reshape4(k, s.B, s.T, s.H, s.dn),
                               reshape3(c->k_rope, s.B, s.T, s.dr), reshape4(v, s.B, s.T, s.H, s.dv),
                               1.0f / sqrtf((float)dq)));
-    TRY(op->linear_forward(be, c->h, attn, w->o_proj, tensor_none()));
-    TRY(op->accumulate(be, c->h, c->x));
+    TRY(op->linear_residual_forward(be, c->h, attn, w->o_proj, c->x));
     return STATUS_OK;
 }
 

@@ -10,8 +10,7 @@ Status mlp_forward(Model *m, ForwardState *st, int layer, LayerCache *c, Tensor 
     TRY(op->linear_forward(be, c->gate, c->a2, w->gate_proj, tensor_none()));
     TRY(op->linear_forward(be, c->up, c->a2, w->up_proj, tensor_none()));
     TRY(op->swiglu_forward(be, c->act, c->gate, c->up));
-    TRY(op->linear_forward(be, x_next, c->act, w->down_proj, tensor_none()));
-    TRY(op->accumulate(be, x_next, c->h));
+    TRY(op->linear_residual_forward(be, x_next, c->act, w->down_proj, c->h));
     return STATUS_OK;
 }
 

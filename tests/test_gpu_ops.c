@@ -270,6 +270,25 @@ static void test_linear(int64_t N, int64_t O, int64_t In, int bias, int want_dx)
 
 /* RoPE: the same two products and a sum per element on both sides, up to the GPU contracting them
  * into a fused multiply-add: a rounding or two, 1e-6. */
+/* The residual projection: the add in the product's epilogue (bf16: one rounding of the sum, as the
+ * CPU's bf16 storage computes it). */
+static void test_linear_residual(int64_t N, int64_t O, int64_t In) {
+    Pair x = pair_normal(2, (int64_t[]){N, In}, 1.0f), w = pair_normal(2, (int64_t[]){O, In}, 0.3f);
+    Pair r = pair_normal(2, (int64_t[]){N, O}, 1.0f), y = pair_new(storage, 2, (int64_t[]){N, O});
+    float *snap[1] = {0};
+    for (int run = 0; run < 2; run++) {
+        pair_poison(&y);
+        CHECK_OK(gpu->ops.linear_residual_forward(gpu, y.g, x.g, w.g, r.g));
+        if (run == 0) CHECK_OK(cpu->ops.linear_residual_forward(cpu, y.c, x.c, w.c, r.c));
+        compare("linear_residual_forward y", &y, 1e-5, &snap[0]);
+    }
+    free_snapshots(snap, 1);
+    CHECK_ERR(gpu->ops.linear_residual_forward(gpu, r.g, x.g, w.g, r.g), "y and r must be different memory");
+    CHECK_ERR(gpu->ops.linear_residual_forward(gpu, y.g, x.g, w.g, x.g), "linear_residual_forward: r has shape");
+    Pair *all[] = {&x, &w, &r, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
+}
+
 static void test_rope(int64_t N, int64_t H, int64_t S, int64_t offset, int64_t P, int64_t max_pos) {
     Pair x = pair_normal(3, (int64_t[]){N, H, S}, 1.0f), cs = pair_normal_f32(2, (int64_t[]){max_pos, P}, 1.0f);
     Pair sn = pair_normal_f32(2, (int64_t[]){max_pos, P}, 1.0f);
@@ -478,6 +497,8 @@ int main(void) {
         test_linear(1, 7, 5, 1, 1);
         test_linear(67, 33, 19, 1, 1);
         test_linear(300, 13, 70, 0, 0);
+        test_linear_residual(1, 7, 5);
+        test_linear_residual(67, 33, 19);
 
         test_rope(29, 3, 13, 3, 5, 40);   /* an MLA-like slice: dims [3, 13) of each head */
         test_rope(1, 1, 8, 0, 4, 1);

@@ -297,6 +297,32 @@ static void test_linear(void) {
               "linear_backward: dy has shape");
 }
 
+/* linear_residual_forward: y = x w^T + r against the float64 reference, and bitwise the
+ * linear_forward then accumulate it stands for on the CPU. */
+static void test_linear_residual(int64_t N, int64_t I, int64_t O) {
+    float *x = new_f32(N * I), *w = new_f32(O * I), *r = new_f32(N * O), *y = new_f32(N * O), *y2 = new_f32(N * O);
+    fill_normal(x, N * I, 24, 1.0f);
+    fill_normal(w, O * I, 25, 0.5f);
+    fill_normal(r, N * O, 26, 1.0f);
+    LinearRef ref = {N, I, O, f64_copy_of(x, N * I), f64_copy_of(w, O * I), NULL, NULL};
+    double *y_ref = new_f64(N * O);
+    linear_reference(&ref, y_ref);
+    for (int64_t i = 0; i < N * O; i++) y_ref[i] += r[i];
+    CHECK_OK(be->ops.linear_residual_forward(be, f32_2d(y, N, O), f32_2d(x, N, I), f32_2d(w, O, I), f32_2d(r, N, O)));
+    double err = rel_error_f64(y, y_ref, N * O);
+    CHECK(err < 1e-6, "linear_residual_forward N=%lld I=%lld O=%lld: rel error %.3g", (long long)N, (long long)I,
+          (long long)O, err);
+    CHECK_OK(be->ops.linear_forward(be, f32_2d(y2, N, O), f32_2d(x, N, I), f32_2d(w, O, I), tensor_none()));
+    CHECK_OK(be->ops.accumulate(be, f32_2d(y2, N, O), f32_2d(r, N, O)));
+    CHECK(bitwise_equal(y, y2, N * O), "linear_residual_forward: bitwise linear_forward then accumulate");
+    CHECK_ERR(be->ops.linear_residual_forward(be, f32_2d(r, N, O), f32_2d(x, N, I), f32_2d(w, O, I), f32_2d(r, N, O)),
+              "y and r must be different memory");
+    CHECK_ERR(be->ops.linear_residual_forward(be, f32_2d(y, N, O), f32_2d(x, N, I), f32_2d(w, O, I),
+                                              f32_2d(r, N, O - 1)),
+              "linear_residual_forward: r has shape");
+    free(x), free(w), free(r), free(y), free(y2), free(ref.x), free(ref.w), free(y_ref);
+}
+
 /* ---- SwiGLU --------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -475,6 +501,8 @@ int main(void) {
     test_embedding();
     test_rmsnorm();
     test_linear();
+    test_linear_residual(5, 7, 11);
+    test_linear_residual(1, 300, 3);
     test_swiglu();
     test_thread_count_independence();
     backend_destroy(be);

@@ -118,6 +118,18 @@ static Status linear_forward(Backend *be, Tensor y, Tensor x, Tensor wt, Tensor 
     RUN(w, cpu_linear_forward(be, y, x, wt, b));
 }
 
+/* Widened, so the bf16 result is the f32 sum rounded once, as the GPU's fused epilogue gives. */
+static Status linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor wt, Tensor r) {
+    Widened w = {.op = "linear_residual_forward"};
+    if (tensor_present(y) && y.data == r.data)
+        return errorf("linear_residual_forward: y and r must be different memory");
+    TRY(storage(&w, "y", &y, 1));
+    TRY(storage(&w, "x", &x, 0));
+    TRY(storage(&w, "w", &wt, 0));
+    TRY(storage(&w, "r", &r, 0));
+    RUN(w, cpu_linear_residual_forward(be, y, x, wt, r));
+}
+
 static Status linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor wt) {
     Widened w = {.op = "linear_backward"};
     TRY(storage(&w, "dx", &dx, 1));
@@ -222,6 +234,7 @@ void cpu_ops_add_bf16_storage(Ops *ops) {
     ops->rmsnorm_backward = rmsnorm_backward;
     ops->linear_forward = linear_forward;
     ops->linear_backward = linear_backward;
+    ops->linear_residual_forward = linear_residual_forward;
     ops->rope_forward = rope_forward;
     ops->rope_backward = rope_backward;
     ops->attention_forward = attention_forward;

@@ -79,6 +79,7 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         .rmsnorm_backward = cpu_rmsnorm_backward,
         .linear_forward = cpu_linear_forward,
         .linear_backward = cpu_linear_backward,
+        .linear_residual_forward = cpu_linear_residual_forward,
         .rope_forward = cpu_rope_forward,
         .rope_backward = cpu_rope_backward,
         .attention_forward = cpu_attention_forward,

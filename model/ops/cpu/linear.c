@@ -44,6 +44,16 @@ Status cpu_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b) {
     return STATUS_OK;
 }
 
+/* The product, then the add: the float32 reference rounds each once, in that order. */
+Status cpu_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r) {
+    TRY(tensor_check("linear_residual_forward", "r", r, DT_F32, 2,
+                     (int64_t[]){x.ndim == 2 ? x.shape[0] : -1, w.ndim == 2 ? w.shape[0] : -1}));
+    if (tensor_present(y) && y.data == r.data)
+        return errorf("linear_residual_forward: y and r must be different memory");
+    if (cpu_linear_forward(be, y, x, w, tensor_none()) != STATUS_OK) return error_context("linear_residual_forward: ");
+    return cpu_accumulate(be, y, r);
+}
+
 /* out[C] += sum_n m[n, :] over an [N, C] matrix: per fixed block of rows a partial sum, each
  * element of it summed by one thread in row order, the partials added in block order. */
 static Status column_sums_accumulate(const char *op, float *out, const float *m, int64_t N, int64_t C) {

@@ -12,6 +12,7 @@ Status cuda_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor
 Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd);
 Status cuda_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
 Status cuda_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w);
+Status cuda_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r);
 Status cuda_rope_forward(Backend *be, Tensor x, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
 Status cuda_rope_backward(Backend *be, Tensor dx, int64_t offset, Tensor cos, Tensor sin, Tensor pos);
 Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared,
@@ -42,6 +43,7 @@ static inline Ops cuda_ops_table(void) {
     o.rmsnorm_backward = cuda_rmsnorm_backward;
     o.linear_forward = cuda_linear_forward;
     o.linear_backward = cuda_linear_backward;
+    o.linear_residual_forward = cuda_linear_residual_forward;
     o.rope_forward = cuda_rope_forward;
     o.rope_backward = cuda_rope_backward;
     o.attention_forward = cuda_attention_forward;
@@ -72,6 +74,11 @@ Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t
 Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta, void *C, int64_t ldc,
                  DType c, const void *bias);
+/* cuda_gemm with C read from c_in and written to C (same layout; c_in may be C): C = alpha op(A)
+ * op(B) + beta c_in (+ bias), so a residual add rides in the product's epilogue. */
+Status cuda_gemm_into(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      float alpha, const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta,
+                      const void *c_in, void *C, int64_t ldc, DType c, const void *bias);
 
 /* An index range check queued on the stream whose verdict is read at the next synchronisation
  * point (cuda_index_checks_resolve): the op that asked, what it checked, and how to word a fault. */

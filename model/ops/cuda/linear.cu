@@ -70,6 +70,23 @@ Status cuda_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b) 
                      tensor_present(b) ? b.data : NULL);
 }
 
+Status cuda_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r) {
+    const char *op = "linear_residual_forward";
+    DType dt = DT_F32;
+    StorageArg args[] = {{"y", y}, {"x", x}, {"w", w}, {"r", r}};
+    TRY(storage_dtype(op, args, 4, &dt));
+    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, -1));
+    int64_t O = w.shape[0], In = w.shape[1];
+    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, In));
+    int64_t N = x.shape[0];
+    TRY(tensor_check_dims(op, "y", y, dt, 2, N, O));
+    TRY(tensor_check_dims(op, "r", r, dt, 2, N, O));
+    if (y.data == r.data) return errorf("%s: y and r must be different memory", op);
+    if (N == 0 || O == 0) return STATUS_OK;
+    /* y = x w^T + 1 * r: the residual as the product's C, so the sum is rounded once */
+    return cuda_gemm_into(be, op, 0, 1, N, O, In, 1.0f, x.data, In, w.data, In, dt, 1.0f, r.data, y.data, O, dt, NULL);
+}
+
 static Status bias_grad_accumulate(Backend *be, float *db, const void *dy, DType dt, int64_t N, int64_t O) {
     int64_t nblocks = (N + LINEAR_PARTIAL_ROWS - 1) / LINEAR_PARTIAL_ROWS;
     if (nblocks == 0 || O == 0) return STATUS_OK;

@@ -52,7 +52,7 @@ typedef struct {
     int device, trans_a, trans_b, has_bias, accumulate;
     int64_t M, N, K, lda, ldb, ldc;
     DType ab, c;
-    uint32_t align_a, align_b, align_c;   /* of the pointers: the heuristic otherwise assumes 256 */
+    uint32_t align_a, align_b, align_c, align_c_in; /* of the pointers: the heuristic otherwise assumes 256 */
     cublasLtMatmulAlgo_t algo;
     LtProblem problem;
 } LtPlan;
@@ -73,7 +73,8 @@ static int same_problem(const LtPlan *a, const LtPlan *b) {
     return a->device == b->device && a->trans_a == b->trans_a && a->trans_b == b->trans_b &&
            a->has_bias == b->has_bias && a->accumulate == b->accumulate && a->M == b->M && a->N == b->N &&
            a->K == b->K && a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->ab == b->ab && a->c == b->c &&
-           a->align_a == b->align_a && a->align_b == b->align_b && a->align_c == b->align_c;
+           a->align_a == b->align_a && a->align_b == b->align_b && a->align_c == b->align_c &&
+           a->align_c_in == b->align_c_in;
 }
 
 /* Row-major C[M, N] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt's first operand
@@ -108,13 +109,13 @@ static Status lt_pick_algo(CudaState *st, LtProblem *p, LtPlan *k) {
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
                                                     sizeof schemes));
-    /* cuBLASLt's first operand is our B, its second our A; C and D are both our C. */
+    /* cuBLASLt's first operand is our B, its second our A; its C is our c_in, its D our C. */
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->align_b,
                                                     sizeof k->align_b));
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->align_a,
                                                     sizeof k->align_a));
-    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->align_c,
-                                                    sizeof k->align_c));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                    &k->align_c_in, sizeof k->align_c_in));
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->align_c,
                                                     sizeof k->align_c));
     cublasLtMatmulHeuristicResult_t result;
@@ -132,11 +133,24 @@ static Status lt_pick_algo(CudaState *st, LtProblem *p, LtPlan *k) {
 Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta, void *C, int64_t ldc,
                  DType c, const void *bias) {
+    return cuda_gemm_into(be, op, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, ab, beta, C, C, ldc, c, bias);
+}
+
+Status cuda_gemm_into(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                      float alpha, const void *A, int64_t lda, const void *B, int64_t ldb, DType ab, float beta,
+                      const void *c_in, void *C, int64_t ldc, DType c, const void *bias) {
+    CudaState *st = cuda_state(be);
+    if (M == 0 || N == 0) return STATUS_OK;
+    if (beta != 0.0f && c_in != C && ((ab == DT_F32 && c == DT_F32 && !bias) || K == 0)) {
+        /* cuBLAS's sgemm (and the empty sum) read and write one C: start it as a copy of c_in. */
+        size_t pitch = (size_t)ldc * dtype_size(c);
+        CUDA_TRY(cudaMemcpy2DAsync(C, pitch, c_in, pitch, (size_t)N * dtype_size(c), (size_t)M,
+                                   cudaMemcpyDeviceToDevice, st->stream));
+        c_in = C;
+    }
     if (ab == DT_F32 && c == DT_F32 && !bias)
         return cuda_sgemm(be, op, trans_a, trans_b, M, N, K, alpha, (const float *)A, lda, (const float *)B, ldb, beta,
                           (float *)C, ldc);
-    CudaState *st = cuda_state(be);
-    if (M == 0 || N == 0) return STATUS_OK;
     if (K == 0 && !bias) {
         if (beta == 0.0f)
             CUDA_TRY(cudaMemset2DAsync(C, (size_t)ldc * dtype_size(c), 0, (size_t)N * dtype_size(c), (size_t)M,
@@ -145,7 +159,8 @@ Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t 
     }
     if (K == 0) return errorf("%s: a biased product with an empty inner dimension", op);
     LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c,
-                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), {}, {NULL, NULL, NULL, NULL, NULL}};
+                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), pointer_alignment(c_in), {},
+                  {NULL, NULL, NULL, NULL, NULL}};
     LtPlan *plan = NULL;
     for (int i = 0; i < lt_plan_count && !plan; i++)
         if (same_problem(&lt_plans[i], &key)) plan = &lt_plans[i];
@@ -167,7 +182,7 @@ Status cuda_gemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t 
     if (bias && cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
                     CUBLAS_STATUS_SUCCESS)
         return errorf("%s: setting cuBLASLt's bias pointer failed", op);
-    cublasStatus_t r = cublasLtMatmul(st->cublaslt, p->desc, &alpha, B, p->a, A, p->b, &beta, C, p->c, C, p->c,
+    cublasStatus_t r = cublasLtMatmul(st->cublaslt, p->desc, &alpha, B, p->a, A, p->b, &beta, c_in, p->c, C, p->c,
                                       &plan->algo, st->workspace, st->workspace_bytes, st->stream);
     if (r != CUBLAS_STATUS_SUCCESS)
         return errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
