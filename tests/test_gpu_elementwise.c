@@ -6,6 +6,9 @@
 
 #include "core/half.h"
 #include "harness.h"
+#ifdef MLATRAIN_HAVE_CUDA
+#include "model/ops/cuda/cuda_backend.h"
+#endif
 
 static Tensor upload_f32(Backend *be, const float *host, int64_t n) {
     Tensor t;
@@ -15,6 +18,52 @@ static Tensor upload_f32(Backend *be, const float *host, int64_t n) {
 }
 
 static void download_f32(Backend *be, float *host, Tensor t) { CHECK_OK(be->download(be, host, t)); }
+
+#ifdef MLATRAIN_HAVE_CUDA
+/* The op profile (bench --op-times) counts every call while on, through more calls than its event
+ * pool holds, passes the arguments through unchanged, and off restores the plain table. */
+static void test_op_profile(Backend *gpu) {
+    const int64_t n = 256;
+    const int adds = 1100;
+    Ops plain = gpu->ops;
+    Tensor a, b;
+    CHECK_OK(gpu->alloc(gpu, &a, DT_F32, 1, &n));
+    CHECK_OK(gpu->alloc(gpu, &b, DT_F32, 1, &n));
+    float *ones = test_alloc((size_t)n * 4), *got = test_alloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) ones[i] = 1.0f;
+    CHECK_OK(gpu->upload(gpu, b, ones));
+    CHECK_OK(cuda_backend_profile_ops(gpu, 1));
+    CHECK(gpu->ops.accumulate != plain.accumulate, "profiling installs the timed table");
+    CHECK_ERR(cuda_backend_profile_ops(gpu, 1), "op profiling is already on");
+    for (int i = 0; i < 3; i++) CHECK_OK(gpu->ops.scale(gpu, a, 2.0f));
+    for (int i = 0; i < adds; i++) CHECK_OK(gpu->ops.accumulate(gpu, a, b));
+    double s = 0;
+    CHECK_OK(gpu->ops.sum_squares(gpu, &s, a));
+    CHECK(s == (double)adds * adds * (double)n, "the timed ops compute what the plain ones do: %.17g", s);
+    CudaOpTime t[8];
+    int count = 0;
+    CHECK_OK(cuda_backend_op_times(gpu, t, 8, &count));
+    CHECK(count == 3, "three ops were called, %d listed", count);
+    int64_t calls_scale = 0, calls_add = 0, calls_sq = 0;
+    for (int i = 0; i < count; i++) {
+        CHECK(t[i].ms >= 0 && (i == 0 || t[i - 1].ms >= t[i].ms), "op times are >= 0 and largest first");
+        if (strcmp(t[i].op, "scale") == 0) calls_scale = t[i].calls;
+        if (strcmp(t[i].op, "accumulate") == 0) calls_add = t[i].calls;
+        if (strcmp(t[i].op, "sum_squares") == 0) calls_sq = t[i].calls;
+    }
+    CHECK(calls_scale == 3 && calls_add == adds && calls_sq == 1, "calls counted: scale %lld, accumulate %lld, "
+          "sum_squares %lld", (long long)calls_scale, (long long)calls_add, (long long)calls_sq);
+    CHECK_OK(cuda_backend_profile_ops(gpu, 0));
+    CHECK(memcmp(&gpu->ops, &plain, sizeof plain) == 0, "profiling off restores the plain table");
+    CHECK_ERR(cuda_backend_op_times(gpu, t, 8, &count), "op profiling is off");
+    CHECK_OK(gpu->download(gpu, got, a));
+    CHECK(got[0] == (float)adds && got[n - 1] == (float)adds, "accumulated %g", got[0]);
+    free(ones);
+    free(got);
+    gpu->release(gpu, &a);
+    gpu->release(gpu, &b);
+}
+#endif
 
 /* The multi-tensor ops over more tensors than one launch takes (MULTI_TENSOR_BATCH = 32), of sizes
  * around the chunk boundaries: adamw_step_multi bitwise equal to scale + adamw_step per tensor on
@@ -169,6 +218,9 @@ int main(void) {
     CHECK(memcmp(&s_gpu1, &s_gpu2, sizeof(double)) == 0, "sum_squares: two runs give the same bits");
 
     test_multi_tensor(gpu, cpu);
+#ifdef MLATRAIN_HAVE_CUDA
+    test_op_profile(gpu);
+#endif
 
     /* Scale and accumulate. */
     CHECK_OK(gpu->ops.scale(gpu, dg, 0.5f));

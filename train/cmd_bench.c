@@ -25,12 +25,14 @@
 /* CPU: 2 warm-up and 5 timed steps, as before. GPU: torch_distill.py's 3 warm-up and 10 timed steps,
  * so both sides average over the same number of steps after the same warm-up. */
 enum { BENCH_MAX_SETS = 64, BENCH_CPU_WARMUP = 2, BENCH_CPU_STEPS = 5, BENCH_GPU_WARMUP = 3, BENCH_GPU_STEPS = 10 };
+/* --op-times: profiled steps after the timed ones, and the ops listed (the table has fewer). */
+enum { BENCH_PROFILE_STEPS = 2, BENCH_MAX_OPS = 32 };
 /* 8192^3 (1.1 TFLOP, ~1.4 ms on an H100): large enough for cuBLASLt's bf16 kernels to reach their
  * peak, small enough that 20 timed runs take well under a second. */
 enum { GPU_PEAK_N = 8192, GPU_PEAK_REPS = 20 };
 
 void cmd_bench_usage(void) {
-    printf("usage: mlatrain bench --config FILE [--steps N] [--set key.path=value ...]\n"
+    printf("usage: mlatrain bench --config FILE [--steps N] [--op-times] [--set key.path=value ...]\n"
            "\n"
            "Times the config's training step (teacher forward, student forward and backward, loss,\n"
            "AdamW) on random token batches: warm-up steps (%d on the CPU, %d on a GPU), then N timed steps\n"
@@ -42,8 +44,11 @@ void cmd_bench_usage(void) {
            "%d^3 product), mfu (tflops / peak_tflops), peak_mem_gb (high-water mark of the backend's\n"
            "tensors and scratch over the steps, as PyTorch's max_memory_allocated), setup_peak_mem_gb (the\n"
            "same before the first step), device_used_gb (cudaMemGetInfo's used bytes after the steps:\n"
-           "context and library workspaces included), loss. GB are 1e9 bytes.\n",
-           BENCH_CPU_WARMUP, BENCH_GPU_WARMUP, BENCH_CPU_STEPS, BENCH_GPU_STEPS, GPU_PEAK_N);
+           "context and library workspaces included), loss. GB are 1e9 bytes.\n"
+           "--op-times (GPU): then %d more steps with every op bracketed by CUDA events, and a second JSON\n"
+           "line: op_times with the profiled step_ms, each op's GPU ms and calls per step and share of the\n"
+           "step, largest first, and other_ms (what no op's kernels account for: memsets, copies, host gaps).\n",
+           BENCH_CPU_WARMUP, BENCH_GPU_WARMUP, BENCH_CPU_STEPS, BENCH_GPU_STEPS, GPU_PEAK_N, BENCH_PROFILE_STEPS);
 }
 
 /* FLOPs per token of one model, as torch_distill.py's flops_per_token: 2 per weight of every matrix
@@ -103,6 +108,12 @@ typedef struct {
     double teacher_params;           /* 0 without a teacher */
     /* GPU only, in bytes */
     double setup_peak, steps_peak, device_used;
+#ifdef MLATRAIN_HAVE_CUDA
+    /* GPU with --op-times: the profiled steps' time and each op's share of it */
+    double profiled_step_s;
+    CudaOpTime ops[BENCH_MAX_OPS];
+    int n_ops;
+#endif
 } BenchFigures;
 
 static double model_parameter_count(const Model *m) {
@@ -126,7 +137,22 @@ static Status sample_gpu_memory(Backend *be, BenchFigures *f) {
  * high-water mark is restarted after setup, so setup (which briefly holds the model the student
  * is converted from) and the steps are reported apart; the used bytes are sampled after each warm-up
  * step and after the timed steps, never inside the timed region. */
-static Status time_steps(const Config *cfg, int warmup, int steps, BenchFigures *f) {
+#ifdef MLATRAIN_HAVE_CUDA
+/* BENCH_PROFILE_STEPS steps with per-op events, after (and apart from) the timed ones. */
+static Status profile_steps(Trainer *t, BenchFigures *f) {
+    TRY(cuda_backend_profile_ops(t->be, 1));
+    StepRecord r = {0};
+    double t0 = monotonic_seconds();
+    Status st = STATUS_OK;
+    for (int i = 0; i < BENCH_PROFILE_STEPS && st == STATUS_OK; i++) st = trainer_step(t, &r);
+    f->profiled_step_s = (monotonic_seconds() - t0) / BENCH_PROFILE_STEPS;
+    if (st == STATUS_OK) st = cuda_backend_op_times(t->be, f->ops, BENCH_MAX_OPS, &f->n_ops);
+    Status off = cuda_backend_profile_ops(t->be, 0);
+    return st != STATUS_OK ? st : off;
+}
+#endif
+
+static Status time_steps(const Config *cfg, int warmup, int steps, int op_times, BenchFigures *f) {
     Trainer *t = NULL;
     TrainerOptions opts = {.random_batches = 1, .quiet = 1};
     TRY(trainer_create(&t, cfg, opts));
@@ -153,6 +179,9 @@ static Status time_steps(const Config *cfg, int warmup, int steps, BenchFigures 
     f->step_s = (monotonic_seconds() - t0) / steps;
 #ifdef MLATRAIN_HAVE_CUDA
     if (st == STATUS_OK && cuda) st = sample_gpu_memory(t->be, f);
+    if (st == STATUS_OK && cuda && op_times) st = profile_steps(t, f);
+#else
+    (void)op_times;
 #endif
     if (st == STATUS_OK) {
         f->tokens_per_step = (double)(cfg->train.global_batch * cfg->data.seq_len);
@@ -212,17 +241,31 @@ static Status print_gpu_line(const Config *cfg, const BenchFigures *f) {
            config_file_name(cfg), precision_name(cfg), recompute_name(cfg), peak.device_name, teacher, (long long)cfg->train.global_batch,
            (long long)cfg->data.seq_len, f->step_s, tok_s, tflops, f->flop_per_token / 1e9, peak.tflops,
            tflops / peak.tflops, f->steps_peak / 1e9, f->setup_peak / 1e9, f->device_used / 1e9, f->loss);
+    if (f->n_ops > 0) {
+        double step_ms = 1e3 * f->profiled_step_s, ops_ms = 0;
+        printf("{\"config\": \"%s\", \"op_times\": {\"steps\": %d, \"step_ms\": %.2f, \"ops\": [", config_file_name(cfg),
+               BENCH_PROFILE_STEPS, step_ms);
+        for (int i = 0; i < f->n_ops; i++) {
+            double ms = f->ops[i].ms / BENCH_PROFILE_STEPS;
+            ops_ms += ms;
+            printf("%s{\"op\": \"%s\", \"ms\": %.3f, \"calls\": %.0f, \"share\": %.3f}", i ? ", " : "", f->ops[i].op,
+                   ms, (double)f->ops[i].calls / BENCH_PROFILE_STEPS, ms / step_ms);
+        }
+        printf("], \"other_ms\": %.2f}}\n", step_ms - ops_ms);
+    }
     return STATUS_OK;
 }
 #endif
 
 /* steps = 0: the device's default. */
-static Status run_bench(const Config *cfg, int steps) {
+static Status run_bench(const Config *cfg, int steps, int op_times) {
     int cuda = cfg->device == CONFIG_DEVICE_CUDA;
     int warmup = cuda ? BENCH_GPU_WARMUP : BENCH_CPU_WARMUP;
     if (steps == 0) steps = cuda ? BENCH_GPU_STEPS : BENCH_CPU_STEPS;
     BenchFigures f = {0};
-    TRY(time_steps(cfg, warmup, steps, &f));
+    if (op_times && !cuda) return errorf("bench: --op-times needs \"device\": \"cuda\" (the config's is \"%s\")",
+                                         config_device_name(cfg->device));
+    TRY(time_steps(cfg, warmup, steps, op_times, &f));
 #ifdef MLATRAIN_HAVE_CUDA
     if (cuda) return print_gpu_line(cfg, &f);
 #endif
@@ -235,11 +278,16 @@ Status cmd_bench(int argc, char **argv, int *show_help) {
     const char *sets[BENCH_MAX_SETS];
     int n_sets = 0;
     long steps = 0;
+    int op_times = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             *show_help = 1;
             return STATUS_OK;
+        }
+        if (strcmp(a, "--op-times") == 0) {
+            op_times = 1;
+            continue;
         }
         if (i + 1 >= argc) return errorf("bench: %s: unknown option or missing value (see mlatrain bench --help)", a);
         const char *v = argv[++i];
@@ -261,7 +309,7 @@ Status cmd_bench(int argc, char **argv, int *show_help) {
     Config *cfg = calloc(1, sizeof *cfg);
     if (!cfg) return errorf("bench: out of memory");
     Status st = config_load(cfg, config_path, sets, n_sets);
-    if (st == STATUS_OK) st = run_bench(cfg, (int)steps);
+    if (st == STATUS_OK) st = run_bench(cfg, (int)steps, op_times);
     free(cfg);
     return st;
 }

@@ -97,9 +97,11 @@ expect_error "bench with an unknown key" "$bin" bench --config "$root/configs/be
     --set precison=bf16 -- "precison"
 run "$bin" bench --config "$root/configs/bench_cpu_tiny.json" --steps 1 --set precision=bf16
 check "bench exits 0 (stderr: $err)" test "$rc" -eq 0
-for key in '"tok_s": ' '"gflop_per_tok": ' '"precision": "bf16"' '"loss": '; do
+for key in '"tok_s": ' '"gflop_per_tok": ' '"precision": "bf16"' '"recompute": "none"' '"loss": '; do
     check "bench prints $key" grep -qF "$key" "$work/out"
 done
+expect_error "bench --op-times on the cpu" "$bin" bench --config "$root/configs/bench_cpu_tiny.json" --steps 1 \
+    --op-times -- '--op-times needs "device": "cuda"' 
 if ! nvidia-smi >/dev/null 2>&1; then
     for cfg in bench_1b bench_8b_1b; do
         expect_error "bench $cfg without a GPU" "$bin" bench --config "$root/configs/$cfg.json" --steps 1 -- \

@@ -17,7 +17,7 @@ static Status emu_upload(Backend *be, Tensor d, const void *s) { TRY(cuda_index_
 static Status emu_download(Backend *be, void *d, Tensor s) { memcpy(d, s.data, tensor_bytes(s)); return cuda_index_checks_resolve(be); }
 static Status emu_zero(Backend *be, Tensor t) { if (t.dtype == DT_I32) TRY(cuda_index_checks_resolve(be)); memset(t.data, 0, tensor_bytes(t)); return STATUS_OK; }
 static Status emu_sync_be(Backend *be) { return cuda_index_checks_resolve(be); }
-static void emu_destroy(Backend *be) { CudaState *st = cuda_state(be); free(st->index_faults); free(st->scratch); free(st); free(be); }
+static void emu_destroy(Backend *be) { CudaState *st = cuda_state(be); cuda_op_profile_free(st); free(st->index_faults); free(st->scratch); free(st); free(be); }
 extern "C" int cuda_device_count(void) { return 1; }
 Status cuda_scratch(Backend *be, size_t bytes, void **out) {
     CudaState *st = cuda_state(be);

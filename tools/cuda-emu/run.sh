@@ -7,7 +7,8 @@
 # CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes); EMU_TRAIN=1
 # also runs a whole tiny distillation (conversion, training, evaluation, checkpoints) with
 # "device": "cuda" under the emulation and checks its figures against the same run on the CPU's
-# bf16 storage (a few minutes).
+# bf16 storage (a few minutes), and again with train.recompute = "layers", which must give the same
+# figures.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/tools/cuda-emu"
@@ -43,7 +44,8 @@ tests=(test_gpu_elementwise test_gpu_ops)
 [ "${EMU_STEP:-0}" = 1 ] && tests+=(test_gpu_step)
 status=0
 for t in "${tests[@]}"; do
-    gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -I"$root" -I"$root/tests" -c "$root/tests/$t.c" -o "$work/obj/$t.o"
+    gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -DMLATRAIN_HAVE_CUDA=1 -I"$root" -I"$root/tests" -c "$root/tests/$t.c" \
+        -o "$work/obj/$t.o"
     (cd "$build" && g++ "$work/obj/$t.o" "$work/obj/backend_cuda.o" "${objs[@]}" "${libs[@]}" -fopenmp \
         -o "$work/$t")
     orders=(0)
@@ -82,6 +84,17 @@ if [ "${EMU_TRAIN:-0}" = 1 ]; then
         status=1
         echo "tiny distillation (emulated cuda, bf16): FAILED: final val loss '${a}' against the cpu's '${b}'"
         tail -n 5 "$run/cuda.log" "$run/cpu.log"
+    fi
+    # Per-layer recomputation through the CUDA ops: the same figures as keeping every activation.
+    "$work/mlatrain" "${common[@]}" --set "run.dir=$run/cuda-recompute" --set train.recompute=layers \
+        >"$run/cuda-recompute.log" 2>&1 || status=1
+    c=$(last "$run/cuda-recompute.log")
+    figures() { sed -E 's/"(tok_s|elapsed)": [^,}]*//g' "$1/metrics.jsonl"; }
+    if [ -n "$a" ] && [ "$c" = "$a" ] && cmp -s <(figures "$run/cuda") <(figures "$run/cuda-recompute"); then
+        echo "tiny distillation (emulated cuda, train.recompute = layers): final val loss $c, every step's figures equal"
+    else
+        status=1
+        echo "tiny distillation (emulated cuda, train.recompute = layers): FAILED: final val loss '${c}' against '${a}'"
     fi
 fi
 exit $status

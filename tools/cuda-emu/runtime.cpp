@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cudnn.h>
 #include <nccl.h>
+#include <time.h>
 #include <ucontext.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +40,21 @@ cudaError_t cudaMemset2DAsync(void *d, size_t pitch, int v, size_t w, size_t h, 
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+/* Kernels run when launched, so an event's time is the host's clock when it is recorded. */
+struct EmuEvent { double seconds; };
+cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = (cudaEvent_t)calloc(1, sizeof(EmuEvent)); return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { free(e); return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    e->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = (float)(1e3 * (b->seconds - a->seconds));
+    return cudaSuccess;
+}
 cudaError_t cudaGetLastError() { return cudaSuccess; }
 static float shfl_slots[1024];
 float emu_shfl_xor(float v, int o) {

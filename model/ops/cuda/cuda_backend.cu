@@ -85,6 +85,7 @@ static Status cuda_synchronize(Backend *be) {
 static void cuda_state_free(CudaState *st) {
     if (!st) return;
     if (st->index_faults) cudaFree(st->index_faults);
+    cuda_op_profile_free(st);
     if (st->scratch) cudaFree(st->scratch);
     if (st->workspace) cudaFree(st->workspace);
     if (st->cudnn) cudnnDestroy(st->cudnn);

@@ -26,6 +26,19 @@ Status cuda_backend_memory(Backend *be, CudaMemoryFigures *out);
 /* Starts a new high-water mark at the present allocation (e.g. after setup, before timed steps). */
 void cuda_backend_reset_peak_memory(Backend *be);
 
+/* GPU time per op (`mlatrain bench --op-times`): on = 1 brackets every op of the table with CUDA
+ * events from now on (totals start at zero); on = 0 restores the plain table. The kernels an op
+ * launches are timed on the stream, so host gaps between ops are not in any op's time. */
+Status cuda_backend_profile_ops(Backend *be, int on);
+typedef struct {
+    const char *op;       /* the op's name in the table, e.g. "attention_backward" */
+    double ms;            /* summed GPU time */
+    int64_t calls;
+} CudaOpTime;
+/* The ops called since profiling began, largest time first (at most cap of them); waits for the
+ * device. */
+Status cuda_backend_op_times(Backend *be, CudaOpTime *out, int cap, int *n);
+
 #ifdef __cplusplus
 }
 #endif

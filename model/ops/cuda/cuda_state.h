@@ -6,6 +6,7 @@
 #include "cuda_ops.h"
 
 enum { CUDA_INDEX_CHECKS_MAX = 256 };
+typedef struct CudaOpProfile CudaOpProfile;
 
 typedef struct {
     int device;
@@ -21,6 +22,7 @@ typedef struct {
     unsigned long long *index_faults;
     CudaIndexCheck index_checks[CUDA_INDEX_CHECKS_MAX];
     int n_index_checks;
+    CudaOpProfile *op_profile;       /* per-op event timing while on (op_profile.cu), else NULL */
     void *scratch;            /* grow-only device scratch of the ops (partial sums, logits chunks) */
     size_t scratch_bytes;
     /* Bytes held by the backend's tensors (cuda_alloc) and the op scratch, now and at their
@@ -66,3 +68,6 @@ static inline Status tensor_check_dims(const char *op, const char *arg, Tensor t
     const int64_t shape[TENSOR_MAX_DIMS] = {d0, d1, d2, d3};
     return tensor_check(op, arg, t, dt, ndim, shape);
 }
+
+/* Releases the op profile's events, if any (op_profile.cu). */
+void cuda_op_profile_free(CudaState *st);
