@@ -3,8 +3,10 @@
 #   build, tests, sanitizer  tools/gpu-check.sh: build for sm_90a, ctest -L gpu, compute-sanitizer
 #                            memcheck and racecheck on tests/test_gpu_ops
 #   bench                    `mlatrain bench` and PyTorch's torch_distill.py side by side: ours on
-#                            configs/bench_1b.json, torch 1b eager and compiled, ours on
-#                            configs/bench_8b_1b.json, torch 8b (all B = 4, T = 2048)
+#                            configs/bench_1b.json, torch 1b eager and compiled, ours on bench_1b
+#                            with train.recompute = "layers", ours on
+#                            configs/bench_8b_1b.json, torch 8b (all B = 4, T = 2048); ours also with
+#                            --op-times: the GPU time of every op, the "where the time goes" table
 #   probe                    the largest batch (of PROBE_BATCHES) that fits at T = 2048, ours and torch;
 #                            ours again with train.recompute = "layers" from the first batch that fails
 #   ablation                 (not in the default list) ours on bench_1b one change undone at a time:
@@ -52,15 +54,17 @@ failed=0
 # Appends one run's record: its name, status, seconds, and the JSON lines it printed (bench figures
 # and, for PyTorch, the memory figures its own line leaves out), or null.
 record() {
-    local name=$1 status=$2 seconds=$3 log=${4:-} result=null extra=null
+    local name=$1 status=$2 seconds=$3 log=${4:-} result=null extra=null ops=null
     if [ -n "$log" ] && [ -f "$log" ]; then
         result=$(grep -E '^\{.*"tok_s"' "$log" | tail -n 1)
         extra=$(grep -E '^\{.*"(max_reserved_gb|oom)"' "$log" | tail -n 1)
+        ops=$(grep -E '^\{.*"op_times"' "$log" | tail -n 1)
         [ -n "$result" ] || result=null
         [ -n "$extra" ] || extra=null
+        [ -n "$ops" ] || ops=null
     fi
-    printf '{"run": "%s", "status": "%s", "seconds": %s, "result": %s, "extra": %s}\n' \
-        "$name" "$status" "$seconds" "$result" "$extra" >>"$results"
+    printf '{"run": "%s", "status": "%s", "seconds": %s, "result": %s, "extra": %s, "ops": %s}\n' \
+        "$name" "$status" "$seconds" "$result" "$extra" "$ops" >>"$results"
 }
 
 # run NAME CAP_SECONDS LOG COMMAND...: runs COMMAND under timeout (CAP, or what is left of the budget
@@ -168,13 +172,17 @@ if (want bench || want probe || want ablation) && ! "${mlatrain[@]}" bench --hel
 fi
 if want bench; then
     # Ours failing in any way is a failure; PyTorch running out of memory is a result.
-    run "ours 1b" 150 "$logs/bench.log" "${mlatrain[@]}" bench --config configs/bench_1b.json
+    run "ours 1b" 150 "$logs/bench.log" "${mlatrain[@]}" bench --config configs/bench_1b.json --op-times
     case $? in 1 | 3) failed=1 ;; esac
     torch "torch 1b eager" 120 "$logs/bench.log" 1b 4
     [ $? -ne 1 ] || failed=1
     torch "torch 1b compile" 240 "$logs/bench.log" 1b 4 compile
     [ $? -ne 1 ] || failed=1
-    run "ours 8b->1b" 200 "$logs/bench.log" "${mlatrain[@]}" bench --config configs/bench_8b_1b.json
+    # The memory side of the trade: the same step keeping only each layer's input.
+    run "ours 1b recompute" 150 "$logs/bench.log" "${mlatrain[@]}" bench --config configs/bench_1b.json \
+        --set train.recompute=layers
+    case $? in 1 | 3) failed=1 ;; esac
+    run "ours 8b->1b" 200 "$logs/bench.log" "${mlatrain[@]}" bench --config configs/bench_8b_1b.json --op-times
     case $? in 1 | 3) failed=1 ;; esac
     torch "torch 8b->1b eager" 150 "$logs/bench.log" 8b 4
     [ $? -ne 1 ] || failed=1
@@ -237,6 +245,8 @@ checks = [
     ("1b tok/s, ours / torch compile", ratio("ours 1b", "torch 1b compile", "tok_s"), ">=", 1.2),
     ("1b MFU, ours", res("ours 1b").get("mfu"), ">=", 0.55),
     ("1b peak memory, ours / torch eager", ratio("ours 1b", "torch 1b eager", "peak_mem_gb"), "<=", 0.5),
+    ("1b peak memory, ours recompute / eager", ratio("ours 1b recompute", "torch 1b eager", "peak_mem_gb"), "<=", 0.5),
+    ("1b tok/s, ours recompute / torch eager", ratio("ours 1b recompute", "torch 1b eager", "tok_s"), ">=", 1.5),
     ("8b->1b tok/s, ours", res("ours 8b->1b").get("tok_s"), ">=", 18000),
     ("8b->1b tok/s, ours / torch eager", ratio("ours 8b->1b", "torch 8b->1b eager", "tok_s"), ">=", None),
     ("8b->1b peak memory, ours / torch", ratio("ours 8b->1b", "torch 8b->1b eager", "peak_mem_gb"), "<=", None),
@@ -245,6 +255,14 @@ for name, v, op, target in checks:
     verdict = "" if v is None or target is None else ("met" if (v >= target if op == ">=" else v <= target) else "NOT met")
     tgt = f"target {op} {target}" if target is not None else ""
     print(f"{name:<38} {cell(v, '.3f' if isinstance(v, float) and v < 100 else '.0f'):>10}  {tgt:<16} {verdict}")
+for r in runs:
+    ops = ((r.get("ops") or {}).get("op_times")) or {}
+    if ops.get("ops"):
+        print()
+        print(f"where the time goes, {r['run']} (GPU ms per step over {ops['steps']} profiled steps of {ops['step_ms']:.1f} ms):")
+        for o in ops["ops"]:
+            print(f"  {o['op']:<26} {o['ms']:>8.2f} ms  {100 * o['share']:5.1f}%  {o['calls']:>6.0f} calls")
+        print(f"  {'other (memsets, copies, gaps)':<26} {ops['other_ms']:>8.2f} ms  {100 * ops['other_ms'] / ops['step_ms']:5.1f}%")
 probe = [r for r in runs if r["run"].startswith("probe ")]
 if probe:
     print()
