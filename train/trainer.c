@@ -159,7 +159,9 @@ static Status setup(Trainer *t, const Config *cfg) {
         TRY(zero1_create(&t->zero, t->student, oc, t->comm));
     } else {
         TRY(optimizer_create(&t->opt, t->student, oc));
-        if (t->world > 1) {
+        /* The host bucket is for communicators that sum host memory (MPI); NCCL sums the gradients
+         * in place, layer by layer (grad_sync_overlap.c). */
+        if (t->world > 1 && !(t->comm->all_reduce_sum_f32_after && t->comm->wait_issued)) {
             t->grad_bucket = malloc((size_t)GRAD_BUCKET_VALUES * sizeof(float));
             if (!t->grad_bucket) return errorf("trainer: out of memory for the gradient bucket");
         }
