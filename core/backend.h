@@ -67,6 +67,11 @@ typedef struct {
     Status (*rmsnorm_forward)(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
     Status (*rmsnorm_backward)(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
                                Tensor rstd);
+    /* rmsnorm_backward with the residual branch's gradient added: dx = (the norm's dx) + dres, in
+     * the same pass where the backend can (bf16: one rounding of the sum). dx and dres are
+     * different memory. */
+    Status (*rmsnorm_residual_backward)(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                        Tensor rstd, Tensor dres);
 
     /* y[N, O] = x[N, I] w[O, I]^T (+ b[O]). y may be f32 when the inputs are bf16 (logits). */
     Status (*linear_forward)(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);

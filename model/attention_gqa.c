@@ -54,7 +54,6 @@ Status gqa_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     TRY(op->accumulate(be, g->da, g->dtmp));
     TRY(op->linear_backward(be, g->dtmp, gw->v_proj, gw->v_bias, dv, c->a, w->v_proj));
     TRY(op->accumulate(be, g->da, g->dtmp));
-    TRY(op->rmsnorm_backward(be, g->dx, gw->input_norm, g->da, c->x, w->input_norm, c->rstd1));
-    TRY(op->accumulate(be, g->dx, g->dh));
+    TRY(op->rmsnorm_residual_backward(be, g->dx, gw->input_norm, g->da, c->x, w->input_norm, c->rstd1, g->dh));
     return STATUS_OK;
 }

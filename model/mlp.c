@@ -27,7 +27,6 @@ Status mlp_backward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     TRY(op->linear_backward(be, g->da, gw->gate_proj, tensor_none(), g->dgate, c->a2, w->gate_proj));
     TRY(op->linear_backward(be, g->dtmp, gw->up_proj, tensor_none(), g->dup, c->a2, w->up_proj));
     TRY(op->accumulate(be, g->da, g->dtmp));
-    TRY(op->rmsnorm_backward(be, g->dh, gw->post_norm, g->da, c->h, w->post_norm, c->rstd2));
-    TRY(op->accumulate(be, g->dh, g->dx));
+    TRY(op->rmsnorm_residual_backward(be, g->dh, gw->post_norm, g->da, c->h, w->post_norm, c->rstd2, g->dx));
     return STATUS_OK;
 }

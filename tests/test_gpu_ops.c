@@ -214,7 +214,8 @@ static void test_rmsnorm(int64_t N, int64_t D) {
     Pair y = pair_new(storage, 2, (int64_t[]){N, D}), rstd = pair_new(DT_F32, 1, (int64_t[]){N});
     Pair dy = pair_normal(2, (int64_t[]){N, D}, 1.0f), dx = pair_new(storage, 2, (int64_t[]){N, D});
     Pair dw = pair_normal_f32(1, (int64_t[]){D}, 1.0f);
-    float *snap[4] = {0};
+    Tensor none = tensor_none();
+    float *snap[5] = {0};
     for (int run = 0; run < 2; run++) {
         pair_poison(&y);
         pair_poison(&rstd);
@@ -230,9 +231,18 @@ static void test_rmsnorm(int64_t N, int64_t D) {
         compare("rmsnorm forward rstd", &rstd, 1e-5, &snap[1]);
         compare("rmsnorm backward dx", &dx, 1e-5, &snap[2]);
         compare("rmsnorm backward dw", &dw, 1e-5, &snap[3]);
+        /* with the residual branch's gradient added in the same pass */
+        pair_poison(&dx);
+        CHECK_OK(gpu->ops.rmsnorm_residual_backward(gpu, dx.g, none, dy.g, x.g, w.g, rstd.g, y.g));
+        if (run == 0) CHECK_OK(cpu->ops.rmsnorm_residual_backward(cpu, dx.c, none, dy.c, x.c, w.c, rstd.c, y.c));
+        compare("rmsnorm_residual_backward dx", &dx, 1e-5, &snap[4]);
     }
-    free_snapshots(snap, 4);
+    free_snapshots(snap, 5);
     CHECK_ERR(gpu->ops.rmsnorm_forward(gpu, y.g, rstd.g, x.g, dy.g, 1e-5f), "rmsnorm_forward: w has shape");
+    CHECK_ERR(gpu->ops.rmsnorm_residual_backward(gpu, dx.g, none, dy.g, x.g, w.g, rstd.g, dx.g),
+              "dx and dres must be different memory");
+    CHECK_ERR(gpu->ops.rmsnorm_residual_backward(gpu, dx.g, none, dy.g, x.g, w.g, rstd.g, none),
+              "rmsnorm_residual_backward: dres must be present");
     Pair *all[] = {&x, &w, &y, &rstd, &dy, &dx, &dw};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
 }

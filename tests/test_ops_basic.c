@@ -170,6 +170,24 @@ static void check_rmsnorm(int64_t N, int64_t D) {
                                       f32_1d(w, D), f32_1d(rstd, N)));
     CHECK(bitwise_equal(dx, dx2, N * D), "rmsnorm backward without dw gives the same dx");
 
+    /* With the residual branch's gradient: bitwise the backward then the add, dw the same. */
+    float *dres = new_f32(N * D), *dx3 = new_f32(N * D), *dw3 = new_f32(D), *dw4 = new_f32(D);
+    fill_normal(dres, N * D, 13, 1.0f);
+    CHECK_OK(be->ops.rmsnorm_residual_backward(be, f32_2d(dx3, N, D), f32_1d(dw3, D), f32_2d(dy, N, D),
+                                               f32_2d(x, N, D), f32_1d(w, D), f32_1d(rstd, N), f32_2d(dres, N, D)));
+    CHECK_OK(be->ops.rmsnorm_backward(be, f32_2d(dx2, N, D), f32_1d(dw4, D), f32_2d(dy, N, D), f32_2d(x, N, D),
+                                      f32_1d(w, D), f32_1d(rstd, N)));
+    CHECK_OK(be->ops.accumulate(be, f32_2d(dx2, N, D), f32_2d(dres, N, D)));
+    CHECK(bitwise_equal(dx3, dx2, N * D) && bitwise_equal(dw3, dw4, D),
+          "rmsnorm_residual_backward: bitwise rmsnorm_backward then accumulate");
+    CHECK_ERR(be->ops.rmsnorm_residual_backward(be, f32_2d(dres, N, D), tensor_none(), f32_2d(dy, N, D),
+                                                f32_2d(x, N, D), f32_1d(w, D), f32_1d(rstd, N), f32_2d(dres, N, D)),
+              "dx and dres must be different memory");
+    CHECK_ERR(be->ops.rmsnorm_residual_backward(be, f32_2d(dx3, N, D), tensor_none(), f32_2d(dy, N, D),
+                                                f32_2d(x, N, D), f32_1d(w, D), f32_1d(rstd, N), f32_1d(dres, N)),
+              "rmsnorm_residual_backward: dres has shape");
+    free(dres), free(dx3), free(dw3), free(dw4);
+
     free(x), free(w), free(y), free(rstd), free(dy), free(dx), free(dw), free(dx2), free(dw_twice);
     free(ref.x), free(ref.w), free(ref.dy), free(y_ref), free(rstd_ref);
 }

@@ -34,7 +34,7 @@ void backend_destroy(Backend *be) {
 Status backend_check_ops(const Backend *be) {
     /* Ops is a struct of function pointers only, so it can be walked as an array. */
     static const char *const names[] = {
-        "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward",
+        "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward", "rmsnorm_residual_backward",
         "linear_forward", "linear_backward", "linear_residual_forward", "rope_forward", "rope_backward",
         "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
         "lm_head_loss", "adamw_step", "adamw_step_multi", "sum_squares", "sum_squares_multi",

@@ -108,6 +108,20 @@ static Status rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Ten
     RUN(w, cpu_rmsnorm_backward(be, dx, dw, dy, x, wt, rstd));
 }
 
+/* Widened, so the bf16 dx is the f32 sum rounded once, as the GPU's kernel gives. */
+static Status rmsnorm_residual_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor wt,
+                                        Tensor rstd, Tensor dres) {
+    Widened w = {.op = "rmsnorm_residual_backward"};
+    if (tensor_present(dx) && dx.data == dres.data)
+        return errorf("rmsnorm_residual_backward: dx and dres must be different memory");
+    TRY(storage(&w, "dx", &dx, 1));
+    TRY(storage(&w, "dy", &dy, 0));
+    TRY(storage(&w, "x", &x, 0));
+    TRY(storage(&w, "w", &wt, 0));
+    TRY(storage(&w, "dres", &dres, 0));
+    RUN(w, cpu_rmsnorm_residual_backward(be, dx, dw, dy, x, wt, rstd, dres));
+}
+
 static Status linear_forward(Backend *be, Tensor y, Tensor x, Tensor wt, Tensor b) {
     Widened w = {.op = "linear_forward"};
     /* y may be f32 whatever the inputs (logits are kept in f32). */
@@ -232,6 +246,7 @@ void cpu_ops_add_bf16_storage(Ops *ops) {
     ops->embedding_backward = embedding_backward;
     ops->rmsnorm_forward = rmsnorm_forward;
     ops->rmsnorm_backward = rmsnorm_backward;
+    ops->rmsnorm_residual_backward = rmsnorm_residual_backward;
     ops->linear_forward = linear_forward;
     ops->linear_backward = linear_backward;
     ops->linear_residual_forward = linear_residual_forward;

@@ -77,6 +77,7 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         .embedding_backward = cpu_embedding_backward,
         .rmsnorm_forward = cpu_rmsnorm_forward,
         .rmsnorm_backward = cpu_rmsnorm_backward,
+        .rmsnorm_residual_backward = cpu_rmsnorm_residual_backward,
         .linear_forward = cpu_linear_forward,
         .linear_backward = cpu_linear_backward,
         .linear_residual_forward = cpu_linear_residual_forward,

@@ -28,6 +28,8 @@ Status cpu_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table);
 Status cpu_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
 Status cpu_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
 Status cpu_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd);
+Status cpu_rmsnorm_residual_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd,
+                                     Tensor dres);
 Status cpu_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
 Status cpu_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w);
 Status cpu_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r);

@@ -93,3 +93,12 @@ Status cpu_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor
     free(partial);
     return STATUS_OK;
 }
+
+/* The norm's backward, then the add: the float32 reference rounds each once, in that order. */
+Status cpu_rmsnorm_residual_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd,
+                                     Tensor dres) {
+    TRY(tensor_check("rmsnorm_residual_backward", "dres", dres, DT_F32, 2, dx.shape));
+    if (dx.data == dres.data) return errorf("rmsnorm_residual_backward: dx and dres must be different memory");
+    if (cpu_rmsnorm_backward(be, dx, dw, dy, x, w, rstd) != STATUS_OK) return error_context("rmsnorm_residual_backward: ");
+    return cpu_accumulate(be, dx, dres);
+}

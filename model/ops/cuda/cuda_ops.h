@@ -10,6 +10,8 @@ Status cuda_embedding_forward(Backend *be, Tensor out, Tensor ids, Tensor table)
 Status cuda_embedding_backward(Backend *be, Tensor dtable, Tensor dout, Tensor ids);
 Status cuda_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor w, float eps);
 Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd);
+Status cuda_rmsnorm_residual_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd,
+                                      Tensor dres);
 Status cuda_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b);
 Status cuda_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w);
 Status cuda_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor r);
@@ -41,6 +43,7 @@ static inline Ops cuda_ops_table(void) {
     o.embedding_backward = cuda_embedding_backward;
     o.rmsnorm_forward = cuda_rmsnorm_forward;
     o.rmsnorm_backward = cuda_rmsnorm_backward;
+    o.rmsnorm_residual_backward = cuda_rmsnorm_residual_backward;
     o.linear_forward = cuda_linear_forward;
     o.linear_backward = cuda_linear_backward;
     o.linear_residual_forward = cuda_linear_residual_forward;

@@ -33,10 +33,10 @@ __global__ void rmsnorm_forward_rows(T *y, float *rstd, const T *x, const T *w, 
     }
 }
 
-/* dx[n, :] = rstd * (w*dy - x * rstd^2 * mean(w*dy*x)). */
+/* dx[n, :] = rstd * (w*dy - x * rstd^2 * mean(w*dy*x)) (+ dres[n, :] when given, before rounding). */
 template <typename T>
-__global__ void rmsnorm_backward_dx(T *dx, const T *dy, const T *x, const T *w, const float *rstd, int64_t N,
-                                    int64_t D) {
+__global__ void rmsnorm_backward_dx(T *dx, const T *dy, const T *x, const T *w, const float *rstd, const T *dres,
+                                    int64_t N, int64_t D) {
     __shared__ double shared[REDUCE_BLOCK_THREADS];
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         const T *xr = x + n * D, *gr = dy + n * D;
@@ -47,8 +47,14 @@ __global__ void rmsnorm_backward_dx(T *dx, const T *dy, const T *x, const T *w, 
         float r = rstd[n];
         float c = r * r * (float)(dot / (double)D);
         T *dxr = dx + n * D;
-        for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-            dxr[d] = from_f32<T>(r * (to_f32(w[d]) * to_f32(gr[d]) - to_f32(xr[d]) * c));
+        if (dres) {
+            const T *rr = dres + n * D;
+            for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+                dxr[d] = from_f32<T>(r * (to_f32(w[d]) * to_f32(gr[d]) - to_f32(xr[d]) * c) + to_f32(rr[d]));
+        } else {
+            for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+                dxr[d] = from_f32<T>(r * (to_f32(w[d]) * to_f32(gr[d]) - to_f32(xr[d]) * c));
+        }
     }
 }
 
@@ -92,29 +98,35 @@ Status cuda_rmsnorm_forward(Backend *be, Tensor y, Tensor rstd, Tensor x, Tensor
     return STATUS_OK;
 }
 
-Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) {
+/* dres absent: the plain backward. */
+static Status rmsnorm_backward_with(Backend *be, const char *op, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                    Tensor rstd, Tensor dres) {
     DType dt = DT_F32;
-    StorageArg args[] = {{"dx", dx}, {"dy", dy}, {"x", x}, {"w", w}};
-    TRY(storage_dtype("rmsnorm_backward", args, 4, &dt));
-    TRY(tensor_check_dims("rmsnorm_backward", "x", x, dt, 2, -1, -1));
+    StorageArg args[] = {{"dx", dx}, {"dy", dy}, {"x", x}, {"w", w}, {"dres", dres}};
+    TRY(storage_dtype(op, args, 5, &dt));
+    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, -1));
     int64_t N = x.shape[0], D = x.shape[1];
-    TRY(tensor_check_dims("rmsnorm_backward", "dx", dx, dt, 2, N, D));
-    if (tensor_present(dw)) TRY(tensor_check_dims("rmsnorm_backward", "dw", dw, DT_F32, 1, D));
-    TRY(tensor_check_dims("rmsnorm_backward", "dy", dy, dt, 2, N, D));
-    TRY(tensor_check_dims("rmsnorm_backward", "w", w, dt, 1, D));
-    TRY(tensor_check_dims("rmsnorm_backward", "rstd", rstd, DT_F32, 1, N));
-    if (D == 0) return errorf("rmsnorm_backward: x has no columns (shape [%lld, 0])", (long long)N);
+    TRY(tensor_check_dims(op, "dx", dx, dt, 2, N, D));
+    if (tensor_present(dw)) TRY(tensor_check_dims(op, "dw", dw, DT_F32, 1, D));
+    TRY(tensor_check_dims(op, "dy", dy, dt, 2, N, D));
+    TRY(tensor_check_dims(op, "w", w, dt, 1, D));
+    TRY(tensor_check_dims(op, "rstd", rstd, DT_F32, 1, N));
+    if (tensor_present(dres)) {
+        TRY(tensor_check_dims(op, "dres", dres, dt, 2, N, D));
+        if (dres.data == dx.data) return errorf("%s: dx and dres must be different memory", op);
+    }
+    if (D == 0) return errorf("%s: x has no columns (shape [%lld, 0])", op, (long long)N);
     if (N == 0) return STATUS_OK;
     CudaState *st = cuda_state(be);
     WITH_STORAGE(dt, T,
                  rmsnorm_backward_dx<<<grid_rows(N), REDUCE_BLOCK_THREADS, 0, st->stream>>>(
-                     (T *)dx.data, (const T *)dy.data, (const T *)x.data, (const T *)w.data, tensor_f32(rstd), N,
-                     D));
+                     (T *)dx.data, (const T *)dy.data, (const T *)x.data, (const T *)w.data, tensor_f32(rstd),
+                     (const T *)dres.data, N, D));
     CUDA_TRY_LAUNCH();
     if (!tensor_present(dw)) return STATUS_OK;
 
     int64_t nblocks = (N + RMSNORM_PARTIAL_ROWS - 1) / RMSNORM_PARTIAL_ROWS;
-    if (nblocks > 65535) return errorf("rmsnorm_backward: %lld rows exceed the partial-sum grid", (long long)N);
+    if (nblocks > 65535) return errorf("%s: %lld rows exceed the partial-sum grid", op, (long long)N);
     void *partial;
     TRY(cuda_scratch(be, (size_t)nblocks * (size_t)D * sizeof(float), &partial));
     int col_blocks = (int)((D + REDUCE_BLOCK_THREADS - 1) / REDUCE_BLOCK_THREADS);
@@ -128,4 +140,14 @@ Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tenso
         tensor_f32(dw), (const float *)partial, nblocks, D);
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
+}
+
+Status cuda_rmsnorm_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) {
+    return rmsnorm_backward_with(be, "rmsnorm_backward", dx, dw, dy, x, w, rstd, tensor_none());
+}
+
+Status cuda_rmsnorm_residual_backward(Backend *be, Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd,
+                                      Tensor dres) {
+    if (!tensor_present(dres)) return errorf("rmsnorm_residual_backward: dres must be present");
+    return rmsnorm_backward_with(be, "rmsnorm_residual_backward", dx, dw, dy, x, w, rstd, dres);
 }
