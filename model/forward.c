@@ -5,7 +5,8 @@
  * q, k, v, k_rope, the q bottleneck, c and c_n, attn, lse, h, rstd2, gate, up; the norm outputs and
  * the SwiGLU product are one shared buffer each, recomputed in backward); FORWARD_RECOMPUTE only x,
  * with one set of the rest, shaped for the widest layer, that backward re-runs each layer's forward
- * into before its backward. Both also hold the gradient scratch of one layer. */
+ * into before its backward; FORWARD_RECOMPUTE_MLP all of FORWARD_KEEP's but gate and up, one shared
+ * buffer each, whose products backward runs again. All hold the gradient scratch of one layer. */
 #include <stdlib.h>
 
 #include "model/layers.h"
@@ -105,8 +106,13 @@ static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cf
     STAT_1(c->rstd2, N);
     if (trains) c->a2 = st->norm_out;
     else ACT_2(c->a2, N, D);
-    ACT_2(c->gate, N, F);
-    ACT_2(c->up, N, F);
+    if (st->mode == FORWARD_RECOMPUTE_MLP) {
+        c->gate = st->gate_out;
+        c->up = st->up_out;
+    } else {
+        ACT_2(c->gate, N, F);
+        ACT_2(c->up, N, F);
+    }
     if (trains) c->act = st->act_out;
     else ACT_2(c->act, N, F);
     return STATUS_OK;
@@ -159,6 +165,10 @@ static Status forward_state_init(ForwardState *st, const Model *m) {
     case FORWARD_INFERENCE:
         TRY(alloc_cache(st, &st->caches[0], cfg, widest(cfg), cfg->mla.latent_norm, 1));
         break;
+    case FORWARD_RECOMPUTE_MLP:
+        TRY(own(st, &st->gate_out, 2, N, cfg->intermediate_size, 0, st->dtype));
+        TRY(own(st, &st->up_out, 2, N, cfg->intermediate_size, 0, st->dtype));
+        /* fall through - the rest as FORWARD_KEEP */
     case FORWARD_KEEP:
         for (int l = 0; l < L; l++)
             TRY(alloc_cache(st, &st->caches[l], cfg, widths_of(cfg, cfg->layer_attention[l]), cfg->mla.latent_norm, 1));
@@ -184,8 +194,10 @@ static Status forward_state_init(ForwardState *st, const Model *m) {
 
 Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, ForwardMode mode) {
     *out = NULL;
-    if (mode != FORWARD_INFERENCE && mode != FORWARD_KEEP && mode != FORWARD_RECOMPUTE)
-        return errorf("forward state: unknown mode %d (expected inference 0, keep 1 or recompute 2)", (int)mode);
+    if (mode != FORWARD_INFERENCE && mode != FORWARD_KEEP && mode != FORWARD_RECOMPUTE &&
+        mode != FORWARD_RECOMPUTE_MLP)
+        return errorf("forward state: unknown mode %d (expected inference 0, keep 1, recompute 2 or recompute_mlp 3)",
+                      (int)mode);
     if (batch < 1 || seq < 1) return errorf("forward state: batch and seq must be >= 1, got %lld x %lld", (long long)batch, (long long)seq);
     if (seq > m->max_seq)
         return errorf("forward state: sequences of %lld tokens exceed the model's rope tables (%lld)",
@@ -218,7 +230,8 @@ void forward_state_destroy(ForwardState *st) {
  * (recompute), or the one cache every layer reuses (inference). */
 static LayerCache *layer_cache(ForwardState *st, int l) {
     switch (st->mode) {
-    case FORWARD_KEEP: return &st->caches[l];
+    case FORWARD_KEEP:
+    case FORWARD_RECOMPUTE_MLP: return &st->caches[l];
     case FORWARD_RECOMPUTE: st->work.x = st->caches[l].x; return &st->work;
     case FORWARD_INFERENCE: break;
     }

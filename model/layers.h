@@ -48,6 +48,8 @@ struct ForwardState {
      * [N, D] (already in caches[l + 1].x, so a scratch no one reads). */
     LayerCache work;
     Tensor x_next_scratch;
+    /* FORWARD_RECOMPUTE_MLP: the one buffer behind every layer's gate and up [N, F]. */
+    Tensor gate_out, up_out;
     Tensor x_final, rstd_final;     /* [N, D], [N]: the stream before the final norm */
     /* When training: the one buffer behind every layer's a and a2 [N, D], and behind act [N, F];
      * backward recomputes them from x, h (and the saved rstd) and gate, up. */

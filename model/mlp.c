@@ -21,6 +21,11 @@ Status mlp_backward(Model *m, ForwardState *st, int layer, LayerCache *c) {
     LayerWeights *gw = &m->grad_layers[layer];
     BackwardScratch *g = &st->g;
     TRY(op->rmsnorm_forward(be, c->a2, c->rstd2, c->h, w->post_norm, (float)m->cfg.rms_norm_eps));
+    if (st->mode == FORWARD_RECOMPUTE_MLP) {
+        /* gate and up share one buffer across layers: the same products as the forward's */
+        TRY(op->linear_forward(be, c->gate, c->a2, w->gate_proj, tensor_none()));
+        TRY(op->linear_forward(be, c->up, c->a2, w->up_proj, tensor_none()));
+    }
     TRY(op->swiglu_forward(be, c->act, c->gate, c->up));
     TRY(op->linear_backward(be, g->dact, gw->down_proj, tensor_none(), g->dx, c->act, w->down_proj));
     TRY(op->swiglu_backward(be, g->dgate, g->dup, g->dact, c->gate, c->up));

@@ -137,9 +137,12 @@ typedef enum {
     FORWARD_RECOMPUTE = 2,   /* each layer's input only, plus one layer's buffers that backward
                                 re-runs each layer's forward into first: one more forward of the
                                 layers per step for room for larger batches (training) */
+    FORWARD_RECOMPUTE_MLP = 3, /* every activation but the MLP's gate and up projections ([N, F]
+                                each, the largest), which backward recomputes from the kept input:
+                                two more products per layer (training) */
 } ForwardMode;
 
-/* mode FORWARD_INFERENCE, FORWARD_KEEP or FORWARD_RECOMPUTE (0 and 1 mean inference and keep). */
+/* mode: a ForwardMode (0 and 1 mean inference and keep). */
 Status forward_state_create(ForwardState **out, const Model *m, int64_t batch, int64_t seq, ForwardMode mode);
 void forward_state_destroy(ForwardState *st);
 

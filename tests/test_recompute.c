@@ -1,6 +1,7 @@
-/* Activation recomputation (FORWARD_RECOMPUTE, train.recompute = "layers"): the same hidden states,
- * gradient bits, gradient-ready hook order and trained weights as keeping every activation, for less
- * memory, on hybrid and all-MLA students in f32 and bf16; and the config key's strict parsing. */
+/* Activation recomputation (train.recompute = "layers": FORWARD_RECOMPUTE; "mlp":
+ * FORWARD_RECOMPUTE_MLP): the same hidden states, gradient bits, gradient-ready hook order and
+ * trained weights as keeping every activation, for less memory, on hybrid and all-MLA students in
+ * f32 and bf16; and the config key's strict parsing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +170,17 @@ static void check_recompute_matches_keep(const char *what, const ModelConfig *cf
     printf("%s, %s: forward state %zu bytes keeping activations, %zu recomputing (%zu saved)\n", what, dt,
            keep.state_bytes, rec.state_bytes, saved);
 
+    /* Only the MLP's gate and up recomputed: the same bits, one [N, F] pair instead of L. */
+    PassResult mlp = forward_backward(m, FORWARD_RECOMPUTE_MLP, ids, dhidden);
+    CHECK(mlp.hidden && memcmp(keep.hidden, mlp.hidden, keep.hidden_bytes) == 0 && mlp.grads &&
+              mlp.grad_bytes == keep.grad_bytes && memcmp(keep.grads, mlp.grads, keep.grad_bytes) == 0,
+          "%s, %s: hidden states and every gradient bitwise equal with the MLP recomputed", what, dt);
+    CHECK(mlp.hook.n == keep.hook.n, "%s, %s: the hook is called as often with the MLP recomputed", what, dt);
+    size_t want_mlp = (size_t)(L - 1) * 2 * (size_t)(N * cfg->intermediate_size) * dtype_size(dtype);
+    CHECK(keep.state_bytes - mlp.state_bytes == want_mlp, "%s, %s: recomputing the MLP saves %zu bytes, expected %zu",
+          what, dt, keep.state_bytes - mlp.state_bytes, want_mlp);
+    free(mlp.hidden), free(mlp.grads);
+
     free(keep.hidden), free(keep.grads), free(rec.hidden), free(rec.grads), free(dh);
     be->release(be, &ids);
     be->release(be, &dhidden);
@@ -219,10 +231,15 @@ static void check_trainer(const char *precision) {
     int64_t n_none = 0, n_layers = 0;
     float *none = trained_weights("none", precision, &n_none);
     float *layers = trained_weights("layers", precision, &n_layers);
+    int64_t n_mlp = 0;
+    float *mlp = trained_weights("mlp", precision, &n_mlp);
     CHECK(none && layers && n_none == n_layers && memcmp(none, layers, (size_t)n_none * sizeof(float)) == 0,
           "%s: weights after 3 training steps bitwise equal with train.recompute \"layers\" and \"none\"", precision);
+    CHECK(none && mlp && n_none == n_mlp && memcmp(none, mlp, (size_t)n_none * sizeof(float)) == 0,
+          "%s: weights after 3 training steps bitwise equal with train.recompute \"mlp\" and \"none\"", precision);
     free(none);
     free(layers);
+    free(mlp);
 }
 
 static void check_config(void) {
@@ -241,8 +258,11 @@ static void check_config(void) {
     if (CHECK_OK(config_effective_json(cfg, &text)))
         CHECK(strstr(text, "\"recompute\": \"layers\"") != NULL, "the effective config repeats train.recompute");
     free(text);
+    const char *mlp[] = {"train.recompute=mlp"};
+    if (CHECK_OK(config_parse_json(cfg, base, "c.json", mlp, 1)))
+        CHECK(cfg->train.recompute == CONFIG_RECOMPUTE_MLP, "train.recompute = \"mlp\" is read");
     const char *bogus[] = {"train.recompute=bogus"};
-    CHECK_ERR(config_parse_json(cfg, base, "c.json", bogus, 1), "train.recompute: expected \"none\" or \"layers\"");
+    CHECK_ERR(config_parse_json(cfg, base, "c.json", bogus, 1), "train.recompute: expected \"none\", \"layers\" or \"mlp\"");
     const char *number[] = {"train.recompute=1"};
     CHECK_ERR(config_parse_json(cfg, base, "c.json", number, 1), "train.recompute");
     free(cfg);
@@ -265,7 +285,7 @@ int main(void) {
     Model *m = NULL;
     ForwardState *st = NULL;
     if (CHECK_OK(model_create(&m, be, &hybrid, T)))
-        CHECK_ERR(forward_state_create(&st, m, B, T, (ForwardMode)3), "forward state: unknown mode 3");
+        CHECK_ERR(forward_state_create(&st, m, B, T, (ForwardMode)4), "forward state: unknown mode 4");
     model_destroy(m);
 
     check_trainer("fp32");

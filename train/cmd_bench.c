@@ -204,11 +204,9 @@ static const char *precision_name(const Config *cfg) {
     return config_compute_dtype(cfg) == DT_BF16 ? "bf16" : "fp32";
 }
 
-/* The FLOPs counted are the model's; with "layers" the hardware also runs the student's layers
- * forward a second time, which the figures do not count. */
-static const char *recompute_name(const Config *cfg) {
-    return cfg->train.recompute == CONFIG_RECOMPUTE_LAYERS ? "layers" : "none";
-}
+/* The FLOPs counted are the model's; with recomputation the hardware also runs part of the
+ * student's forward a second time, which the figures do not count. */
+static const char *recompute_name(const Config *cfg) { return config_recompute_name(cfg->train.recompute); }
 
 static void print_cpu_line(const Config *cfg, const BenchFigures *f) {
     double tok_s = f->tokens_per_step / f->step_s, gflops = tok_s * f->flop_per_token / 1e9;

@@ -29,13 +29,14 @@ typedef enum {
 typedef enum { CONFIG_SCHEDULE_COSINE = 0, CONFIG_SCHEDULE_LINEAR, CONFIG_SCHEDULE_CONSTANT } ConfigSchedule;
 /* What the student keeps for backward: every activation, or each layer's input only (the layer's
  * forward runs again in backward). */
-typedef enum { CONFIG_RECOMPUTE_NONE = 0, CONFIG_RECOMPUTE_LAYERS } ConfigRecompute;
+typedef enum { CONFIG_RECOMPUTE_NONE = 0, CONFIG_RECOMPUTE_LAYERS, CONFIG_RECOMPUTE_MLP } ConfigRecompute;
 
 /* The JSON spelling of each enum value ("cuda", "svd", "norm", "cosine", ...). */
 const char *config_device_name(ConfigDevice d);
 const char *config_mla_init_name(ConfigMlaInit m);
 const char *config_rope_select_name(ConfigRopeSelect r);
 const char *config_schedule_name(ConfigSchedule s);
+const char *config_recompute_name(ConfigRecompute r);
 
 typedef struct {
     int count;

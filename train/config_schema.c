@@ -14,12 +14,13 @@ static const char *const MODEL_INIT_NAMES[] = {"random", NULL};
 static const char *const MLA_INIT_NAMES[] = {"svd", "exact", "random", NULL};
 static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", NULL};
 static const char *const SCHEDULE_NAMES[] = {"cosine", "linear", "constant", NULL};
-static const char *const RECOMPUTE_NAMES[] = {"none", "layers", NULL};
+static const char *const RECOMPUTE_NAMES[] = {"none", "layers", "mlp", NULL};
 
 const char *config_device_name(ConfigDevice d) { return DEVICE_NAMES[d]; }
 const char *config_mla_init_name(ConfigMlaInit m) { return MLA_INIT_NAMES[m]; }
 const char *config_rope_select_name(ConfigRopeSelect r) { return ROPE_SELECT_NAMES[r]; }
 const char *config_schedule_name(ConfigSchedule s) { return SCHEDULE_NAMES[s]; }
+const char *config_recompute_name(ConfigRecompute r) { return RECOMPUTE_NAMES[r]; }
 
 #define FIELD(f) offsetof(Config, f)
 #define SIZE(f) ((int)sizeof(((Config *)0)->f))

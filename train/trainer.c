@@ -190,7 +190,10 @@ static Status setup(Trainer *t, const Config *cfg) {
     }
 
     int64_t N = t->B * t->T, D = sc->hidden_size;
-    ForwardMode student_mode = cfg->train.recompute == CONFIG_RECOMPUTE_LAYERS ? FORWARD_RECOMPUTE : FORWARD_KEEP;
+    static const ForwardMode modes[] = {[CONFIG_RECOMPUTE_NONE] = FORWARD_KEEP,
+                                        [CONFIG_RECOMPUTE_LAYERS] = FORWARD_RECOMPUTE,
+                                        [CONFIG_RECOMPUTE_MLP] = FORWARD_RECOMPUTE_MLP};
+    ForwardMode student_mode = modes[cfg->train.recompute];
     TRY(forward_state_create(&t->sst, t->student, t->B, t->T, student_mode));
     if (t->teacher) TRY(forward_state_create(&t->tst, t->teacher, t->B, t->T, 0));
     TRY(t->be->alloc(t->be, &t->ids, DT_I32, 1, &N));
