@@ -1,7 +1,8 @@
 /* Whole distillation steps on the CUDA backend against the CPU backend: teacher forward, student
  * forward, the fused LM-head loss, backward, gradient clipping and AdamW on tiny hybrid and all-MLA
  * students, in f32 and in bf16 (bf16 teacher, f32 master weights with bf16 copies written by AdamW);
- * two GPU runs give the same bits. Reports "skipped: no CUDA device" where there is none. */
+ * two GPU runs give the same bits, and so do GPU runs with activations recomputed (per layer, or the
+ * MLP's gate and up). Reports "skipped: no CUDA device" where there is none. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,7 @@ static void download_all(Backend *be, Model *m, float *dst, int grads) {
     }
 }
 
-static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype) {
+static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype, ForwardMode mode) {
     StepResult r = {0};
     Model *teacher = NULL, *student = NULL;
     ForwardState *tst = NULL, *sst = NULL;
@@ -41,7 +42,7 @@ static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype
     CHECK_OK(model_set_precision(student, DT_F32, dtype));
     CHECK_OK(model_alloc_grads(student));
     CHECK_OK(forward_state_create(&tst, teacher, BATCH, SEQ, 0));
-    CHECK_OK(forward_state_create(&sst, student, BATCH, SEQ, 1));
+    CHECK_OK(forward_state_create(&sst, student, BATCH, SEQ, mode));
 
     int64_t N = BATCH * SEQ, D = sc.hidden_size, Dt = tc.hidden_size;
     Tensor ids, targets, th, sh, dh;
@@ -136,7 +137,8 @@ static void compare_backends(Backend *gpu, Backend *cpu, const char *name, Model
                              DType dtype) {
     const int bf16 = dtype == DT_BF16;
     const double loss_tol = bf16 ? 1e-3 : 1e-5, grad_tol = bf16 ? 5e-2 : 1e-3, param_tol = bf16 ? 1e-3 : 1e-4;
-    StepResult c = train(cpu, tc, sc, dtype), g = train(gpu, tc, sc, dtype), g2 = train(gpu, tc, sc, dtype);
+    StepResult c = train(cpu, tc, sc, dtype, FORWARD_KEEP), g = train(gpu, tc, sc, dtype, FORWARD_KEEP);
+    StepResult g2 = train(gpu, tc, sc, dtype, FORWARD_KEEP);
     CHECK(c.n_params == g.n_params, "%s: %d parameters on cpu, %d on cuda", name, c.n_params, g.n_params);
     if (c.n_params != g.n_params) return;
     for (int s = 0; s < STEPS; s++)
@@ -155,6 +157,18 @@ static void compare_backends(Backend *gpu, Backend *cpu, const char *name, Model
     CHECK(memcmp(g.params, g2.params, (size_t)total * sizeof(float)) == 0 &&
               memcmp(g.losses, g2.losses, sizeof g.losses) == 0,
           "%s [%s]: two cuda runs give the same bits", name, dtype_name(dtype));
+    /* Recomputation re-runs the same kernels on the same inputs (cuBLASLt's plans are keyed on the
+     * shapes and the pointers' alignment, which the shared buffers keep): the same bits. */
+    static const ForwardMode modes[] = {FORWARD_RECOMPUTE, FORWARD_RECOMPUTE_MLP};
+    for (int k = 0; k < 2; k++) {
+        StepResult rc = train(gpu, tc, sc, dtype, modes[k]);
+        CHECK(rc.n_params == g.n_params && memcmp(g.params, rc.params, (size_t)total * sizeof(float)) == 0 &&
+                  memcmp(g.grads, rc.grads, (size_t)total * sizeof(float)) == 0 &&
+                  memcmp(g.losses, rc.losses, sizeof g.losses) == 0,
+              "%s [%s]: cuda with %s recomputed gives the bits of keeping every activation", name, dtype_name(dtype),
+              k ? "the MLP's gate and up" : "every layer");
+        result_free(&rc);
+    }
     result_free(&c);
     result_free(&g);
     result_free(&g2);

@@ -41,16 +41,25 @@ static int grid_for(int64_t n) {
     return (int)(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
 }
 
+/* Every product's first checks: w [O, In] and x [N, In] in the call's storage dtype. */
+static Status check_weight_and_input(const char *op, Tensor x, Tensor w, DType dt, int64_t *N, int64_t *O,
+                                     int64_t *In) {
+    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, -1));
+    *O = w.shape[0];
+    *In = w.shape[1];
+    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, *In));
+    *N = x.shape[0];
+    return STATUS_OK;
+}
+
 Status cuda_linear_forward(Backend *be, Tensor y, Tensor x, Tensor w, Tensor b) {
     const char *op = "linear_forward";
     DType dt = DT_F32;
     /* y may be f32 whatever the inputs (logits are kept in f32). */
     StorageArg args[] = {{"y", y.dtype == DT_F32 ? tensor_none() : y}, {"x", x}, {"w", w}, {"b", b}};
     TRY(storage_dtype(op, args, 4, &dt));
-    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, -1));
-    int64_t O = w.shape[0], In = w.shape[1];
-    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, In));
-    int64_t N = x.shape[0];
+    int64_t N, O, In;
+    TRY(check_weight_and_input(op, x, w, dt, &N, &O, &In));
     TRY(check_shape(op, "y", y, 2, N, O));
     if (tensor_present(b)) TRY(tensor_check_dims(op, "b", b, dt, 1, O));
     if (y.dtype != dt && tensor_present(b))
@@ -75,10 +84,8 @@ Status cuda_linear_residual_forward(Backend *be, Tensor y, Tensor x, Tensor w, T
     DType dt = DT_F32;
     StorageArg args[] = {{"y", y}, {"x", x}, {"w", w}, {"r", r}};
     TRY(storage_dtype(op, args, 4, &dt));
-    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, -1));
-    int64_t O = w.shape[0], In = w.shape[1];
-    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, In));
-    int64_t N = x.shape[0];
+    int64_t N, O, In;
+    TRY(check_weight_and_input(op, x, w, dt, &N, &O, &In));
     TRY(tensor_check_dims(op, "y", y, dt, 2, N, O));
     TRY(tensor_check_dims(op, "r", r, dt, 2, N, O));
     if (y.data == r.data) return errorf("%s: y and r must be different memory", op);
@@ -112,10 +119,8 @@ Status cuda_linear_backward(Backend *be, Tensor dx, Tensor dw, Tensor db, Tensor
     DType dt = DT_F32;
     StorageArg args[] = {{"dx", dx}, {"dy", dy}, {"x", x}, {"w", w}};
     TRY(storage_dtype(op, args, 4, &dt));
-    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, -1));
-    int64_t O = w.shape[0], In = w.shape[1];
-    TRY(tensor_check_dims(op, "x", x, dt, 2, -1, In));
-    int64_t N = x.shape[0];
+    int64_t N, O, In;
+    TRY(check_weight_and_input(op, x, w, dt, &N, &O, &In));
     TRY(tensor_check_dims(op, "dy", dy, dt, 2, N, O));
     if (tensor_present(dx)) TRY(tensor_check_dims(op, "dx", dx, dt, 2, N, In));
     if (tensor_present(dw)) TRY(tensor_check_dims(op, "dw", dw, DT_F32, 2, O, In));
