@@ -90,7 +90,7 @@ run() {
     local ret=1
     if [ $rc -eq 0 ]; then status=ok ret=0
     elif [ $rc -eq 124 ]; then status="timeout (${cap} s)"
-    elif [[ "$name" != check* ]] && grep -qi "out of memory" "$one"; then status=oom ret=3
+    elif [[ "$name" != check* ]] && grep -qiE 'out of memory|"oom": true' "$one"; then status=oom ret=3
     else status="failed (exit $rc)"
     fi
     grep -E '^\{' "$one" | tail -n 2
