@@ -7,8 +7,8 @@
 # CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes); EMU_TRAIN=1
 # also runs a whole tiny distillation (conversion, training, evaluation, checkpoints) with
 # "device": "cuda" under the emulation and checks its figures against the same run on the CPU's
-# bf16 storage (a few minutes), and again with train.recompute = "layers", which must give the same
-# figures.
+# bf16 storage (a few minutes), and again with train.recompute = "layers" and "mlp", which must give
+# the same figures.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/tools/cuda-emu"
@@ -85,16 +85,18 @@ if [ "${EMU_TRAIN:-0}" = 1 ]; then
         echo "tiny distillation (emulated cuda, bf16): FAILED: final val loss '${a}' against the cpu's '${b}'"
         tail -n 5 "$run/cuda.log" "$run/cpu.log"
     fi
-    # Per-layer recomputation through the CUDA ops: the same figures as keeping every activation.
-    "$work/mlatrain" "${common[@]}" --set "run.dir=$run/cuda-recompute" --set train.recompute=layers \
-        >"$run/cuda-recompute.log" 2>&1 || status=1
-    c=$(last "$run/cuda-recompute.log")
+    # Recomputation through the CUDA ops: the same figures as keeping every activation.
     figures() { sed -E 's/"(tok_s|elapsed)": [^,}]*//g' "$1/metrics.jsonl"; }
-    if [ -n "$a" ] && [ "$c" = "$a" ] && cmp -s <(figures "$run/cuda") <(figures "$run/cuda-recompute"); then
-        echo "tiny distillation (emulated cuda, train.recompute = layers): final val loss $c, every step's figures equal"
-    else
-        status=1
-        echo "tiny distillation (emulated cuda, train.recompute = layers): FAILED: final val loss '${c}' against '${a}'"
-    fi
+    for mode in layers mlp; do
+        "$work/mlatrain" "${common[@]}" --set "run.dir=$run/cuda-$mode" --set train.recompute=$mode \
+            >"$run/cuda-$mode.log" 2>&1 || status=1
+        c=$(last "$run/cuda-$mode.log")
+        if [ -n "$a" ] && [ "$c" = "$a" ] && cmp -s <(figures "$run/cuda") <(figures "$run/cuda-$mode"); then
+            echo "tiny distillation (emulated cuda, train.recompute = $mode): final val loss $c, every step's figures equal"
+        else
+            status=1
+            echo "tiny distillation (emulated cuda, train.recompute = $mode): FAILED: final val loss '${c}' against '${a}'"
+        fi
+    done
 fi
 exit $status
