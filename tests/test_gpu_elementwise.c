@@ -53,6 +53,11 @@ static void test_op_profile(Backend *gpu) {
     }
     CHECK(calls_scale == 3 && calls_add == adds && calls_sq == 1, "calls counted: scale %lld, accumulate %lld, "
           "sum_squares %lld", (long long)calls_scale, (long long)calls_add, (long long)calls_sq);
+    /* Room for one: the largest of the three, accumulate's 1100 calls. */
+    CudaOpTime top;
+    CHECK_OK(cuda_backend_op_times(gpu, &top, 1, &count));
+    CHECK(count == 1 && strcmp(top.op, t[0].op) == 0 && top.ms == t[0].ms, "with room for one op, the largest: %s",
+          count == 1 ? top.op : "none");
     CHECK_OK(cuda_backend_profile_ops(gpu, 0));
     CHECK(memcmp(&gpu->ops, &plain, sizeof plain) == 0, "profiling off restores the plain table");
     CHECK_ERR(cuda_backend_op_times(gpu, t, 8, &count), "op profiling is off");

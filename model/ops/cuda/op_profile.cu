@@ -117,13 +117,16 @@ extern "C" Status cuda_backend_op_times(Backend *be, CudaOpTime *out, int cap, i
     CudaState *st = cuda_state(be);
     *n = 0;
     if (!st->op_profile) return errorf("cuda backend: op profiling is off");
+    if (cap < 1) return errorf("cuda backend: op times: room for %d ops", cap);
     TRY(profile_fold(st));
     const CudaOpProfile *p = st->op_profile;
     for (int i = 0; i < OP_COUNT; i++) {
         if (p->calls[i] == 0) continue;
-        /* insertion by time, largest first */
-        int at = *n < cap ? (*n)++ : cap - 1;
-        if (at == cap - 1 && *n == cap && out[at].ms >= p->ms[i]) continue;
+        /* insertion by time, largest first; with the list full, only over a smaller last entry */
+        int at;
+        if (*n < cap) at = (*n)++;
+        else if (out[cap - 1].ms < p->ms[i]) at = cap - 1;
+        else continue;
         while (at > 0 && out[at - 1].ms < p->ms[i]) {
             out[at] = out[at - 1];
             at--;
