@@ -113,6 +113,7 @@ typedef struct {
     double profiled_step_s;
     CudaOpTime ops[BENCH_MAX_OPS];
     int n_ops;
+    int profile_failed;              /* the figures above stand; the profile's error follows them */
 #endif
 } BenchFigures;
 
@@ -179,9 +180,6 @@ static Status time_steps(const Config *cfg, int warmup, int steps, int op_times,
     f->step_s = (monotonic_seconds() - t0) / steps;
 #ifdef MLATRAIN_HAVE_CUDA
     if (st == STATUS_OK && cuda) st = sample_gpu_memory(t->be, f);
-    if (st == STATUS_OK && cuda && op_times) st = profile_steps(t, f);
-#else
-    (void)op_times;
 #endif
     if (st == STATUS_OK) {
         f->tokens_per_step = (double)(cfg->train.global_batch * cfg->data.seq_len);
@@ -190,6 +188,15 @@ static Status time_steps(const Config *cfg, int warmup, int steps, int op_times,
         f->teacher_params = t->teacher ? model_parameter_count(t->teacher) : 0;
         f->loss = r.loss;
     }
+#ifdef MLATRAIN_HAVE_CUDA
+    /* After the figures are complete, so that a failing profile does not take them with it. */
+    if (st == STATUS_OK && cuda && op_times && profile_steps(t, f) != STATUS_OK) {
+        f->profile_failed = 1;
+        st = error_context("bench: --op-times: ");
+    }
+#else
+    (void)op_times;
+#endif
     trainer_destroy(t);
     return st;
 }
@@ -263,7 +270,18 @@ static Status run_bench(const Config *cfg, int steps, int op_times) {
     BenchFigures f = {0};
     if (op_times && !cuda) return errorf("bench: --op-times needs \"device\": \"cuda\" (the config's is \"%s\")",
                                          config_device_name(cfg->device));
-    TRY(time_steps(cfg, warmup, steps, op_times, &f));
+    Status st = time_steps(cfg, warmup, steps, op_times, &f);
+#ifdef MLATRAIN_HAVE_CUDA
+    if (st != STATUS_OK && f.profile_failed) {
+        /* the timed steps' line still, then the profile's error */
+        char why[512];
+        snprintf(why, sizeof why, "%s", error_message());
+        error_clear();
+        TRY(print_gpu_line(cfg, &f));
+        return errorf("%s", why);
+    }
+#endif
+    TRY(st);
 #ifdef MLATRAIN_HAVE_CUDA
     if (cuda) return print_gpu_line(cfg, &f);
 #endif
