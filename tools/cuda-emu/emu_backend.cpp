@@ -8,7 +8,9 @@
 static Status emu_alloc(Backend *, Tensor *t, DType dt, int ndim, const int64_t *shape) {
     *t = tensor_view(NULL, dt, ndim, shape);
     size_t b = tensor_bytes(*t);
-    t->data = calloc(b ? b : 1, 1);
+    /* cudaMalloc's alignment (256 bytes), which the kernels' vector loads and WMMA rely on */
+    t->data = aligned_alloc(256, (b + 255) / 256 * 256 + 256);
+    memset(t->data, 0, b);
     return STATUS_OK;
 }
 static void emu_release(Backend *, Tensor *t) { free(t->data); t->data = NULL; }

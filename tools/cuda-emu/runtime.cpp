@@ -26,7 +26,13 @@ const char *cudaGetErrorString(cudaError_t) { return "emu error"; }
 const char *cublasGetStatusString(cublasStatus_t) { return "emu error"; }
 const char *cudnnGetErrorString(cudnnStatus_t) { return "emu error"; }
 const char *ncclGetErrorString(ncclResult_t) { return "emu error"; }
-cudaError_t cudaMalloc(void **p, size_t n) { *p = malloc(n ? n : 1); memset(*p, 0xff, n); return cudaSuccess; }
+/* cudaMalloc's 256-byte alignment, so the emulated WMMA's alignment checks mean what they do on
+ * the hardware. */
+cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+    memset(*p, 0xff, n);
+    return cudaSuccess;
+}
 cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) { memmove(d, s, n); return cudaSuccess; }
 cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t) { memset(d, v, n); return cudaSuccess; }
@@ -80,13 +86,15 @@ void emu_run(std::function<void()> body) {
     int nt = cfg_block.x;
     ctx.resize(nt); done.assign(nt, 0);
     while ((int)stacks.size() < nt) stacks.push_back((char *)malloc(STACK));
-    std::vector<float> smem(cfg_smem / 4 + 1, NAN);
+    /* dynamic shared memory starts 128-byte aligned, as the kernels declare it */
+    std::vector<float> smem_space(cfg_smem / 4 + 1 + 32, NAN);
+    float *smem_base = (float *)(((uintptr_t)smem_space.data() + 127) / 128 * 128);
     std::mt19937 rng(12345);
     blockDim = cfg_block; gridDim = cfg_grid;
     for (unsigned by = 0; by < cfg_grid.y; by++)
         for (unsigned bx = 0; bx < cfg_grid.x; bx++) {
-            std::fill(smem.begin(), smem.end(), NAN);
-            emu_dynamic_smem = smem.data();
+            std::fill(smem_space.begin(), smem_space.end(), NAN);
+            emu_dynamic_smem = smem_base;
             for (int t = 0; t < nt; t++) {
                 done[t] = 0;
                 getcontext(&ctx[t]);
