@@ -12,9 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist/comm.h"
-#include "dist/comm_internal.h"
 #include "harness.h"
+#include "nccl_fixture.h"
 #include "model/model.h"
 #include "model_fixtures.h"
 #include "train/grad_sync_overlap.h"
@@ -295,25 +294,15 @@ static void test_trainer_steps(Comm *c) {
 }
 
 int main(void) {
-    int devices = backend_cuda_device_count();
-    if (devices == 0) {
-        printf("skipped: no CUDA device\n");
-        return TEST_SKIPPED;
-    }
-    DistEnv env;
-    if (!CHECK_OK(dist_env_detect(&env))) return test_finish("test_gpu_dist_grad_sync");
-    if (env.world > 1 && devices < env.world) {
-        printf("skipped: %d ranks need %d GPUs, %d visible\n", env.world, env.world, devices);
-        return TEST_SKIPPED;
-    }
     Comm *c = NULL;
-    Status s = env.world == 1 ? comm_nccl_create(&c, &env, 60, NULL) : comm_create(&c, "cuda", 60);
-    if (!CHECK_OK(s)) return test_finish("test_gpu_dist_grad_sync");
+    switch (nccl_fixture_open(&c, &gpu)) {
+    case NCCL_FIXTURE_SKIPPED: return TEST_SKIPPED;
+    case NCCL_FIXTURE_FAILED: return test_finish("test_gpu_dist_grad_sync");
+    case NCCL_FIXTURE_READY: break;
+    }
     rank = c->env.rank;
     world = c->env.world;
     CHECK(c->all_reduce_sum_f32_after && c->wait_issued, "the NCCL communicator has no stream-ordered sums");
-    BackendOptions opts = {0, devices == 1 ? 0 : c->env.local_rank};
-    if (!CHECK_OK(backend_create(&gpu, "cuda", opts))) return test_finish("test_gpu_dist_grad_sync");
 
     test_sums_after(c);
     test_host_values(c);

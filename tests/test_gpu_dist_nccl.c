@@ -5,9 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist/comm.h"
-#include "dist/comm_internal.h"
 #include "harness.h"
+#include "nccl_fixture.h"
 
 #ifdef MLATRAIN_HAVE_CUDA
 
@@ -157,26 +156,15 @@ static void test_broadcast(Comm *c, int root) {
 }
 
 int main(void) {
-    int devices = backend_cuda_device_count();
-    if (devices == 0) {
-        printf("skipped: no CUDA device\n");
-        return TEST_SKIPPED;
-    }
-    DistEnv env;
-    if (!CHECK_OK(dist_env_detect(&env))) return test_finish("test_gpu_dist_nccl");
-    if (env.world > 1 && devices < env.world) {
-        /* NCCL refuses two ranks of one communicator on one GPU. */
-        printf("skipped: %d ranks need %d GPUs, %d visible\n", env.world, env.world, devices);
-        return TEST_SKIPPED;
-    }
     Comm *c = NULL;
-    Status s = env.world == 1 ? comm_nccl_create(&c, &env, 60, NULL) : comm_create(&c, "cuda", 60);
-    if (!CHECK_OK(s)) return test_finish("test_gpu_dist_nccl");
+    switch (nccl_fixture_open(&c, &gpu)) {
+    case NCCL_FIXTURE_SKIPPED: return TEST_SKIPPED;
+    case NCCL_FIXTURE_FAILED: return test_finish("test_gpu_dist_nccl");
+    case NCCL_FIXTURE_READY: break;
+    }
     rank = c->env.rank;
     world = c->env.world;
     CHECK(strcmp(c->name, "nccl") == 0, "communicator '%s', expected nccl", c->name);
-    BackendOptions opts = {0, devices == 1 ? 0 : c->env.local_rank};
-    if (!CHECK_OK(backend_create(&gpu, "cuda", opts))) return test_finish("test_gpu_dist_nccl");
 
     test_all_reduce(c, 1);
     test_all_reduce(c, 1001);
