@@ -4,7 +4,9 @@
 
 #include <string.h>
 
+#include "harness.h"
 #include "model/config.h"
+#include "model/model.h"
 
 /* GQA teacher: D=12, H=4 over K=2, hd=6, F=20, V=23, 2 layers, Qwen2-style q/k/v bias optional. */
 static inline ModelConfig tiny_teacher_config(int qkv_bias) {
@@ -42,4 +44,18 @@ static inline ModelConfig tiny_student_config(unsigned mla_mask, int64_t q_lora,
     for (int l = 0; l < c.num_hidden_layers; l++)
         c.layer_attention[l] = (mla_mask >> l) & 1 ? ATTENTION_MLA : ATTENTION_GQA;
     return c;
+}
+
+/* Every parameter of m (or, with grads, every gradient) in registry order, as host float32 in one
+ * array of *n values, whatever the backend and storage dtype. */
+static inline float *model_host_copy(Model *m, int grads, int64_t *n) {
+    *n = model_num_parameters(m);
+    float *out = test_alloc((size_t)(*n > 0 ? *n : 1) * sizeof(float));
+    int64_t off = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        Tensor t = grads ? *m->params[i].grad : *m->params[i].value;
+        CHECK_OK(backend_download_f32(m->be, out + off, t));
+        off += tensor_numel(t);
+    }
+    return out;
 }

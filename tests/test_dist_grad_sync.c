@@ -312,14 +312,7 @@ static float *train_weights(int by_layer, int overlap, int64_t *n, double *loss)
         *loss = r.loss;
         CHECK(log.n_calls == (by_layer ? 3 * (3 + 1) : 0), "by_layer %d: %d groups issued in 3 steps", by_layer,
               log.n_calls);
-        Model *m = t->student;
-        for (int i = 0; i < m->n_params; i++) *n += tensor_numel(*m->params[i].value);
-        w = test_alloc((size_t)*n * 4);
-        int64_t off = 0;
-        for (int i = 0; i < m->n_params; i++) {
-            memcpy(w + off, m->params[i].value->data, tensor_bytes(*m->params[i].value));
-            off += tensor_numel(*m->params[i].value);
-        }
+        w = model_host_copy(t->student, 0, n);
     }
     trainer_destroy(t);
     free(cfg);

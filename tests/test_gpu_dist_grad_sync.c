@@ -245,14 +245,7 @@ static float *train_weights_with(Comm *c, int overlap, int zero1, int64_t *n) {
         CHECK_OK(trainer_create(&t, cfg, (TrainerOptions){.random_batches = 1, .quiet = 1, .comm = c}))) {
         StepRecord r;
         for (int s = 0; s < 3; s++) CHECK_OK(trainer_step(t, &r));
-        Model *m = t->student;
-        for (int i = 0; i < m->n_params; i++) *n += tensor_numel(*m->params[i].value);
-        w = test_alloc((size_t)*n * 4);
-        int64_t off = 0;
-        for (int i = 0; i < m->n_params; i++) {
-            CHECK_OK(backend_download_f32(t->be, w + off, *m->params[i].value));
-            off += tensor_numel(*m->params[i].value);
-        }
+        w = model_host_copy(t->student, 0, n);
     }
     trainer_destroy(t);
     free(cfg);

@@ -21,15 +21,6 @@ typedef struct {
     double losses[STEPS];
 } StepResult;
 
-static void download_all(Backend *be, Model *m, float *dst, int grads) {
-    int64_t off = 0;
-    for (int i = 0; i < m->n_params; i++) {
-        Tensor t = grads ? *m->params[i].grad : *m->params[i].value;
-        CHECK_OK(backend_download_f32(be, dst + off, t));
-        off += tensor_numel(t);
-    }
-}
-
 static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype, ForwardMode mode) {
     StepResult r = {0};
     Model *teacher = NULL, *student = NULL;
@@ -63,9 +54,6 @@ static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype
     r.offsets = test_alloc((size_t)(r.n_params + 1) * sizeof(int64_t));
     r.offsets[0] = 0;
     for (int i = 0; i < r.n_params; i++) r.offsets[i + 1] = r.offsets[i] + tensor_numel(*student->params[i].value);
-    int64_t total = r.offsets[r.n_params];
-    r.params = test_alloc((size_t)total * sizeof(float));
-    r.grads = test_alloc((size_t)total * sizeof(float));
 
     const size_t tensors_bytes = (size_t)(r.n_params > 0 ? r.n_params : 1) * sizeof(Tensor);
     Tensor *m = test_alloc(tensors_bytes), *v = test_alloc(tensors_bytes), *grads = test_alloc(tensors_bytes);
@@ -90,7 +78,8 @@ static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype
         CHECK_OK(model_backward(student, sst, dh));
         double norm = 0;
         CHECK_OK(grad_norm_clip(be, grads, r.n_params, 1.0, &norm));
-        if (step == 1) download_all(be, student, r.grads, 1);
+        int64_t n_values = 0;
+        if (step == 1) r.grads = model_host_copy(student, 1, &n_values);
         /* lr small enough that an element whose gradient is zero up to roundoff, where Adam's
          * normalised step can take either sign, moves the parameters by less than the tolerance */
         for (int i = 0; i < r.n_params; i++) {
@@ -100,7 +89,8 @@ static StepResult train(Backend *be, ModelConfig tc, ModelConfig sc, DType dtype
             CHECK_OK(be->ops.adamw_step(be, *student->params[i].value, grads[i], m[i], v[i], copy, ac));
         }
     }
-    download_all(be, student, r.params, 0);
+    int64_t n_values = 0;
+    r.params = model_host_copy(student, 0, &n_values);
     for (int i = 0; i < r.n_params; i++) {
         be->release(be, &m[i]);
         be->release(be, &v[i]);

@@ -214,13 +214,7 @@ static float *trained_weights(const char *recompute, const char *precision, int6
         CHECK_OK(trainer_create(&t, cfg, opts))) {
         StepRecord r;
         for (int s = 0; s < 3; s++) CHECK_OK(trainer_step(t, &r));
-        *n_out = model_num_parameters(t->student);
-        w = test_alloc((size_t)*n_out * sizeof(float));
-        int64_t off = 0;
-        for (int i = 0; i < t->student->n_params; i++) {
-            memcpy(w + off, t->student->params[i].value->data, tensor_bytes(*t->student->params[i].value));
-            off += tensor_numel(*t->student->params[i].value);
-        }
+        w = model_host_copy(t->student, 0, n_out);
     }
     trainer_destroy(t);
     free(cfg);

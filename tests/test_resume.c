@@ -10,6 +10,7 @@
 
 #include "data/prepare.h"
 #include "harness.h"
+#include "model_fixtures.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
@@ -100,13 +101,7 @@ static int run(Config *cfg, int64_t stop_at, int restart, RunResult *res) {
     CHECK_OK(trainer_run(t));
     int preempted = t->preempted;
     if (res) {
-        res->n = model_num_parameters(t->student);
-        res->params = test_alloc((size_t)res->n * sizeof(float));
-        int64_t off = 0;
-        for (int i = 0; i < t->student->n_params; i++) {
-            memcpy(res->params + off, t->student->params[i].value->data, tensor_bytes(*t->student->params[i].value));
-            off += tensor_numel(*t->student->params[i].value);
-        }
+        res->params = model_host_copy(t->student, 0, &res->n);
         res->metrics = read_metrics(cfg->run.dir);
     }
     trainer_destroy(t);

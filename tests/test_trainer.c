@@ -8,6 +8,7 @@
 
 #include "data/prepare.h"
 #include "harness.h"
+#include "model_fixtures.h"
 #include "train/trainer.h"
 
 static char workdir[64];
@@ -65,14 +66,7 @@ static float *step_gradients(Config *cfg, int64_t *n, StepRecord *r) {
     t->sched.lr = 0;
     t->sched.min_lr = 0;
     CHECK_OK(trainer_step(t, r));
-    *n = model_num_parameters(t->student);
-    float *g = test_alloc((size_t)*n * sizeof(float));
-    int64_t off = 0;
-    for (int i = 0; i < t->student->n_params; i++) {
-        Tensor *gt = t->student->params[i].grad;
-        memcpy(g + off, gt->data, tensor_bytes(*gt));
-        off += tensor_numel(*gt);
-    }
+    float *g = model_host_copy(t->student, 1, n);
     trainer_destroy(t);
     return g;
 }
