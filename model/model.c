@@ -101,13 +101,19 @@ Status model_set_mla_rope(Model *m, int layer, const float *inv_freq) {
     return upload_rope_tables(m, inv_freq, pairs, &m->mla_cos[layer], &m->mla_sin[layer]);
 }
 
-/* The compute copy that mirrors a parameter tensor: same offset in the mirror structure. */
+/* The tensor that mirrors parameter `value` in a mirror of the weights (gradients, compute copies):
+ * its named top-level tensor, or the same offset among the mirror's layers. */
+static Tensor *mirror_in(const Model *m, const Tensor *value, Tensor *embed, Tensor *final_norm, Tensor *lm_head,
+                         LayerWeights *layers) {
+    if (value == &m->embed) return embed;
+    if (value == &m->final_norm) return final_norm;
+    if (value == &m->lm_head) return lm_head;
+    size_t off = (size_t)((const char *)value - (const char *)m->layers);
+    return (Tensor *)((char *)layers + off);
+}
+
 static Tensor *compute_mirror_of(Model *m, Tensor *value) {
-    if (value == &m->embed) return &m->compute_embed;
-    if (value == &m->final_norm) return &m->compute_final_norm;
-    if (value == &m->lm_head) return &m->compute_lm_head;
-    size_t off = (size_t)((char *)value - (char *)m->layers);
-    return (Tensor *)((char *)m->compute_layers + off);
+    return mirror_in(m, value, &m->compute_embed, &m->compute_final_norm, &m->compute_lm_head, m->compute_layers);
 }
 
 static Status alloc_compute_copies(Model *m) {
@@ -267,13 +273,8 @@ void model_destroy(Model *m) {
     free(m);
 }
 
-/* The gradient tensor that mirrors a weight tensor: same offset in the mirror structure. */
-static Tensor *mirror_of(Model *m, Tensor *value) {
-    if (value == &m->embed) return &m->grad_embed;
-    if (value == &m->final_norm) return &m->grad_final_norm;
-    if (value == &m->lm_head) return &m->grad_lm_head;
-    size_t off = (size_t)((char *)value - (char *)m->layers);
-    return (Tensor *)((char *)m->grad_layers + off);
+static Tensor *grad_mirror_of(Model *m, Tensor *value) {
+    return mirror_in(m, value, &m->grad_embed, &m->grad_final_norm, &m->grad_lm_head, m->grad_layers);
 }
 
 Status model_alloc_grads(Model *m) {
@@ -283,7 +284,7 @@ Status model_alloc_grads(Model *m) {
     for (int l = 0; l < m->cfg.num_hidden_layers; l++) m->grad_layers[l].kind = m->layers[l].kind;
     for (int i = 0; i < m->n_params; i++) {
         Param *p = &m->params[i];
-        p->grad = mirror_of(m, p->value);
+        p->grad = grad_mirror_of(m, p->value);
         if (m->be->alloc(m->be, p->grad, DT_F32, p->value->ndim, p->value->shape) != STATUS_OK)
             return error_context("allocating the gradient of %s: ", p->name);
     }
