@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "model/convert.h"
+#include "model/convert/convert.h"
 #include "model/model.h"
 #include "model_fixtures.h"
 

@@ -6,9 +6,9 @@
 #include <string.h>
 
 #include "harness.h"
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 #include "model/model.h"
-#include "model/safetensors.h"
+#include "model/hf/safetensors.h"
 
 /* tests/fixtures/golden/<case>/{config.json, model.safetensors, expected.safetensors}; README.md there
  * says what each case covers. */

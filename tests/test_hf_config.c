@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model/hf_config.h"
+#include "model/hf/hf_config.h"
 
 /* ---- real configs (as published on the Hub; irrelevant keys kept, as they come) ---- */
 

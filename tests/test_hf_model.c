@@ -11,9 +11,9 @@
 
 #include "core/half.h"
 #include "harness.h"
-#include "model/hf_config.h"
-#include "model/hf_model.h"
-#include "model/safetensors.h"
+#include "model/hf/hf_config.h"
+#include "model/hf/hf_model.h"
+#include "model/hf/safetensors.h"
 #include "model_fixtures.h"
 
 enum { BATCH = 2, SEQ = 5 };

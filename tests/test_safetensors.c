@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "model/safetensors.h"
+#include "model/hf/safetensors.h"
 
 static char work_dir[64];
 

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "core/backend.h"
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 #include "train/models.h"
 
 void cmd_export_usage(void) {

@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/utf8.h"
-#include "model/hf_config.h"
+#include "model/hf/hf_config.h"
 #include "train/config_schema.h"
 
 /* A config is a few kilobytes; anything this large is a wrong file. */

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 #include "train/calibration.h"
 
 /* weight_dtype: f32, or bf16 for a model that is only run forward (then computing in bf16 too). */

@@ -3,7 +3,7 @@
 #pragma once
 
 #include "core/backend.h"
-#include "model/convert.h"
+#include "model/convert/convert.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/config.h"

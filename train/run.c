@@ -13,7 +13,7 @@
 #include "core/clock.h"
 #include "core/crc32.h"
 #include "core/file_io.h"
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 

@@ -8,7 +8,7 @@
 #include "core/backend.h"
 #include "data/loader.h"
 #include "dist/comm.h"
-#include "model/convert.h"
+#include "model/convert/convert.h"
 #include "model/model.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"

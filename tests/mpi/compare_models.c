@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/backend.h"
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 
 int main(int argc, char **argv) {
     if (argc != 4) {

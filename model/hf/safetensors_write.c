@@ -1,6 +1,6 @@
 /* Writing safetensors byte-for-byte as the Python library does, one file or HF-style shards with an
  * index, atomically: every file is written under a temporary name, fsynced, then renamed. */
-#include "model/safetensors.h"
+#include "model/hf/safetensors.h"
 
 #include <ctype.h>
 #include <dirent.h>

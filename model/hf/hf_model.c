@@ -1,6 +1,6 @@
 /* Models in HuggingFace's on-disk layout: which file tensor holds which model tensor, loading a
  * teacher or an exported student, exporting a student as DeepSeek-V2, saving a GQA model. */
-#include "model/hf_model.h"
+#include "model/hf/hf_model.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,8 +14,8 @@
 #include <cjson/cJSON.h>
 
 #include "core/file_io.h"
-#include "model/hf_config.h"
-#include "model/safetensors.h"
+#include "model/hf/hf_config.h"
+#include "model/hf/safetensors.h"
 
 /*
  * The file layout. GQA layers, norms, MLPs, the embedding and the head are stored as the model

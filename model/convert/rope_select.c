@@ -2,7 +2,7 @@
  * (MHA2MLA's partial-RoPE selections); the other dims become the no-RoPE part the latent holds. */
 #include <stdlib.h>
 
-#include "model/convert.h"
+#include "model/convert/convert.h"
 
 Status rope_select_pairs(RopeSelect how, int head_dim, int rope_dim, const double *importance, int *pairs) {
     int half = head_dim / 2, P = rope_dim / 2;

@@ -1,6 +1,6 @@
 /* Reading safetensors: files mapped read-only, headers validated as strictly as the reference
  * implementation does (huggingface/safetensors), shard indexes checked against their shards. */
-#include "model/safetensors.h"
+#include "model/hf/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

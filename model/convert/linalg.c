@@ -1,6 +1,6 @@
 /* The SVD and the small float64 products the conversion needs. OpenBLAS's LAPACK is pinned to one
  * thread for the call: its blocked routines otherwise change the bits with the thread count. */
-#include "model/linalg.h"
+#include "model/convert/linalg.h"
 
 #include <cblas.h>
 #include <lapacke.h>

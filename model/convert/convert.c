@@ -1,14 +1,14 @@
 /* mla_convert: the student's config from the teacher's and the options, the passes over the
  * calibration tokens (RoPE pair importance, per-layer conversion with latent-norm scales and the
  * attention-output error, each layer fed the teacher's own input), and the report. */
-#include "model/convert.h"
+#include "model/convert/convert.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/rng.h"
-#include "model/convert_layer.h"
+#include "model/convert/convert_layer.h"
 #include "model/layers.h"
 
 static Status student_config(const ModelConfig *tc, const ConvertOptions *o, ModelConfig *sc) {

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/file_io.h"
-#include "model/convert.h"
+#include "model/convert/convert.h"
 
 void convert_report_print(const ConvertReport *r, FILE *out) {
     fprintf(out, "conversion: %s; kv_lora_rank %lld, qk_rope_head_dim %lld, qk_nope_head_dim %lld, v_head_dim %lld, "

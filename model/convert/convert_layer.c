@@ -1,13 +1,13 @@
 /* The arithmetic of one layer's GQA -> MLA conversion, in float64 on host arrays: the joint SVD
  * of keys and values, RoPE pair bookkeeping, query scaling, width matching, the exact form. */
-#include "model/convert_layer.h"
+#include "model/convert/convert_layer.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/rng.h"
-#include "model/linalg.h"
+#include "model/convert/linalg.h"
 
 #define ALLOC_F64(p, n)                                                               \
     do {                                                                              \

@@ -1,6 +1,6 @@
 /* config.json in HuggingFace's terms: Llama, Qwen2 and Mistral teachers and mlatrain's DeepSeek-V2
  * students read into a ModelConfig, students written back out as DeepSeek-V2 (or GQA models). */
-#include "model/hf_config.h"
+#include "model/hf/hf_config.h"
 
 #include "core/file_io.h"
 
