@@ -167,8 +167,10 @@ static void test_design_example(void) {
     CHECK(c->student.has_mla && m->kv_lora_rank == 128 && m->qk_rope_head_dim == 32 && m->qk_nope_head_dim == 64 &&
               m->v_head_dim == 64 && m->q_lora_rank == 0 && m->n_gqa_layers == 0,
           "mla dims");
-    CHECK(m->init == CONFIG_MLA_INIT_SVD && m->rope_select == CONFIG_ROPE_SELECT_NORM, "mla init/rope_select");
-    CHECK(m->energy == 0 && m->latent_norm == 1 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
+    CHECK(m->init == CONFIG_MLA_INIT_SVD && m->rope_select == CONFIG_ROPE_SELECT_NORM &&
+              m->latent_basis == CONFIG_LATENT_BASIS_ACTIVATIONS,
+          "mla init/rope_select/latent_basis");
+    CHECK(m->energy == 0 && m->latent_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
               m->allow_rebase == 0,
           "mla defaults");
     CHECK(c->data.train.count == 1 && strcmp(c->data.train.items[0], "data/train-*.h5") == 0, "data.train");

@@ -13,6 +13,7 @@
 #include "harness.h"
 #include "model/hf/hf_config.h"
 #include "model/hf/hf_model.h"
+#include "model/hf/linear_latent_norm.h"
 #include "model/hf/safetensors.h"
 #include "model_fixtures.h"
 
@@ -561,9 +562,37 @@ static void test_refusals(Backend *be) {
     CHECK_ERR_LINE(hf_model_export(teacher, dir, &EXPORT_F32), "no MLA layer");
     ModelConfig no_norm = tiny_student_config(0x3, 0, 0);
     Model *student = random_model(be, &no_norm, 64);
-    CHECK_ERR_LINE(hf_model_export(student, dir, &EXPORT_F32), "no latent norm (kv_a_layernorm)");
+    CHECK_ERR_LINE(hf_model_export(student, dir, &(ExportOptions){.dtype = DT_F16}), "f16 cannot hold");
     CHECK(!file_exists(dir, "config.json") && !file_exists(dir, "model.safetensors"), "refused exports write nothing");
     model_destroy(student);
+
+    /* A student trained without the latent norm exports with one in its linear regime: the same
+     * function, and read back it is folded away to the very weights it was trained as. */
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        char ldir[64];
+        make_tmp_dir(ldir);
+        student = random_model(be, &no_norm, 66);
+        Model *with_norm = NULL;
+        if (CHECK_OK(model_with_linear_latent_norm(student, &with_norm))) {
+            CHECK(with_norm->cfg.mla.latent_norm == 1, "the export's model has kv_a_layernorm");
+            int64_t n = BATCH * SEQ * student->cfg.hidden_size;
+            float *x = hidden_states(student), *y = hidden_states(with_norm);
+            double err = rel_error_f32(y, x, n);
+            CHECK(err < 1e-5, "the linear-regime norm leaves the hidden states as they were (rel error %.3g)", err);
+            free(x);
+            free(y);
+        }
+        model_destroy(with_norm);
+        Model *back = NULL;
+        if (CHECK_OK(hf_model_export(student, ldir, bf16 ? &(ExportOptions){.dtype = DT_BF16} : &EXPORT_F32)) &&
+            CHECK_OK(hf_model_load(&back, be, ldir, SEQ))) {
+            CHECK(back->cfg.mla.latent_norm == 0, "read back, the linear norm is folded away");
+            check_params_equal(student, back, bf16 ? bf16_round : NULL, bf16 ? "linear latent norm, bf16" : "linear latent norm, f32");
+        }
+        model_destroy(back);
+        model_destroy(student);
+        remove_tree(ldir);
+    }
     ModelConfig ok_cfg = tiny_student_config(0x3, 0, 1);
     student = random_model(be, &ok_cfg, 65);
     char below_file[128];

@@ -1,5 +1,5 @@
-/* Calibration tokens for conversion and its report: the first tokens of data.val when the config
- * names validation data, else tokens drawn at random (seeded by run.seed). */
+/* Calibration tokens for conversion and its report: the first tokens of data.train (else data.val)
+ * in file order, else tokens drawn at random (seeded by run.seed). */
 #pragma once
 
 #include <stdint.h>
@@ -11,6 +11,7 @@ typedef struct {
     int32_t *ids;         /* [n_seqs * seq] */
     int64_t n_seqs, seq;
     int from_data;
+    const char *source;   /* "data.train", "data.val" or why random */
 } Calibration;
 
 /* student.mla.calibration_tokens tokens (at least one sequence), as sequences of up to `seq`. */

@@ -27,7 +27,7 @@ void cmd_convert_usage(void) {
            "as student.mla says (init svd|exact|random, rope_select, ranks or energy), prints a per-layer\n"
            "report (kept energy, attention-output error on calibration tokens, KV bytes per token) and\n"
            "writes DIR/report.json and the student in DeepSeek-V2's HF layout (default bf16).\n"
-           "Calibration tokens come from data.val when given, else are drawn at random.\n");
+           "Calibration tokens come from data.train (else data.val) when given, else are drawn at random.\n");
 }
 
 /* Serving needs the tokenizer: copy the files HF keeps beside a model, when the source has them. */
@@ -86,7 +86,7 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     if (st == STATUS_OK) st = mla_convert(&student, source, &o, report);
     if (st == STATUS_OK) {
         printf("calibration: %lld sequences of %lld tokens (%s)\n", (long long)cal.n_seqs, (long long)cal.seq,
-               cal.from_data ? "data.val" : "random tokens: no data.val");
+               cal.source);
         convert_report_print(report, stdout);
         printf("converted in %.1f s\n", monotonic_seconds() - t1);
         fflush(stdout);

@@ -25,7 +25,10 @@ typedef enum {
     CONFIG_ROPE_SELECT_LOW,
     CONFIG_ROPE_SELECT_UNIFORM,
     CONFIG_ROPE_SELECT_NORM,
+    CONFIG_ROPE_SELECT_ROROPE,
+    CONFIG_ROPE_SELECT_ROROPE_FREE,
 } ConfigRopeSelect;
+typedef enum { CONFIG_LATENT_BASIS_ACTIVATIONS = 0, CONFIG_LATENT_BASIS_WEIGHTS } ConfigLatentBasis;
 typedef enum { CONFIG_SCHEDULE_COSINE = 0, CONFIG_SCHEDULE_LINEAR, CONFIG_SCHEDULE_CONSTANT } ConfigSchedule;
 /* What the student keeps for backward: every activation, or each layer's input only (the layer's
  * forward runs again in backward). */
@@ -69,6 +72,7 @@ typedef struct {
     int64_t gqa_layers[MODEL_MAX_LAYERS];   /* distinct, in the order given */
     ConfigMlaInit init;
     ConfigRopeSelect rope_select;
+    ConfigLatentBasis latent_basis;
     double energy;                /* 0 = fixed kv_lora_rank; else the share of sum sigma^2 to keep */
     int latent_norm;
     int drop_biases;

@@ -12,7 +12,8 @@ static const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
 static const char *const PRECISION_NAMES[] = {"auto", "fp32", "bf16", NULL};
 static const char *const MODEL_INIT_NAMES[] = {"random", NULL};
 static const char *const MLA_INIT_NAMES[] = {"svd", "exact", "random", NULL};
-static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", NULL};
+static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", "rorope", "rorope_free", NULL};
+static const char *const LATENT_BASIS_NAMES[] = {"activations", "weights", NULL};
 static const char *const SCHEDULE_NAMES[] = {"cosine", "linear", "constant", NULL};
 static const char *const RECOMPUTE_NAMES[] = {"none", "layers", "mlp", NULL};
 
@@ -78,9 +79,10 @@ const KeySpec CONFIG_KEYS[] = {
     INTS("student.mla.gqa_layers", student.mla.gqa_layers, student.mla.n_gqa_layers, 0, MODEL_MAX_LAYERS - 1,
          KEY_DISTINCT),
     ENUM("student.mla.init", student.mla.init, MLA_INIT_NAMES, CONFIG_MLA_INIT_SVD),
-    ENUM("student.mla.rope_select", student.mla.rope_select, ROPE_SELECT_NAMES, CONFIG_ROPE_SELECT_NORM),
+    ENUM("student.mla.rope_select", student.mla.rope_select, ROPE_SELECT_NAMES, CONFIG_ROPE_SELECT_ROROPE),
+    ENUM("student.mla.latent_basis", student.mla.latent_basis, LATENT_BASIS_NAMES, CONFIG_LATENT_BASIS_ACTIVATIONS),
     NUMBER("student.mla.energy", student.mla.energy, 0, 0, 1, 0),
-    BOOL("student.mla.latent_norm", student.mla.latent_norm, 1),
+    BOOL("student.mla.latent_norm", student.mla.latent_norm, 0),
     BOOL("student.mla.drop_biases", student.mla.drop_biases, 0),
     INT("student.mla.calibration_tokens", student.mla.calibration_tokens, 4096, 1, ANY_INT, 0),
     BOOL("student.mla.allow_rebase", student.mla.allow_rebase, 0),

@@ -54,9 +54,12 @@ ConvertOptions convert_options_from_config(const Config *cfg) {
     static const RopeSelect selects[] = {[CONFIG_ROPE_SELECT_HIGH] = ROPE_SELECT_HIGH,
                                          [CONFIG_ROPE_SELECT_LOW] = ROPE_SELECT_LOW,
                                          [CONFIG_ROPE_SELECT_UNIFORM] = ROPE_SELECT_UNIFORM,
-                                         [CONFIG_ROPE_SELECT_NORM] = ROPE_SELECT_NORM};
+                                         [CONFIG_ROPE_SELECT_NORM] = ROPE_SELECT_NORM,
+                                         [CONFIG_ROPE_SELECT_ROROPE] = ROPE_SELECT_ROROPE,
+                                         [CONFIG_ROPE_SELECT_ROROPE_FREE] = ROPE_SELECT_ROROPE_FREE};
     o.init = inits[m->init];
     o.rope_select = selects[m->rope_select];
+    o.latent_basis = m->latent_basis == CONFIG_LATENT_BASIS_WEIGHTS ? LATENT_BASIS_WEIGHTS : LATENT_BASIS_ACTIVATIONS;
     o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
                        .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
                        .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};

@@ -9,6 +9,9 @@
 
 #include "core/rng.h"
 #include "model/convert/convert_layer.h"
+#include "model/convert/latent_basis.h"
+#include "model/convert/linalg.h"
+#include "model/convert/rorope.h"
 #include "model/layers.h"
 
 static Status student_config(const ModelConfig *tc, const ConvertOptions *o, ModelConfig *sc) {
@@ -270,8 +273,123 @@ static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
     return st;
 }
 
+static int is_rorope(RopeSelect s) { return s == ROPE_SELECT_ROROPE || s == ROPE_SELECT_ROROPE_FREE; }
+
+/* The teacher's rotate-half pairs as a key split: the kept pairs of every kv head averaged into the
+ * rope key, each kv head's other dims as no-RoPE rows that only its own query heads read. */
+static Status key_split_pairs(const GqaWeights *t, const float *inv_freq, const int *pairs, int P, KeySplit *ks) {
+    int64_t D = t->D, H = t->H, K = t->K, hd = t->hd, half = hd / 2, n_h = hd - 2 * P, group = H / K;
+    int64_t *nope = malloc((size_t)(n_h > 0 ? n_h : 1) * sizeof(int64_t));
+    if (!nope) return errorf("conversion: out of memory");
+    Status st = key_split_alloc(ks, D, H, P, K * n_h);
+    if (st != STATUS_OK) {
+        free(nope);
+        return st;
+    }
+    nope_dims_of(pairs, P, hd, nope);
+    for (int j = 0; j < P; j++) {
+        ks->inv_freq[j] = inv_freq[pairs[j]];
+        ks->pair_of[j] = pairs[j];
+        for (int64_t d = 0; d < D; d++) {
+            double lo = 0, hi = 0;
+            for (int64_t g = 0; g < K; g++) {
+                lo += t->wk[(g * hd + pairs[j]) * D + d];
+                hi += t->wk[(g * hd + half + pairs[j]) * D + d];
+            }
+            ks->rope_key[j * D + d] = lo / (double)K;
+            ks->rope_key[(P + j) * D + d] = hi / (double)K;
+        }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t d = 0; d < D; d++) {
+                ks->rope_q[(h * 2 * P + j) * D + d] = t->wq[(h * hd + pairs[j]) * D + d];
+                ks->rope_q[(h * 2 * P + P + j) * D + d] = t->wq[(h * hd + half + pairs[j]) * D + d];
+            }
+    }
+    for (int64_t g = 0; g < K; g++)
+        for (int64_t i = 0; i < n_h; i++) {
+            int64_t row = g * n_h + i;
+            for (int64_t d = 0; d < D; d++) ks->nope_key[row * D + d] = t->wk[(g * hd + nope[i]) * D + d];
+            for (int64_t h = g * group; h < (g + 1) * group; h++)
+                for (int64_t d = 0; d < D; d++) ks->nope_q[(h * ks->nk + row) * D + d] = t->wq[(h * hd + nope[i]) * D + d];
+        }
+    free(nope);
+    return STATUS_OK;
+}
+
+/* How many calibration sequences the attention-weighted RoRoPE fit reads: it costs T^2 per head
+ * and sequence, and two sequences of 512 already pin its 2x2 maps down. */
+enum { ROROPE_FIT_SEQS = 2 };
+
+/* One layer by a key split (RoRoPE or the teacher's pairs) and a latent basis (weights or
+ * activations), on the layer's normed calibration input a [N, D]. */
+static Status convert_layer_split(Backend *be, const GqaWeights *g, const ConvertOptions *o, const float *inv_freq,
+                                  const int *pairs, const RoropeFit *fit, int step, int P, Tensor a, uint64_t layer,
+                                  MlaWeights *w, LayerReport *rep) {
+    int64_t D = g->D, N = a.shape[0], r = w->r, rows = 0;
+    float *ah = NULL;
+    double *ad = NULL, *Ca = NULL, *latent = NULL, *up = NULL;
+    int *pr = calloc((size_t)P + 1, sizeof(int)), *cp = calloc((size_t)P + 1, sizeof(int));
+    KeySplit ks;
+    memset(&ks, 0, sizeof ks);
+    Status st = pr && cp ? STATUS_OK : errorf("convert: out of memory");
+    if (st == STATUS_OK) {
+        ah = malloc((size_t)(N * D) * sizeof(float));
+        st = ah ? be->download(be, ah, a) : errorf("convert: out of memory");
+    }
+    if (st == STATUS_OK && fit) {
+        st = rorope_choose_slots(fit, P, step, pr, cp);
+        if (st == STATUS_OK) st = rorope_split(g, inv_freq, fit, P, pr, cp, 1, &ks);
+    } else if (st == STATUS_OK) {
+        memcpy(pr, pairs, (size_t)P * sizeof(int));
+        st = key_split_pairs(g, inv_freq, pairs, P, &ks);
+    }
+    rows = ks.nk + g->K * g->hd;
+    if (st == STATUS_OK) {
+        latent = malloc((size_t)(r * D) * sizeof(double));
+        up = malloc((size_t)(rows * r) * sizeof(double));
+        if (!latent || !up) st = errorf("convert: out of memory");
+    }
+    if (st == STATUS_OK && o->latent_basis == LATENT_BASIS_ACTIVATIONS) {
+        ad = malloc((size_t)(N * D) * sizeof(double));
+        Ca = malloc((size_t)(D * D) * sizeof(double));
+        if (!ad || !Ca) st = errorf("convert: out of memory");
+        if (st == STATUS_OK) {
+            for (int64_t i = 0; i < N * D; i++) ad[i] = (double)ah[i] / sqrt((double)N);
+            /* Ca = a^T a / N, as (a^T)(a) with the 1/N folded into both sides */
+            double *adT = malloc((size_t)(N * D) * sizeof(double));
+            if (!adT) st = errorf("convert: out of memory");
+            if (st == STATUS_OK) {
+                for (int64_t n = 0; n < N; n++)
+                    for (int64_t d = 0; d < D; d++) adT[d * N + n] = ad[n * D + d];
+                matmul_f64(adT, ad, Ca, D, N, D);
+            }
+            free(adT);
+        }
+        if (st == STATUS_OK) st = latent_basis_activations(g, &ks, Ca, r, latent, up, &rep->kept_energy);
+    } else if (st == STATUS_OK) {
+        st = latent_basis_weights(g, &ks, r, latent, up, &rep->kept_energy);
+    }
+    if (st == STATUS_OK) st = mla_weights_from_split(g, &ks, latent, up, r, o->seed + layer * 1000003u, w);
+    if (st == STATUS_OK) {
+        rep->n_rope_pairs = P < MODEL_MAX_LAYERS ? P : MODEL_MAX_LAYERS;
+        for (int j = 0; j < rep->n_rope_pairs; j++) {
+            rep->rope_pairs[j] = pr[j];
+            rep->rope_comps[j] = cp[j];
+        }
+    }
+    free(pr);
+    free(cp);
+    free(ah);
+    free(ad);
+    free(Ca);
+    free(latent);
+    free(up);
+    key_split_free(&ks);
+    return st;
+}
+
 static Status convert_layer(Model *student, Model *teacher, int l, const ConvertOptions *o, const float *teacher_inv_freq,
-                            const int *pairs, Tensor a, LayerReport *rep) {
+                            const int *pairs, const RoropeFit *fit, int step, Tensor a, LayerReport *rep) {
     Backend *be = teacher->be;
     const ModelConfig *tc = &teacher->cfg;
     const LayerWeights *tw = &teacher->layers[l];
@@ -289,6 +407,8 @@ static Status convert_layer(Model *student, Model *teacher, int l, const Convert
         rep->kept_energy = 1.0;
         rep->n_rope_pairs = P < MODEL_MAX_LAYERS ? P : MODEL_MAX_LAYERS;
         for (int j = 0; j < rep->n_rope_pairs; j++) rep->rope_pairs[j] = (int)(j % (tc->head_dim / 2));
+    } else if (st == STATUS_OK && (is_rorope(o->rope_select) || o->latent_basis == LATENT_BASIS_ACTIVATIONS)) {
+        st = convert_layer_split(be, &g, o, teacher_inv_freq, pairs, fit, step, P, a, (uint64_t)l, &h.w, rep);
     } else if (st == STATUS_OK) {
         st = mla_weights_from_svd(&g, teacher_inv_freq, pairs, P, o->seed + (uint64_t)l * 1000003u, &h.w,
                                   &rep->kept_energy);
@@ -320,7 +440,46 @@ typedef struct {
     int32_t *own_ids;
     TeacherStream ts;
     ForwardState *sst;
+    RoropeFit *fits;                  /* [L] RoRoPE's measurements, MLA layers only */
+    int rope_step;                    /* rorope: the pair spacing every layer keeps (0: free choice) */
 } ConvertWork;
+
+/* RoRoPE's pass: each MLA layer's rotation and attention-weighted fit on the teacher's own input,
+ * then the one pair spacing all layers share when the student must stay exportable. */
+static Status rorope_pass(ConvertWork *wk, Model *teacher, const ConvertOptions *o, const int32_t *ids, int P) {
+    const ModelConfig *tc = &teacher->cfg;
+    Backend *be = teacher->be;
+    int L = (int)tc->num_hidden_layers;
+    int64_t B = o->n_calib_seqs, T = o->calib_seq, N = B * T, D = tc->hidden_size;
+    wk->fits = calloc((size_t)L, sizeof *wk->fits);
+    const RoropeFit **list = calloc((size_t)L, sizeof *list);
+    float *ah = malloc((size_t)(N * D) * sizeof(float)), *wq = NULL, *wk_ = NULL;
+    Status st = wk->fits && list && ah ? STATUS_OK : errorf("convert: out of memory");
+    int n = 0;
+    if (st == STATUS_OK) st = stream_begin(&wk->ts, teacher, ids, B, T);
+    for (int l = 0; st == STATUS_OK && l < L; l++) {
+        st = stream_attention(&wk->ts, l);
+        if (st == STATUS_OK && wk->sc.layer_attention[l] == ATTENTION_MLA) {
+            st = be->download(be, ah, wk->ts.tst->caches[0].a);
+            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].q_proj, &wq);
+            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].k_proj, &wk_);
+            GqaWeights g = {D, tc->num_attention_heads, tc->num_key_value_heads, tc->head_dim, wq, wk_, NULL, NULL};
+            if (st == STATUS_OK) st = rorope_fit(&g, wk->teacher_inv_freq, ah, B, T, ROROPE_FIT_SEQS, &wk->fits[l]);
+            if (st == STATUS_OK) list[n++] = &wk->fits[l];
+            free(wq);
+            free(wk_);
+            wq = wk_ = NULL;
+        }
+        if (st == STATUS_OK) st = stream_mlp(&wk->ts, l);
+        if (st != STATUS_OK) error_context("layer %d: ", l);
+    }
+    stream_end(&wk->ts);
+    memset(&wk->ts, 0, sizeof wk->ts);
+    if (st == STATUS_OK) wk->rope_step = o->rope_select == ROPE_SELECT_ROROPE ? rorope_exportable_step(list, n, P) : 0;
+    free(list);
+    free(ah);
+    return st;
+}
 
 static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const ConvertOptions *o, ConvertReport *rep,
                           const int32_t *ids) {
@@ -337,7 +496,10 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
 
     /* Which RoPE pairs each MLA layer keeps. */
     int P = (int)(sc->mla.qk_rope_head_dim / 2);
-    if (o->init == MLA_INIT_SVD) {
+    if (o->init == MLA_INIT_SVD && is_rorope(o->rope_select) && o->energy > 0)
+        return errorf("student.mla.energy: ranks by energy need rope_select high, low, uniform or norm; with %s give "
+                      "kv_lora_rank", o->rope_select == ROPE_SELECT_ROROPE ? "rorope" : "rorope_free");
+    if (o->init == MLA_INIT_SVD && !is_rorope(o->rope_select)) {
         double *imp = calloc((size_t)(hd / 2), sizeof(double));
         if (!imp) return errorf("convert: out of memory");
         Status st = STATUS_OK;
@@ -358,6 +520,8 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
         free(imp);
         TRY(st);
     }
+
+    if (o->init == MLA_INIT_SVD && is_rorope(o->rope_select)) TRY(rorope_pass(wk, teacher, o, ids, P));
 
     /* Ranks by energy: the largest any layer needs, since DeepSeek's config has one kv_lora_rank. */
     if (o->init == MLA_INIT_SVD && o->energy > 0) {
@@ -405,7 +569,8 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
         TRY(stream_attention(&wk->ts, l));
         if (lr->kind == ATTENTION_MLA) {
             if (o->init != MLA_INIT_RANDOM)
-                TRY(convert_layer(student, teacher, l, o, wk->teacher_inv_freq, wk->pairs[l], tcache->a, lr));
+                TRY(convert_layer(student, teacher, l, o, wk->teacher_inv_freq, wk->pairs[l],
+                                  wk->fits ? &wk->fits[l] : NULL, wk->rope_step, tcache->a, lr));
             TRY(be->zero(be, scache->x));
             TRY(be->ops.accumulate(be, scache->x, tcache->x));
             if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
@@ -427,9 +592,12 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
         rep->kv_bytes_student += 2 * model_config_kv_values_per_token(sc, l);
     }
     static const char *const inits[] = {"svd", "exact", "random"};
-    static const char *const selects[] = {"high", "low", "uniform", "norm"};
-    snprintf(rep->method, sizeof rep->method, "%s%s%s", inits[o->init], o->init == MLA_INIT_SVD ? ", rope_select " : "",
-             o->init == MLA_INIT_SVD ? selects[o->rope_select] : "");
+    static const char *const selects[] = {"high", "low", "uniform", "norm", "rorope", "rorope_free"};
+    snprintf(rep->method, sizeof rep->method, "%s%s%s%s", inits[o->init], o->init == MLA_INIT_SVD ? ", rope_select " : "",
+             o->init == MLA_INIT_SVD ? selects[o->rope_select] : "",
+             o->init != MLA_INIT_SVD ? ""
+             : o->latent_basis == LATENT_BASIS_ACTIVATIONS ? ", latent from activations"
+                                                          : ", latent from weights");
     return STATUS_OK;
 }
 
@@ -453,6 +621,9 @@ Status mla_convert(Model **out, Model *teacher, const ConvertOptions *o, Convert
     forward_state_destroy(wk.sst);
     free(wk.pairs);
     free(wk.teacher_inv_freq);
+    if (wk.fits)
+        for (int l = 0; l < teacher->cfg.num_hidden_layers; l++) rorope_fit_free(&wk.fits[l]);
+    free(wk.fits);
     free(wk.own_ids);
     if (st != STATUS_OK) {
         model_destroy(student);

@@ -19,11 +19,19 @@ typedef enum {
     ROPE_SELECT_LOW,        /* the dr/2 slowest */
     ROPE_SELECT_UNIFORM,    /* every (hd/dr)-th pair from the fastest */
     ROPE_SELECT_NORM,       /* the pairs carrying most of |q| x |k| (MHA2MLA's 2-norm criterion) */
+    ROPE_SELECT_ROROPE,     /* RoRoPE (TransMLA) on pairs DeepSeek's config can express, fitted maps for the rest */
+    ROPE_SELECT_ROROPE_FREE,/* RoRoPE keeping whichever slots cost most to lose (export needs a re-base) */
 } RopeSelect;
+
+typedef enum {
+    LATENT_BASIS_WEIGHTS = 0,   /* SVD of the stacked weights (X-EcoMLA) */
+    LATENT_BASIS_ACTIVATIONS,   /* principal directions of the projected calibration activations, weighted */
+} LatentBasis;
 
 typedef struct {
     MlaInit init;
     RopeSelect rope_select;
+    LatentBasis latent_basis;
     MlaDims dims;               /* r, q_lora, dn, dr, dv, latent_norm; exact sets its own (see .c) */
     double energy;              /* > 0: each layer's rank is the smallest keeping this share of the
                                    spectrum, rounded up to 8; the student uses the largest, capped
@@ -46,6 +54,7 @@ typedef struct {
     double attn_rel_error;      /* ||o_student - o_teacher|| / ||o_teacher|| on the calibration tokens,
                                    each layer fed the teacher's own input */
     int rope_pairs[MODEL_MAX_LAYERS];  /* teacher pair index behind each student rope pair */
+    int rope_comps[MODEL_MAX_LAYERS];  /* RoRoPE: the rotated component of that pair (else 0) */
     int n_rope_pairs;
 } LayerReport;
 

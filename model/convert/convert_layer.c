@@ -293,3 +293,83 @@ Status latent_norm_scales(const float *c, int64_t N, int64_t r, float eps, float
     free(den);
     return STATUS_OK;
 }
+
+Status key_split_alloc(KeySplit *ks, int64_t D, int64_t H, int64_t P, int64_t nk) {
+    memset(ks, 0, sizeof *ks);
+    *ks = (KeySplit){.D = D, .H = H, .P = P, .nk = nk};
+    ks->rope_key = calloc((size_t)(2 * P * D) + 1, sizeof(double));
+    ks->rope_q = calloc((size_t)(H * 2 * P * D) + 1, sizeof(double));
+    ks->inv_freq = calloc((size_t)P + 1, sizeof(float));
+    ks->pair_of = calloc((size_t)P + 1, sizeof(int));
+    ks->nope_key = calloc((size_t)(nk * D) + 1, sizeof(double));
+    ks->nope_q = calloc((size_t)(H * nk * D) + 1, sizeof(double));
+    if (!ks->rope_key || !ks->rope_q || !ks->inv_freq || !ks->pair_of || !ks->nope_key || !ks->nope_q) {
+        key_split_free(ks);
+        return errorf("conversion: out of memory for the key split");
+    }
+    return STATUS_OK;
+}
+
+void key_split_free(KeySplit *ks) {
+    free(ks->rope_key);
+    free(ks->rope_q);
+    free(ks->inv_freq);
+    free(ks->pair_of);
+    free(ks->nope_key);
+    free(ks->nope_q);
+    memset(ks, 0, sizeof *ks);
+}
+
+Status mla_weights_from_split(const GqaWeights *t, const KeySplit *ks, const double *latent, const double *up, int64_t r0,
+                              uint64_t seed, MlaWeights *s) {
+    Status st = STATUS_OK;
+    int64_t D = t->D, H = t->H, K = t->K, hd = t->hd, group = H / K, r = s->r, nk = ks->nk, P = ks->P;
+    int64_t dn = s->dn, dr = s->dr, dv = s->dv, dq = dn + dr;
+    double qscale = sqrt((double)dq / (double)hd);
+    if (dr != 2 * P) return errorf("conversion: qk_rope_head_dim %lld != 2 x %lld pairs", (long long)dr, (long long)P);
+    if (r0 > r) return errorf("conversion: a latent of %lld rows for kv_lora_rank %lld", (long long)r0, (long long)r);
+    int64_t wide = nk > hd ? nk : hd, m_max = dn > dv ? dn : dv, big = m_max > wide ? m_max : wide;
+    double *left = NULL, *right = NULL, *a = NULL, *b = NULL;
+    ALLOC_F64(left, wide * D);
+    ALLOC_F64(right, wide * r);
+    ALLOC_F64(a, big * D);
+    ALLOC_F64(b, big * r);
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t d = 0; d < D; d++) s->latent[i * D + d] = i < r0 ? (float)latent[i * D + d] : 0.0f;
+    for (int64_t h = 0; h < H; h++) {
+        int64_t g = h / group;
+        /* No-RoPE keys: the head's query rows against the key rows of the latent's up-projection. */
+        for (int64_t i = 0; i < nk; i++) {
+            for (int64_t d = 0; d < D; d++) left[i * D + d] = qscale * ks->nope_q[(h * nk + i) * D + d];
+            for (int64_t j = 0; j < r; j++) right[i * r + j] = j < r0 ? up[i * r0 + j] : 0;
+        }
+        st = match_width(left, right, nk, D, r, dn, seed, 2 * (uint64_t)h, a, b);
+        if (st != STATUS_OK) goto done;
+        for (int64_t i = 0; i < dn; i++) {
+            for (int64_t d = 0; d < D; d++) s->q[(h * dq + i) * D + d] = (float)a[i * D + d];
+            for (int64_t j = 0; j < r; j++) s->up_k[(h * dn + i) * r + j] = (float)b[i * r + j];
+        }
+        for (int64_t j = 0; j < 2 * P; j++)
+            for (int64_t d = 0; d < D; d++)
+                s->q[(h * dq + dn + j) * D + d] = (float)(qscale * ks->rope_q[(h * 2 * P + j) * D + d]);
+        /* Values: o_h = Wo_h v_h with v_h = up_v c, as left^T right with left = Wo_h^T. */
+        for (int64_t i = 0; i < hd; i++) {
+            for (int64_t d = 0; d < D; d++) left[i * D + d] = t->wo[d * (H * hd) + h * hd + i];
+            for (int64_t j = 0; j < r; j++) right[i * r + j] = j < r0 ? up[(nk + g * hd + i) * r0 + j] : 0;
+        }
+        st = match_width(left, right, hd, D, r, dv, seed, 2 * (uint64_t)h + 1, a, b);
+        if (st != STATUS_OK) goto done;
+        for (int64_t i = 0; i < dv; i++) {
+            for (int64_t d = 0; d < D; d++) s->o[d * (H * dv) + h * dv + i] = (float)a[i * D + d];
+            for (int64_t j = 0; j < r; j++) s->up_v[(h * dv + i) * r + j] = (float)b[i * r + j];
+        }
+    }
+    for (int64_t j = 0; j < 2 * P * D; j++) s->rope_key[j] = (float)ks->rope_key[j];
+    for (int64_t j = 0; j < P; j++) s->inv_freq[j] = ks->inv_freq[j];
+done:
+    free(left);
+    free(right);
+    free(a);
+    free(b);
+    return st;
+}

@@ -53,3 +53,24 @@ Status factor_low_rank(const float *W, int64_t rows, int64_t D, int64_t k, float
 /* Per-channel scales g [r] that make g * c * rstd(c) closest to c (least squares over the
  * calibration rows c [N, r]): the initialisation of a norm placed on an SVD latent. */
 Status latent_norm_scales(const float *c, int64_t N, int64_t r, float eps, float *g);
+
+/* How a layer's keys split between the rope key shared by all heads (P frequency pairs,
+ * rotate-half) and the no-RoPE rows the latent holds; float64, host. Queries unscaled. */
+typedef struct {
+    int64_t D, H, P, nk;
+    double *rope_key;    /* [2P, D] */
+    double *rope_q;      /* [H, 2P, D] */
+    float *inv_freq;     /* [P] */
+    int *pair_of;        /* [P] the teacher pair behind each student pair */
+    double *nope_key;    /* [nk, D] */
+    double *nope_q;      /* [H, nk, D]: head h's no-RoPE score is nope_q[h] x . nope_key x */
+} KeySplit;
+Status key_split_alloc(KeySplit *ks, int64_t D, int64_t H, int64_t P, int64_t nk);
+void key_split_free(KeySplit *ks);
+
+/* The student from a key split and a latent: c = latent x ([r0, D], r0 <= s->r, the rest zero rows),
+ * keys no-RoPE ~= up[0:nk] c, values of kv head g ~= up[nk + g hd : nk + (g+1) hd] c (up: [nk + K hd,
+ * r0]). Per head, the no-RoPE score form and the value path are met at widths dn and dv exactly when
+ * their rank allows (an SVD per head), as in mla_weights_from_svd. */
+Status mla_weights_from_split(const GqaWeights *t, const KeySplit *ks, const double *latent, const double *up, int64_t r0,
+                              uint64_t seed, MlaWeights *s);

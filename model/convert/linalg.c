@@ -42,3 +42,38 @@ void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t 
                 (int)n);
     openblas_set_num_threads(saved);
 }
+
+Status eig_sym(double *A, int64_t n, double *w, double *V) {
+    if (n < 1 || n > INT32_MAX) return errorf("eigen: matrix size %lld out of range", (long long)n);
+    for (int64_t i = 0; i < n * n; i++)
+        if (!isfinite(A[i])) return errorf("eigen: the matrix holds a NaN or Inf (element %lld)", (long long)i);
+    double *asc = malloc((size_t)n * sizeof(double));
+    if (!asc) return errorf("eigen: out of memory");
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, A, (lapack_int)n, asc);
+    openblas_set_num_threads(saved);
+    if (info != 0) {
+        free(asc);
+        return errorf("eigen: LAPACK dsyevd failed on a [%lld, %lld] matrix (info %d)", (long long)n, (long long)n, (int)info);
+    }
+    /* LAPACK gives ascending order; reverse it, and fix each vector's sign. */
+    for (int64_t j = 0; j < n; j++) {
+        int64_t src = n - 1 - j, arg = 0;
+        w[j] = asc[src];
+        for (int64_t i = 1; i < n; i++)
+            if (fabs(A[i * n + src]) > fabs(A[arg * n + src])) arg = i;
+        double sign = A[arg * n + src] < 0 ? -1.0 : 1.0;
+        for (int64_t i = 0; i < n; i++) V[i * n + j] = sign * A[i * n + src];
+    }
+    free(asc);
+    return STATUS_OK;
+}
+
+void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n) {
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0, A, (int)k, B, (int)k, 0.0, C,
+                (int)n);
+    openblas_set_num_threads(saved);
+}

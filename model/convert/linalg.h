@@ -13,3 +13,10 @@ Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *V
 
 /* C [m, n] = A [m, k] B [k, n], all row-major float64 (single-threaded, fixed order). */
 void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
+
+/* A [n, n] symmetric row-major (destroyed) = V diag(w) V^T: eigenvalues w descending, eigenvector j
+ * in column j of V [n, n], its largest-magnitude entry made positive (deterministic signs). */
+Status eig_sym(double *A, int64_t n, double *w, double *V);
+
+/* C [m, n] = A [m, k] B [n, k]^T (row-major float64, single-threaded). */
+void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);

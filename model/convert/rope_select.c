@@ -39,6 +39,9 @@ Status rope_select_pairs(RopeSelect how, int head_dim, int rope_dim, const doubl
         free(taken);
         return STATUS_OK;
     }
+    case ROPE_SELECT_ROROPE:
+    case ROPE_SELECT_ROROPE_FREE:
+        break; /* chosen per layer from calibration keys (rorope.c) */
     }
-    return errorf("rope selection: unknown method %d", (int)how);
+    return errorf("rope selection: method %d does not select teacher pairs", (int)how);
 }

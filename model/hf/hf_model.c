@@ -15,6 +15,7 @@
 
 #include "core/file_io.h"
 #include "model/hf/hf_config.h"
+#include "model/hf/linear_latent_norm.h"
 #include "model/hf/safetensors.h"
 
 /*
@@ -311,6 +312,17 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
         return STATUS_ERROR;
     }
     model_weights_changed(m);
+    /* An export of a student trained without the latent norm carries it in its linear regime: read
+     * back, it is folded away again, so the student trains as it was trained. */
+    Model *folded = NULL;
+    if (model_fold_linear_latent_norm(m, &folded) != STATUS_OK) {
+        model_destroy(m);
+        return error_context("%s: ", dir);
+    }
+    if (folded) {
+        model_destroy(m);
+        m = folded;
+    }
     *out = m;
     return STATUS_OK;
 }
@@ -510,21 +522,27 @@ static Status rope_mismatch(const Model *m, int l, double theta, int *pair) {
 
 /* The rope_theta to export. DeepSeek loaders compute the rope key's frequencies as
  * theta^(-2i/dr); the student's are the teacher's theta^(-2i/hd) for the pairs conversion kept.
- * Two bases express common selections exactly: the student's MLA base (DeepSeek's default,
- * 'uniform' selection: every hd/dr-th pair) and theta^(dr/hd) ('high': the first dr/2 pairs).
- * Llama 3 scaling depends only on each frequency's wavelength, so it carries over to either. */
+ * The bases that express selections exactly: the student's MLA base (DeepSeek's default, 'uniform'
+ * selection: every hd/dr-th pair) and theta^(s dr/hd) for the pairs 0, s, 2s, ... ('high' is s = 1,
+ * 'rorope' chooses an s). Llama 3 scaling depends only on each frequency's wavelength, so it
+ * carries over to any of them. */
 static Status export_rope_theta(const Model *m, const char *dir, int allow_rebase, int keep_rope, double *theta_out,
                                 int *needs_sidecar) {
     *needs_sidecar = 0;
     const ModelConfig *c = &m->cfg;
     long long dr = (long long)c->mla.qk_rope_head_dim, hd = (long long)c->head_dim;
-    double candidates[2] = {model_config_mla_rope_theta(c), pow(c->rope.theta, (double)dr / (double)hd)};
-    /* Per layer, the first base that fits it (-1: neither); and the first layer each base fails. */
-    int fits[2] = {1, 1}, unfit_layer = -1, unfit_pair = -1, first_fit[2] = {-1, -1};
+    enum { MAX_CANDIDATES = 64 };
+    double candidates[MAX_CANDIDATES] = {model_config_mla_rope_theta(c), pow(c->rope.theta, (double)dr / (double)hd)};
+    int n_cand = 2;
+    for (long long step = 2; n_cand < MAX_CANDIDATES && (dr / 2 - 1) * step < hd / 2; step++)
+        candidates[n_cand++] = pow(c->rope.theta, (double)(step * dr) / (double)hd);
+    /* Per layer, the first base that fits it (-1: none); and the first layer each base fits. */
+    int fits[MAX_CANDIDATES], unfit_layer = -1, unfit_pair = -1, first_fit[MAX_CANDIDATES];
+    for (int k = 0; k < MAX_CANDIDATES; k++) fits[k] = 1, first_fit[k] = -1;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         if (c->layer_attention[l] != ATTENTION_MLA) continue;
         int layer_fits = 0, pair0 = -1;
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < n_cand; k++) {
             int pair;
             TRY(rope_mismatch(m, l, candidates[k], &pair));
             if (pair >= 0) fits[k] = 0;
@@ -534,7 +552,7 @@ static Status export_rope_theta(const Model *m, const char *dir, int allow_rebas
         }
         if (!layer_fits && unfit_layer < 0) unfit_layer = l, unfit_pair = pair0;
     }
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < n_cand; k++)
         if (fits[k]) {
             *theta_out = candidates[k];
             return STATUS_OK;
@@ -571,9 +589,17 @@ Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opt
     if (model_config_mla_layers(c) == 0)
         return errorf("%s: the model has no MLA layer: export writes DeepSeek-V2 students (hf_model_save_gqa "
                       "writes a GQA model)", dir);
-    if (!c->mla.latent_norm)
-        return errorf("%s: the student has no latent norm (kv_a_layernorm), which every DeepSeek-V2 loader "
-                      "(HF transformers, vLLM, SGLang) applies; convert with the latent norm on", dir);
+    if (!c->mla.latent_norm) {
+        /* Every DeepSeek-V2 loader applies kv_a_layernorm: write one that leaves the student as it is. */
+        if (o.dtype == DT_F16)
+            return errorf("%s: f16 cannot hold the scales of the linear-regime latent norm this student is exported "
+                          "with (kv_a_layernorm's weight exceeds f16's range); export bf16 or f32", dir);
+        Model *with_norm = NULL;
+        if (model_with_linear_latent_norm(m, &with_norm) != STATUS_OK) return error_context("%s: ", dir);
+        Status st = hf_model_export(with_norm, dir, opts);
+        model_destroy(with_norm);
+        return st;
+    }
     ModelConfig out = *c;
     int sidecar = 0;
     TRY(export_rope_theta(m, dir, o.allow_rebase, o.keep_rope, &out.mla.rope_theta, &sidecar));
