@@ -2,7 +2,9 @@
  * to itself needs no correction, keeping every slot (or every pair of an MQA teacher) reproduces
  * the teacher, the exportable choice keeps pairs DeepSeek's config can express, and the error
  * falls as the rank grows. */
+#define _GNU_SOURCE
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,9 +215,33 @@ static void test_error_falls_with_rank(Backend *be) {
     model_destroy(t);
 }
 
+/* The report names every layer whose attention-output error is above 1, and only those. */
+static void test_report_warning(void) {
+    ConvertReport rep;
+    memset(&rep, 0, sizeof rep);
+    rep.n_layers = 4;
+    double errs[4] = {0.3, 1.5, 0.99, 2.0};
+    for (int l = 0; l < 4; l++) rep.layers[l] = (LayerReport){.kind = ATTENTION_MLA, .attn_rel_error = errs[l]};
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    convert_report_print(&rep, f);
+    fclose(f);
+    CHECK(strstr(text, "warning: 2 layers (1, 3) have an attention-output error above 1") != NULL,
+          "the report warns of layers 1 and 3: %s", text);
+    free(text);
+    rep.layers[1].attn_rel_error = rep.layers[3].attn_rel_error = 0.5;
+    f = open_memstream(&text, &len);
+    convert_report_print(&rep, f);
+    fclose(f);
+    CHECK(strstr(text, "warning") == NULL, "no warning when every layer is below 1");
+    free(text);
+}
+
 int main(void) {
     Backend *be = test_cpu_backend(0);
     test_fit_identities();
+    test_report_warning();
     test_exact_cases(be);
     test_error_falls_with_rank(be);
     backend_destroy(be);

@@ -12,10 +12,12 @@
 #include "core/backend.h"
 #include "core/clock.h"
 #include "core/file_io.h"
+#include "data/loader.h"
 #include "model/convert/convert.h"
 #include "model/hf/hf_model.h"
 #include "train/calibration.h"
 #include "train/config.h"
+#include "train/evaluate.h"
 #include "train/models.h"
 
 enum { CONVERT_MAX_SETS = 64, CALIBRATION_SEQ_MAX = 512 };
@@ -26,7 +28,9 @@ void cmd_convert_usage(void) {
            "Converts student.init_from (a GQA model: an HF folder or an inline arch) into an MLA student\n"
            "as student.mla says (init svd|exact|random, rope_select, ranks or energy), prints a per-layer\n"
            "report (kept energy, attention-output error on calibration tokens, KV bytes per token) and\n"
-           "writes DIR/report.json and the student in DeepSeek-V2's HF layout (default bf16).\n"
+           "writes DIR/report.json and the student in DeepSeek-V2's HF layout (default bf16). With\n"
+           "data.val it also prints the source's and the student's perplexity there (windows of the\n"
+           "calibration length, up to eval.max_windows): the student's training-free quality.\n"
            "Calibration tokens come from data.train (else data.val) when given, else are drawn at random.\n");
 }
 
@@ -57,6 +61,32 @@ static Status copy_tokenizer_files(const char *src_dir, const char *out_dir) {
     return STATUS_OK;
 }
 
+/* The source's and the student's perplexity on data.val, windows of the calibration length (the
+ * models' rope tables cover that much), up to eval.max_windows: training-free quality in one number. */
+static Status training_free_quality(const Config *cfg, Model *source, Model *student, int64_t seq, ConvertReport *r) {
+    const char *patterns[CONFIG_LIST_MAX];
+    for (int i = 0; i < cfg->data.val.count; i++) patterns[i] = cfg->data.val.items[i];
+    LoaderOptions lo = {.patterns = patterns, .n_patterns = cfg->data.val.count, .seq_len = (int)seq,
+                        .seed = (uint64_t)cfg->run.seed, .rank = 0, .world = 1, .shuffle = 0};
+    Loader *val = NULL;
+    if (loader_open(&val, &lo) != STATUS_OK) return error_context("%s: data.val: ", cfg->name);
+    int64_t batch = cfg->train.micro_batch > 0 ? cfg->train.micro_batch : 1;
+    TeacherFigures tf;
+    EvalFigures ef;
+    Status st = evaluate_teacher(source, val, cfg->eval.max_windows, batch, &tf);
+    if (st == STATUS_OK) st = evaluate_student(student, source, val, cfg->eval.max_windows, batch, &ef);
+    if (st == STATUS_OK) {
+        r->source_ppl = tf.ppl;
+        r->student_ppl = ef.ppl;
+        r->kl = ef.kl;
+        r->top1_agree = ef.top1_agree;
+        r->eval_windows = ef.windows;
+        r->eval_tokens = ef.tokens;
+    }
+    loader_close(val);
+    return st;
+}
+
 static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     if (!cfg->student.has_mla) return errorf("%s: student.mla: required by convert (it says what to build)", cfg->name);
     Backend *be = NULL;
@@ -84,6 +114,7 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
 
     double t1 = monotonic_seconds();
     if (st == STATUS_OK) st = mla_convert(&student, source, &o, report);
+    if (st == STATUS_OK && cfg->data.val.count > 0) st = training_free_quality(cfg, source, student, seq, report);
     if (st == STATUS_OK) {
         printf("calibration: %lld sequences of %lld tokens (%s)\n", (long long)cal.n_seqs, (long long)cal.seq,
                cal.source);

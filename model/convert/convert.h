@@ -66,6 +66,9 @@ typedef struct {
     int64_t kv_bytes_student;
     int64_t calib_tokens;
     char method[64];
+    /* Training-free quality, when the caller measured it on held-out tokens (eval_tokens > 0). */
+    double source_ppl, student_ppl, kl, top1_agree;
+    int64_t eval_windows, eval_tokens;
 } ConvertReport;
 
 /* Builds the student on the teacher's backend. The teacher is read, not changed. */

@@ -22,9 +22,25 @@ void convert_report_print(const ConvertReport *r, FILE *out) {
         fprintf(out, "%5d  %4s  %12s  %11.4f  %15.4g\n", l, lr->kind == ATTENTION_MLA ? "mla" : "gqa", rank,
                 lr->kept_energy, lr->attn_rel_error);
     }
+    int n_bad = 0;
+    char bad[256] = "";
+    for (int l = 0; l < r->n_layers; l++)
+        if (r->layers[l].attn_rel_error > 1.0 && n_bad++ < 16) {
+            size_t used = strlen(bad);
+            snprintf(bad + used, sizeof bad - used, "%s%d", used ? ", " : "", l);
+        }
+    if (n_bad)
+        fprintf(out, "warning: %d layer%s (%s%s) ha%s an attention-output error above 1, worse than no attention at all: "
+                     "more rank, a larger qk_rope_head_dim or gqa_layers would help\n",
+                n_bad, n_bad > 1 ? "s" : "", bad, n_bad > 16 ? ", ..." : "", n_bad > 1 ? "ve" : "s");
     fprintf(out, "KV cache per token (bf16, all layers): teacher %lld bytes, student %lld bytes, %.2fx smaller\n",
             (long long)r->kv_bytes_teacher, (long long)r->kv_bytes_student,
             r->kv_bytes_student ? (double)r->kv_bytes_teacher / (double)r->kv_bytes_student : 0.0);
+    if (r->eval_tokens > 0)
+        fprintf(out, "training-free, on data.val (%lld windows, %lld tokens): source ppl %.3f, student ppl %.3f "
+                     "(%.2fx), KL %.4f, top-1 agreement %.3f\n",
+                (long long)r->eval_windows, (long long)r->eval_tokens, r->source_ppl, r->student_ppl,
+                r->source_ppl > 0 ? r->student_ppl / r->source_ppl : 0.0, r->kl, r->top1_agree);
 }
 
 static cJSON *report_json(const ConvertReport *r) {
@@ -57,6 +73,15 @@ static cJSON *report_json(const ConvertReport *r) {
     cJSON_AddNumberToObject(kv, "teacher", (double)r->kv_bytes_teacher);
     cJSON_AddNumberToObject(kv, "student", (double)r->kv_bytes_student);
     cJSON_AddNumberToObject(kv, "ratio", r->kv_bytes_student ? (double)r->kv_bytes_teacher / (double)r->kv_bytes_student : 0.0);
+    if (r->eval_tokens > 0) {
+        cJSON *q = cJSON_AddObjectToObject(root, "training_free");
+        cJSON_AddNumberToObject(q, "source_ppl", r->source_ppl);
+        cJSON_AddNumberToObject(q, "student_ppl", r->student_ppl);
+        cJSON_AddNumberToObject(q, "kl", r->kl);
+        cJSON_AddNumberToObject(q, "top1_agree", r->top1_agree);
+        cJSON_AddNumberToObject(q, "windows", (double)r->eval_windows);
+        cJSON_AddNumberToObject(q, "tokens", (double)r->eval_tokens);
+    }
     return root;
 }
 

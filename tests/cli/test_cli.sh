@@ -27,6 +27,19 @@ check "the report gives the KV bytes per token (2 layers x 2 x 2*2*8 vs 2 x 2 x 
 check "config.json is DeepSeek-V2" grep -q '"model_type":[[:space:]]*"deepseek_v2"' "$work/student/config.json"
 check "no temporary file is left" test -z "$(find "$work/student" -name '*.tmp*')"
 
+# With data: calibration from data.train, and the training-free figures on data.val, printed and in
+# the report; the default conversion (rorope, latent from activations) on real text.
+root=$(cd "$here/../.." && pwd)
+"$bin" data text "$root/README.md" "$root/docs/"*.md --docs paragraph --out "$work/train.h5" \
+    --val-out "$work/val.h5" --val-fraction 0.2 --seed 1 >/dev/null
+run "$bin" convert --config "$here/tiny_convert.json" --out "$work/student_data" --dtype f32 \
+    --set "data.train=$work/train.h5" --set "data.val=$work/val.h5" --set student.mla.rope_select=rorope \
+    --set eval.max_windows=2
+check "convert with data exits 0 (stderr: $err)" test "$rc" -eq 0
+check "calibration comes from data.train" grep -q "sequences of 64 tokens (data.train)" "$work/out"
+check "convert prints the training-free perplexities" grep -q "training-free, on data.val (2 windows, 128 tokens): source ppl" "$work/out"
+check "the report holds them" grep -q '"training_free"' "$work/student_data/report.json"
+
 # Export again as bf16 in shards: the weights read back as the bf16 rounding of the f32 export.
 run "$bin" export --checkpoint "$work/student" --out "$work/student_bf16" --dtype bf16 --max-shard-gb 0.0001
 check "export exits 0 (stderr: $err)" test "$rc" -eq 0
