@@ -365,7 +365,28 @@ static Status convert_layer_split(Backend *be, const GqaWeights *g, const Conver
             }
             free(adT);
         }
-        if (st == STATUS_OK) st = latent_basis_activations(g, &ks, Ca, r, latent, up, &rep->kept_energy);
+        /* Keys and values are read in proportion to the attention their token receives: an attention
+         * sink's value reaches every output. Half that weighting, half the plain mean. */
+        double *Ckv = NULL;
+        if (st == STATUS_OK && fit && fit->n_received > 0) {
+            Ckv = calloc((size_t)(D * D), sizeof(double));
+            if (!Ckv) st = errorf("convert: out of memory");
+            double total = 0;
+            for (int64_t n = 0; st == STATUS_OK && n < fit->n_received; n++) total += fit->received[n];
+            for (int64_t n = 0; st == STATUS_OK && n < fit->n_received && total > 0; n++) {
+                double w = fit->received[n] / total;
+                const float *row = ah + n * D;
+                for (int64_t i = 0; i < D; i++)
+                    for (int64_t j = 0; j <= i; j++) Ckv[i * D + j] += w * row[i] * row[j];
+            }
+            for (int64_t i = 0; st == STATUS_OK && i < D; i++)
+                for (int64_t j = 0; j <= i; j++) {
+                    double v = 0.5 * Ckv[i * D + j] + 0.5 * Ca[i * D + j];
+                    Ckv[i * D + j] = Ckv[j * D + i] = v;
+                }
+        }
+        if (st == STATUS_OK) st = latent_basis_activations(g, &ks, Ca, Ckv, r, latent, up, &rep->kept_energy);
+        free(Ckv);
     } else if (st == STATUS_OK) {
         st = latent_basis_weights(g, &ks, r, latent, up, &rep->kept_energy);
     }

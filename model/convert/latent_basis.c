@@ -74,8 +74,9 @@ static Status sym_sqrt(const double *M, int64_t n, double *out) {
     return st;
 }
 
-Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const double *Ca, int64_t r, double *latent,
-                                double *up, double *kept_energy) {
+Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const double *Ca, const double *Ckv, int64_t r,
+                                double *latent, double *up, double *kept_energy) {
+    if (!Ckv) Ckv = Ca;
     int64_t D = t->D, H = t->H, K = t->K, hd = t->hd, group = H / K, nk = ks->nk, rows = 0;
     double *B = stack_rows(t, ks, &rows);
     int64_t n2 = rows * rows, rk = r < rows ? r : rows;
@@ -88,8 +89,8 @@ Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const d
     Status st = B && BC && cov && metric && half_m && tmp && Z && w && E && qc ? STATUS_OK
                                                                                : errorf("conversion: out of memory for the latent basis");
     if (st != STATUS_OK) goto done;
-    /* cov = B Ca B^T: the second moment of the stacked keys and values */
-    matmul_f64(B, Ca, BC, rows, D, D);
+    /* cov = B Ckv B^T: the second moment of the stacked keys and values */
+    matmul_f64(B, Ckv, BC, rows, D, D);
     matmul_f64_nt(BC, B, cov, rows, D, rows);
 
     /* The key block of the metric: sum over heads of nope_q Ca nope_q^T; the value block per kv
@@ -157,9 +158,9 @@ Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const d
     for (int64_t i = 0; i < r; i++)
         for (int64_t d = 0; d < D; d++) latent[i * D + d] = i < rk ? rhs[i * D + d] : 0;
 
-    /* up = (B Ca L^T)(L Ca L^T)^+ : the least-squares map back to B x (pseudo-inverse by eigen). */
+    /* up = (B C L^T)(L C L^T)^+ : the least-squares map back to B x (pseudo-inverse by eigen). */
     double *LC = BC; /* reuse: [rk, D] */
-    matmul_f64(rhs, Ca, LC, rk, D, D);
+    matmul_f64(rhs, Ckv, LC, rk, D, D);
     matmul_f64_nt(LC, rhs, S, rk, D, rk);
     matmul_f64_nt(B, LC, CW, rows, D, rk); /* B Ca L^T */
     TRY_GOTO(eig_sym(S, rk, Sw, SV));

@@ -14,11 +14,12 @@
 Status latent_basis_weights(const GqaWeights *t, const KeySplit *ks, int64_t r, double *latent, double *up,
                             double *kept_energy);
 
-/* From activations: Ca [D, D] is the second moment of the layer's normed input. The latent spans the
+/* From activations: Ca [D, D] is the second moment of the layer's normed input, as queries see it;
+ * Ckv [D, D] the same with each token weighted as keys and values are read (NULL: Ca). The latent spans the
  * principal directions of B x under a metric that weighs each error by what it costs: a no-RoPE key
  * error by the queries that read it (sum over heads of nope_q Ca nope_q^T), a value error by the
  * output projection it goes through (sum over a group's heads of Wo_h^T Wo_h); the two parts are
  * balanced to equal total weight (TransMLA's BKV, in the metric). up is then the least-squares map
  * from the latent back to B x on the calibration distribution. */
-Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const double *Ca, int64_t r, double *latent,
-                                double *up, double *kept_energy);
+Status latent_basis_activations(const GqaWeights *t, const KeySplit *ks, const double *Ca, const double *Ckv, int64_t r,
+                                double *latent, double *up, double *kept_energy);

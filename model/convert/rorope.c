@@ -21,6 +21,7 @@ void rorope_fit_free(RoropeFit *f) {
     free(f->energy);
     free(f->damage);
     free(f->M);
+    free(f->received);
     memset(f, 0, sizeof *f);
 }
 
@@ -162,13 +163,16 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
     f->energy = calloc((size_t)slots, sizeof(double));
     f->damage = calloc((size_t)slots, sizeof(double));
     f->M = calloc((size_t)(H * slots * 4), sizeof(double));
+    f->n_received = fit_seqs * T;
+    f->received = calloc((size_t)(fit_seqs * T), sizeof(double));
+    double *recv_h = calloc((size_t)(H * T), sizeof(double));
     double *k = malloc((size_t)(N * K * hd) * sizeof(double));
     double *q = malloc((size_t)(fit_seqs * T * H * hd) * sizeof(double));
     double *trig = malloc((size_t)(4 * T * half) * sizeof(double));
     double *G = calloc((size_t)(H * slots * 16), sizeof(double)), *bv = calloc((size_t)(H * slots * 4), sizeof(double));
     double *yy = calloc((size_t)(H * slots), sizeof(double));
     float *V = malloc((size_t)(T * cols) * sizeof(float));
-    Status st = f->R && f->energy && f->damage && f->M && k && q && trig && G && bv && yy && V
+    Status st = f->R && f->energy && f->damage && f->M && f->received && recv_h && k && q && trig && G && bv && yy && V
                     ? STATUS_OK
                     : errorf("rorope: out of memory for a %lld-token calibration", (long long)N);
     if (st == STATUS_OK) st = project_rows(a, N, D, t->wk, K * hd, k);
@@ -221,6 +225,8 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
                             (int)T, PV, (int)cols);
                 accumulate_head(qs + h * hd, H * hd, PV, T, half, K, cosb, sinb, cos2b, sin2b, G + h * slots * 16,
                                 bv + h * slots * 4, yy + h * slots);
+                for (int64_t t2 = 0; t2 < T; t2++)
+                    for (int64_t s2 = 0; s2 <= t2; s2++) recv_h[h * T + s2] += P[t2 * T + s2];
             } else {
 #pragma omp atomic write
                 failed = 1;
@@ -231,6 +237,13 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
             free(kr);
         }
         if (failed) st = errorf("rorope: out of memory for the attention fit");
+        /* heads summed in a fixed order, so the result does not depend on the thread count */
+        for (int64_t p2 = 0; p2 < T; p2++) {
+            double sum = 0;
+            for (int64_t h = 0; h < H; h++) sum += recv_h[h * T + p2];
+            f->received[s * T + p2] = sum / (double)(H * T);
+        }
+        memset(recv_h, 0, (size_t)(H * T) * sizeof(double));
     }
     openblas_set_num_threads(saved);
     if (st != STATUS_OK) goto done;
@@ -286,6 +299,7 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
             f->damage[sl] += r * r * (lost > 0 ? lost : 0);
         }
 done:
+    free(recv_h);
     free(k);
     free(q);
     free(trig);

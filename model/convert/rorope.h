@@ -17,6 +17,9 @@ typedef struct {
     double *M;        /* [H][half][K][4] position-free 2x2 maps (M_aa, M_ab, M_ba, M_bb) a head's query pair
                          goes through when the slot drops RoPE: q . R(t-s) k ~= q^T M k, fitted by
                          attention-weighted least squares (identity where the fit had no data) */
+    double *received; /* [fit_seqs*T] the attention each of the fit's tokens receives, averaged over
+                         heads and queries (an attention sink's is large) */
+    int64_t n_received;
 } RoropeFit;
 
 /* a: the layer's normed input, B sequences of T tokens [B*T, D] (float32). The rotation comes from

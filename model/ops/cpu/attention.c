@@ -60,7 +60,7 @@ static Status scratch_alloc(const char *op, const char *what, float **out, int64
 }
 
 /* C[M, N] = alpha op(A) op(B) + beta C as ONE single-threaded sgemm (the caller is already inside a
- * parallel region, where OpenBLAS does not thread), so a block's bits never depend on the thread
+ * parallel region; OpenBLAS runs one thread per call, cpu_blas_init), so a block's bits never depend on the thread
  * count. K = 0 is the empty sum. */
 static void block_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,

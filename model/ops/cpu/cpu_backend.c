@@ -1,5 +1,5 @@
-/* The CPU backend: its op table, host memory, and the thread count every op and OpenBLAS share
- * (OpenBLAS is Debian's OpenMP build, so omp_set_num_threads governs both). */
+/* The CPU backend: its op table, host memory, and the thread count every op shares. OpenBLAS runs
+ * one thread per call inside them, whichever build is loaded (blas_threads.c). */
 #include "cpu_ops.h"
 
 #include <omp.h>
@@ -61,6 +61,7 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         free(st);
         return errorf("cpu backend: threads must be >= 0 (0 = all cores), got %d", opts.threads);
     }
+    cpu_blas_init();
     if (opts.threads > 0) omp_set_num_threads(opts.threads);
     st->threads = omp_get_max_threads();
     be->name = "cpu";

@@ -13,6 +13,16 @@ typedef struct {
 
 Status cpu_backend_create(Backend **out, BackendOptions opts);
 
+/* OpenBLAS (blas_threads.c). cpu_blas_init makes every OpenBLAS call single-threaded, whichever
+ * of Debian's builds (OpenMP, pthreads, sequential) the process loaded, without changing OpenMP's
+ * thread count; once per process, thread-safe. The backend and cpu_sgemm call it. */
+void cpu_blas_init(void);
+/* "openmp", "pthreads" or "sequential": how the loaded OpenBLAS was built to thread. */
+const char *cpu_blas_threading(void);
+/* "OpenBLAS 0.3.21 (pthreads), Haswell, 8 threads, 1 per call": the library, its threading, the
+ * kernels it chose for this CPU, and the OpenMP threads the tiles run on. */
+void cpu_blas_describe(char *buf, size_t size);
+
 /* Rows per block in every reduction over rows: partial sums are formed per fixed block and added
  * in block order, so the result does not depend on how many threads there are. */
 enum { CPU_REDUCE_BLOCK = 1024 };

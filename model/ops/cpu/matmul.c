@@ -34,12 +34,13 @@ static void gemm_tiling(int64_t M, int64_t N, int64_t *tile_m, int64_t *tile_n) 
     *tile_n = piece(N, pn);
 }
 
-/* Inside a parallel region Debian's OpenMP OpenBLAS runs single-threaded, so each tile is computed
- * the same way whatever the thread count. */
+/* Each tile's sgemm runs single-threaded (cpu_blas_init), so each tile is computed the same way
+ * whatever the thread count. */
 void cpu_sgemm(CBLAS_TRANSPOSE trans_a, CBLAS_TRANSPOSE trans_b, int64_t M, int64_t N, int64_t K,
                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
+    cpu_blas_init();
     int64_t tm, tn;
     gemm_tiling(M, N, &tm, &tn);
     const int64_t tiles_m = ceil_div(M, tm), tiles_n = ceil_div(N, tn);
