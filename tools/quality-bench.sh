@@ -48,15 +48,17 @@ dims_for() {
   echo "$(( budget - dr )) $dr"
 }
 
-# Method -> student.mla settings (besides the ranks). Names say whose method it is.
+# Method -> student.mla settings (besides the ranks). Names say whose method it is. Selections DeepSeek's
+# config cannot express export re-based (allow_rebase); the figures are the converted student's own,
+# measured before export.
 settings_for() {
   case "$1" in
     xecomla)        echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": true' ;;
     xecomla-nonorm) echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": false' ;;
-    mha2mla)        echo '"init": "svd", "rope_select": "norm", "latent_basis": "weights", "latent_norm": false' ;;
+    mha2mla)        echo '"init": "svd", "rope_select": "norm", "latent_basis": "weights", "latent_norm": false, "allow_rebase": true' ;;
     rorope-weights) echo '"init": "svd", "rope_select": "rorope", "latent_basis": "weights", "latent_norm": false' ;;
     rorope)         echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false' ;;
-    rorope-free)    echo '"init": "svd", "rope_select": "rorope_free", "latent_basis": "activations", "latent_norm": false' ;;
+    rorope-free)    echo '"init": "svd", "rope_select": "rorope_free", "latent_basis": "activations", "latent_norm": false, "allow_rebase": true' ;;
     *) echo "quality-bench: unknown method $1" >&2; exit 2 ;;
   esac
 }
