@@ -7,28 +7,10 @@
 #include "harness.h"
 #include "model/convert/convert.h"
 #include "model/model.h"
+#include "convert_fixtures.h"
 #include "model_fixtures.h"
 
 enum { BATCH = 2, SEQ = 9 };
-
-/* D=32, H=4 over K kv heads, hd=8, F=40, V=50, 2 layers: big enough for ranks to matter. */
-static ModelConfig teacher_config(int K) {
-    ModelConfig c = tiny_teacher_config(0);
-    c.hidden_size = 32;
-    c.intermediate_size = 40;
-    c.vocab_size = 50;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = K;
-    c.head_dim = 8;
-    return c;
-}
-
-static Model *make_teacher(Backend *be, ModelConfig c, uint64_t seed) {
-    Model *m = NULL;
-    CHECK_OK(model_create(&m, be, &c, SEQ));
-    CHECK_OK(model_init_random(m, seed, 0.3f));
-    return m;
-}
 
 static ConvertOptions options(MlaInit init, RopeSelect sel, int64_t r, int64_t dn, int64_t dr, int64_t dv, int norm) {
     ConvertOptions o;
@@ -43,38 +25,10 @@ static ConvertOptions options(MlaInit init, RopeSelect sel, int64_t r, int64_t d
     return o;
 }
 
-/* Logits [B*T, V] of a model on fixed ids. */
-static float *logits_of(Backend *be, Model *m) {
-    int64_t N = BATCH * SEQ, D = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    int32_t ids[BATCH * SEQ];
-    for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)((i * 17 + 4) % V);
-    ForwardState *st = NULL;
-    float *hidden = test_alloc((size_t)(N * D) * 4), *logits = test_alloc((size_t)(N * V) * 4);
-    CHECK_OK(forward_state_create(&st, m, BATCH, SEQ, 0));
-    Tensor tid = tensor_view(ids, DT_I32, 1, &N), th = tensor_view(hidden, DT_F32, 2, (int64_t[]){N, D});
-    CHECK_OK(model_forward(m, st, tid, th));
-    CHECK_OK(be->ops.linear_forward(be, tensor_view(logits, DT_F32, 2, (int64_t[]){N, V}), th, m->lm_head, tensor_none()));
-    forward_state_destroy(st);
-    free(hidden);
-    return logits;
-}
-
-static double convert_and_compare(Backend *be, Model *teacher, const ConvertOptions *o, ConvertReport *rep) {
-    Model *student = NULL;
-    if (!CHECK_OK(mla_convert(&student, teacher, o, rep))) return INFINITY;
-    int64_t n = BATCH * SEQ * teacher->cfg.vocab_size;
-    float *lt = logits_of(be, teacher), *ls = logits_of(be, student);
-    double err = rel_error_f32(ls, lt, n);
-    free(lt);
-    free(ls);
-    model_destroy(student);
-    return err;
-}
-
 static void test_exact_cases(Backend *be) {
     ConvertReport rep;
     /* TransMLA's lossless form, K = 2 (keys in a K*hd shared rope key), latent norm off. */
-    Model *t2 = make_teacher(be, teacher_config(2), 11);
+    Model *t2 = convert_make_teacher(be, convert_teacher_config(2), SEQ, 11);
     ConvertOptions ex = options(MLA_INIT_EXACT, ROPE_SELECT_HIGH, 0, 0, 2, 1, 0);
     double err = convert_and_compare(be, t2, &ex, &rep);
     CHECK(err < 1e-5, "exact conversion (K=2, latent norm off): logits rel error %.3g", err);
@@ -90,7 +44,7 @@ static void test_exact_cases(Backend *be) {
     model_destroy(t2);
 
     /* The SVD at full rank on an MQA teacher with every pair keeping RoPE and no latent norm. */
-    Model *t1 = make_teacher(be, teacher_config(1), 12);
+    Model *t1 = convert_make_teacher(be, convert_teacher_config(1), SEQ, 12);
     RopeSelect sels[3] = {ROPE_SELECT_HIGH, ROPE_SELECT_NORM, ROPE_SELECT_UNIFORM};
     for (int i = 0; i < 3; i++) {
         ConvertOptions sv = options(MLA_INIT_SVD, sels[i], 8, 3, 8, 8, 0);
@@ -105,15 +59,9 @@ static void test_exact_cases(Backend *be) {
     model_destroy(t1);
 }
 
-static double total_error(const ConvertReport *r) {
-    double s = 0;
-    for (int l = 0; l < r->n_layers; l++) s += r->layers[l].attn_rel_error;
-    return s;
-}
-
 /* For each selection, the attention-output error on calibration tokens falls as r grows. */
 static void test_error_falls_with_rank(Backend *be) {
-    Model *t = make_teacher(be, teacher_config(2), 13);
+    Model *t = convert_make_teacher(be, convert_teacher_config(2), SEQ, 13);
     RopeSelect sels[4] = {ROPE_SELECT_HIGH, ROPE_SELECT_LOW, ROPE_SELECT_UNIFORM, ROPE_SELECT_NORM};
     const char *names[4] = {"high", "low", "uniform", "norm"};
     int64_t ranks[4] = {2, 6, 12, 24}; /* 24 = K * ((hd - dr) + hd): full */
@@ -127,7 +75,7 @@ static void test_error_falls_with_rank(Backend *be) {
                 ConvertReport rep;
                 Model *student = NULL;
                 if (!CHECK_OK(mla_convert(&student, t, &o, &rep))) continue;
-                errs[i] = total_error(&rep);
+                errs[i] = convert_total_error(&rep);
                 if (!(errs[i] < prev)) falls = 0;
                 prev = errs[i];
                 model_destroy(student);
@@ -143,27 +91,27 @@ static void test_error_falls_with_rank(Backend *be) {
     ConvertOptions wider = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 24, 3, 4, 6, 0);
     Model *student = NULL;
     CHECK_OK(mla_convert(&student, t, &narrow, &rep));
-    e_narrow = total_error(&rep);
+    e_narrow = convert_total_error(&rep);
     model_destroy(student);
     CHECK_OK(mla_convert(&student, t, &wider, &rep));
-    e_wide = total_error(&rep);
+    e_wide = convert_total_error(&rep);
     model_destroy(student);
     CHECK(e_wide < e_narrow, "narrow heads: error %.4g at dn=1, dv=2 falls to %.4g at dn=3, dv=6", e_narrow, e_wide);
 
     /* Random attention is far off; the SVD at full rank is off only by the shared rope key. */
     ConvertOptions rnd = options(MLA_INIT_RANDOM, ROPE_SELECT_HIGH, 6, 4, 4, 8, 1);
     CHECK_OK(mla_convert(&student, t, &rnd, &rep));
-    double e_random = total_error(&rep);
+    double e_random = convert_total_error(&rep);
     model_destroy(student);
     ConvertOptions svd_full = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 24, 4, 4, 8, 1);
     CHECK_OK(mla_convert(&student, t, &svd_full, &rep));
-    CHECK(total_error(&rep) < 0.5 * e_random, "svd at full rank (%.4g) beats random attention (%.4g)", total_error(&rep), e_random);
+    CHECK(convert_total_error(&rep) < 0.5 * e_random, "svd at full rank (%.4g) beats random attention (%.4g)", convert_total_error(&rep), e_random);
     model_destroy(student);
     model_destroy(t);
 }
 
 static void test_energy_hybrid_qlora(Backend *be) {
-    Model *t = make_teacher(be, teacher_config(2), 14);
+    Model *t = convert_make_teacher(be, convert_teacher_config(2), SEQ, 14);
     ConvertReport rep;
     Model *student = NULL;
     ConvertOptions o = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 0, 4, 4, 8, 1);
@@ -195,17 +143,17 @@ static void test_energy_hybrid_qlora(Backend *be) {
     /* A q bottleneck at full rank with its norm: close to the plain student. */
     ConvertOptions q = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 24, 4, 4, 8, 0);
     CHECK_OK(mla_convert(&student, t, &q, &rep));
-    double e_plain = total_error(&rep);
+    double e_plain = convert_total_error(&rep);
     model_destroy(student);
     q.dims.q_lora_rank = 32;
     CHECK_OK(mla_convert(&student, t, &q, &rep));
-    CHECK(total_error(&rep) < e_plain + 0.3, "q_lora at full rank: error %.4g vs %.4g without", total_error(&rep), e_plain);
+    CHECK(convert_total_error(&rep) < e_plain + 0.3, "q_lora at full rank: error %.4g vs %.4g without", convert_total_error(&rep), e_plain);
     model_destroy(student);
     model_destroy(t);
 }
 
 static void test_bad_options(Backend *be) {
-    Model *t = make_teacher(be, teacher_config(2), 15), *student = NULL;
+    Model *t = convert_make_teacher(be, convert_teacher_config(2), SEQ, 15), *student = NULL;
     ConvertReport rep;
     ConvertOptions o = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 8, 4, 4, 8, 1);
     o.gqa_layers[0] = 7;
@@ -221,9 +169,9 @@ static void test_bad_options(Backend *be) {
     CHECK(student == NULL, "a failed conversion leaves no student");
     model_destroy(t);
 
-    ModelConfig qwen = teacher_config(2);
+    ModelConfig qwen = convert_teacher_config(2);
     qwen.qkv_bias = 1;
-    Model *tq = make_teacher(be, qwen, 16);
+    Model *tq = convert_make_teacher(be, qwen, SEQ, 16);
     o = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 8, 4, 4, 8, 1);
     CHECK_ERR(mla_convert(&student, tq, &o, &rep), "drop_biases");
     o.drop_biases = 1;

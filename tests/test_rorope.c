@@ -13,28 +13,10 @@
 #include "model/convert/convert.h"
 #include "model/convert/rorope.h"
 #include "model/model.h"
+#include "convert_fixtures.h"
 #include "model_fixtures.h"
 
 enum { BATCH = 3, SEQ = 11 };
-
-/* D=32, H=4 over K kv heads, hd=8 (4 pairs), 2 layers. */
-static ModelConfig teacher_config(int K) {
-    ModelConfig c = tiny_teacher_config(0);
-    c.hidden_size = 32;
-    c.intermediate_size = 40;
-    c.vocab_size = 50;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = K;
-    c.head_dim = 8;
-    return c;
-}
-
-static Model *make_teacher(Backend *be, ModelConfig c, uint64_t seed) {
-    Model *m = NULL;
-    CHECK_OK(model_create(&m, be, &c, SEQ));
-    CHECK_OK(model_init_random(m, seed, 0.3f));
-    return m;
-}
 
 static ConvertOptions options(RopeSelect sel, LatentBasis basis, int64_t r, int64_t dn, int64_t dr, int64_t dv) {
     ConvertOptions o;
@@ -47,39 +29,6 @@ static ConvertOptions options(RopeSelect sel, LatentBasis basis, int64_t r, int6
     o.n_calib_seqs = BATCH;
     o.calib_seq = SEQ;
     return o;
-}
-
-static float *logits_of(Backend *be, Model *m) {
-    int64_t N = BATCH * SEQ, D = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    int32_t ids[BATCH * SEQ];
-    for (int64_t i = 0; i < N; i++) ids[i] = (int32_t)((i * 17 + 4) % V);
-    ForwardState *st = NULL;
-    float *hidden = test_alloc((size_t)(N * D) * 4), *logits = test_alloc((size_t)(N * V) * 4);
-    CHECK_OK(forward_state_create(&st, m, BATCH, SEQ, 0));
-    Tensor tid = tensor_view(ids, DT_I32, 1, &N), th = tensor_view(hidden, DT_F32, 2, (int64_t[]){N, D});
-    CHECK_OK(model_forward(m, st, tid, th));
-    CHECK_OK(be->ops.linear_forward(be, tensor_view(logits, DT_F32, 2, (int64_t[]){N, V}), th, m->lm_head, tensor_none()));
-    forward_state_destroy(st);
-    free(hidden);
-    return logits;
-}
-
-static double convert_and_compare(Backend *be, Model *teacher, const ConvertOptions *o, ConvertReport *rep) {
-    Model *student = NULL;
-    if (!CHECK_OK(mla_convert(&student, teacher, o, rep))) return INFINITY;
-    int64_t n = BATCH * SEQ * teacher->cfg.vocab_size;
-    float *lt = logits_of(be, teacher), *ls = logits_of(be, student);
-    double err = rel_error_f32(ls, lt, n);
-    free(lt);
-    free(ls);
-    model_destroy(student);
-    return err;
-}
-
-static double total_error(const ConvertReport *r) {
-    double s = 0;
-    for (int l = 0; l < r->n_layers; l++) s += r->layers[l].attn_rel_error;
-    return s;
 }
 
 /* Random host weights and inputs for rorope_fit. */
@@ -152,7 +101,7 @@ static void test_fit_identities(void) {
 static void test_exact_cases(Backend *be) {
     ConvertReport rep;
     /* Every slot kept: the rope key holds all K*hd key dims (rotated), the latent is V. */
-    Model *t = make_teacher(be, teacher_config(2), 21);
+    Model *t = convert_make_teacher(be, convert_teacher_config(2), SEQ, 21);
     for (int basis = 0; basis < 2; basis++) {
         ConvertOptions o = options(ROPE_SELECT_ROROPE_FREE, basis, 16, 8, 16, 8);
         double err = convert_and_compare(be, t, &o, &rep);
@@ -161,7 +110,7 @@ static void test_exact_cases(Backend *be) {
     }
     model_destroy(t);
     /* MQA teacher, all pairs: the exportable choice (step 1) is exact too, for either basis. */
-    t = make_teacher(be, teacher_config(1), 22);
+    t = convert_make_teacher(be, convert_teacher_config(1), SEQ, 22);
     for (int basis = 0; basis < 2; basis++) {
         ConvertOptions o = options(ROPE_SELECT_ROROPE, basis, 8, 8, 8, 8);
         double err = convert_and_compare(be, t, &o, &rep);
@@ -176,7 +125,7 @@ static void test_exact_cases(Backend *be) {
 }
 
 static void test_error_falls_with_rank(Backend *be) {
-    Model *t = make_teacher(be, teacher_config(2), 23);
+    Model *t = convert_make_teacher(be, convert_teacher_config(2), SEQ, 23);
     RopeSelect sels[3] = {ROPE_SELECT_ROROPE, ROPE_SELECT_ROROPE_FREE, ROPE_SELECT_HIGH};
     const char *names[3] = {"rorope", "rorope_free", "high"};
     int64_t ranks[4] = {2, 6, 12, 28}; /* 28 = (K*hd - dr) + K*hd: full */
@@ -188,7 +137,7 @@ static void test_error_falls_with_rank(Backend *be) {
             ConvertReport rep;
             Model *student = NULL;
             errs[i] = INFINITY;
-            if (CHECK_OK(mla_convert(&student, t, &o, &rep))) errs[i] = total_error(&rep);
+            if (CHECK_OK(mla_convert(&student, t, &o, &rep))) errs[i] = convert_total_error(&rep);
             falls &= errs[i] < prev;
             prev = errs[i];
             model_destroy(student);

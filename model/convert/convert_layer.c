@@ -373,3 +373,42 @@ done:
     free(b);
     return st;
 }
+
+Status key_split_pairs(const GqaWeights *t, const float *inv_freq, const int *pairs, int P, KeySplit *ks) {
+    int64_t D = t->D, H = t->H, K = t->K, hd = t->hd, half = hd / 2, n_h = hd - 2 * P, group = H / K;
+    int64_t *nope = malloc((size_t)(n_h > 0 ? n_h : 1) * sizeof(int64_t));
+    if (!nope) return errorf("conversion: out of memory");
+    Status st = key_split_alloc(ks, D, H, P, K * n_h);
+    if (st != STATUS_OK) {
+        free(nope);
+        return st;
+    }
+    nope_dims_of(pairs, P, hd, nope);
+    for (int j = 0; j < P; j++) {
+        ks->inv_freq[j] = inv_freq[pairs[j]];
+        ks->pair_of[j] = pairs[j];
+        for (int64_t d = 0; d < D; d++) {
+            double lo = 0, hi = 0;
+            for (int64_t g = 0; g < K; g++) {
+                lo += t->wk[(g * hd + pairs[j]) * D + d];
+                hi += t->wk[(g * hd + half + pairs[j]) * D + d];
+            }
+            ks->rope_key[j * D + d] = lo / (double)K;
+            ks->rope_key[(P + j) * D + d] = hi / (double)K;
+        }
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t d = 0; d < D; d++) {
+                ks->rope_q[(h * 2 * P + j) * D + d] = t->wq[(h * hd + pairs[j]) * D + d];
+                ks->rope_q[(h * 2 * P + P + j) * D + d] = t->wq[(h * hd + half + pairs[j]) * D + d];
+            }
+    }
+    for (int64_t g = 0; g < K; g++)
+        for (int64_t i = 0; i < n_h; i++) {
+            int64_t row = g * n_h + i;
+            for (int64_t d = 0; d < D; d++) ks->nope_key[row * D + d] = t->wk[(g * hd + nope[i]) * D + d];
+            for (int64_t h = g * group; h < (g + 1) * group; h++)
+                for (int64_t d = 0; d < D; d++) ks->nope_q[(h * ks->nk + row) * D + d] = t->wq[(h * hd + nope[i]) * D + d];
+        }
+    free(nope);
+    return STATUS_OK;
+}

@@ -68,6 +68,10 @@ typedef struct {
 Status key_split_alloc(KeySplit *ks, int64_t D, int64_t H, int64_t P, int64_t nk);
 void key_split_free(KeySplit *ks);
 
+/* The teacher's rotate-half pairs as a key split: the kept pairs of every kv head averaged into the
+ * rope key, each kv head's other dims as no-RoPE rows that only its own query heads read. */
+Status key_split_pairs(const GqaWeights *t, const float *inv_freq, const int *pairs, int P, KeySplit *ks);
+
 /* The student from a key split and a latent: c = latent x ([r0, D], r0 <= s->r, the rest zero rows),
  * keys no-RoPE ~= up[0:nk] c, values of kv head g ~= up[nk + g hd : nk + (g+1) hd] c (up: [nk + K hd,
  * r0]). Per head, the no-RoPE score form and the value path are met at widths dn and dv exactly when
