@@ -190,8 +190,9 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
             sin2b[p * half + i] = sin(2 * ang);
         }
 
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    /* Heads run on OpenMP threads, each product single-threaded: the OpenMP OpenBLAS is inside a
+     * parallel region, the pthreads one is held to one thread per call by the CPU backend. Setting
+     * OpenBLAS's thread count here would also set OpenMP's (the OpenMP build) and serialise the heads. */
     for (int64_t s = 0; s < fit_seqs && st == STATUS_OK; s++) {
         const double *ks = k + s * T * K * hd, *qs = q + s * T * H * hd;
         /* The rotated slot keys and the 13 key functions per slot and position. */
@@ -245,7 +246,6 @@ Status rorope_fit(const GqaWeights *t, const float *inv_freq, const float *a, in
         }
         memset(recv_h, 0, (size_t)(H * T) * sizeof(double));
     }
-    openblas_set_num_threads(saved);
     if (st != STATUS_OK) goto done;
 
     /* Per head and slot: M by least squares (a small ridge keeps a slot the data never excites at
