@@ -37,7 +37,8 @@ void cmd_bench_usage(void) {
            "Times the config's training step (teacher forward, student forward and backward, loss,\n"
            "AdamW) on random token batches: warm-up steps (%d on the CPU, %d on a GPU), then N timed steps\n"
            "(default %d on the CPU, %d on a GPU, as shared/bench/torch_distill.py). Prints one JSON line.\n"
-           "CPU: config, device, threads, B, T, step_s, tok_s, gflop_per_tok, gflops, peak_gflops (the\n"
+           "CPU: config, device, precision, recompute, threads, blas (the OpenBLAS loaded, how it was built\n"
+           "to thread, the kernels it chose), B, T, step_s, tok_s, gflop_per_tok, gflops, peak_gflops (the\n"
            "measured float32 matrix-product rate), mfu, loss.\n"
            "GPU: config, device, gpu, teacher (its parameters, in billions), B, T, compile (always false),\n"
            "step_s, tok_s, tflops, gflop_per_tok, peak_tflops (the measured bf16 cuBLASLt rate of an\n"
@@ -218,11 +219,13 @@ static const char *recompute_name(const Config *cfg) { return config_recompute_n
 static void print_cpu_line(const Config *cfg, const BenchFigures *f) {
     double tok_s = f->tokens_per_step / f->step_s, gflops = tok_s * f->flop_per_token / 1e9;
     double peak = measure_cpu_peak_gflops();
+    char blas[160];
+    cpu_blas_describe(blas, sizeof blas);
     printf("{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"recompute\": \"%s\", "
-           "\"threads\": %d, \"B\": %lld, "
+           "\"threads\": %d, \"blas\": \"%s\", \"B\": %lld, "
            "\"T\": %lld, \"step_s\": %.4f, \"tok_s\": %.1f, \"gflop_per_tok\": %.4f, \"gflops\": %.1f",
            config_file_name(cfg), config_device_name(cfg->device), precision_name(cfg), recompute_name(cfg),
-           omp_get_max_threads(),
+           omp_get_max_threads(), blas,
            (long long)cfg->train.global_batch, (long long)cfg->data.seq_len, f->step_s, tok_s, f->flop_per_token / 1e9,
            gflops);
     if (peak > 0) printf(", \"peak_gflops\": %.1f, \"mfu\": %.3f", peak, gflops / peak);
