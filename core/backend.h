@@ -28,18 +28,31 @@ typedef struct Backend Backend;
  *   messages; an asynchronous backend (cuda) reports a bad index at its next synchronisation point
  *   (synchronize, upload, download, or an op that returns a host value) rather than from the op. */
 
+/* The distillation divergence D(p_t, p_s) between the teacher's and the student's distributions at
+ * temperature T (both models' logits divided by T once). */
+typedef enum {
+    LOSS_FORWARD_KL = 0, /* KL(p_t || p_s) */
+    LOSS_REVERSE_KL,     /* KL(p_s || p_t) */
+    LOSS_JSD,            /* beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s,
+                          * beta in (0, 1): TRL's and Liger's generalized JSD (-> beta KL(p_t || p_s) as
+                          * beta -> 0, (1 - beta) KL(p_s || p_t) as beta -> 1) */
+} LossKind;
+
 typedef struct {
-    float kl_weight;      /* w_kl: weight of T^2 * KL(p_teacher^T || p_student^T) */
+    float kl_weight;      /* w_kl: weight of T^2 * D(p_teacher^T, p_student^T) */
     float ce_weight;      /* w_ce: weight of CE(student, next token), at temperature 1 */
     float temperature;    /* T > 0 */
     int32_t ignore_index; /* targets equal to this are not counted (HF uses -100) */
-    int64_t chunk_tokens; /* tokens per logits chunk; 0 = backend default */
+    int64_t chunk_tokens; /* tokens per logits chunk; 0 = the backend's choice (its memory budget) */
+    LossKind kind;        /* the divergence D; 0 (zero-initialised) = forward KL */
+    float jsd_beta;       /* beta of LOSS_JSD, in (0, 1); unread for the other kinds */
 } LossConfig;
 
 /* Sums over the counted tokens of one call; divide by `counted` for means. */
 typedef struct {
-    double loss;          /* sum of kl_weight*T^2*kl + ce_weight*ce */
-    double kl;            /* sum of KL(p_t^T || p_s^T), without the T^2 factor */
+    double loss;          /* sum of kl_weight*T^2*D + ce_weight*ce */
+    double kl;            /* sum of the distillation divergence D of cfg.kind (forward KL, reverse KL or
+                           * JSD), at temperature T, without the T^2 factor */
     double ce;            /* sum of -log p_s(target) */
     int64_t counted;      /* tokens whose target != ignore_index */
     int64_t top1_agree;   /* counted tokens where argmax student == argmax teacher */
@@ -118,6 +131,19 @@ typedef struct {
      * for the loss sum scaled by grad_scale (1 / tokens counted in the whole global batch). */
     Status (*lm_head_loss)(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
                            Tensor ht, Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
+    /* lm_head_loss with the teacher given by its top-k at the loss temperature instead of ht, wt:
+     * teacher_logprobs f32 [N, k] = log-softmax(teacher logits / T) at teacher_ids i32 [N, k]
+     * (distinct ids per row, exact log-probs normalised over the whole vocabulary). The divergence
+     * runs over k + 1 outcomes: the k ids and one "tail" outcome holding each model's remaining
+     * mass (teacher: 1 - sum exp(logprobs); student: 1 - its probability on the k ids), as
+     * DistillKit does; at k = vocab it equals lm_head_loss exactly. top1_agree compares the
+     * student's argmax with teacher_ids[:, argmax logprobs]. The teacher rows of ignored tokens are
+     * not read. The tail masses: the student's is summed over the ids outside the top-k (log-space,
+     * no cancellation); the teacher's is -expm1(logsumexp(logprobs)) in double, held at or above
+     * LOSS_TEACHER_TAIL_MIN (its rounding floor); at k = vocab there is no tail outcome. */
+    Status (*lm_head_loss_topk)(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                                Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets,
+                                LossConfig cfg, float grad_scale);
 
     /* One AdamW step on a parameter (decoupled weight decay, bias correction), all f32 [n]; when
      * param_copy (bf16, same shape) is present it receives the updated parameter rounded, so the
@@ -180,6 +206,17 @@ Status storage_dtype_note(const char *op, const char *name, Tensor t, int *noted
 
 /* Errors unless every op of the table is present, listing the ones this backend lacks. */
 Status backend_check_ops(const Backend *be);
+
+/* Validates a LossConfig for the op `op` (temperature, weights, kind, jsd_beta, chunk_tokens) and
+ * grad_scale; the error names the field. Every backend's loss ops call it. */
+Status loss_config_check(const char *op, LossConfig cfg, float grad_scale);
+/* "forward_kl", "reverse_kl", "jsd"; NULL for a value outside LossKind. */
+const char *loss_kind_name(LossKind kind);
+
+/* The smallest teacher tail mass lm_head_loss_topk uses (2^-24, about 6e-8): below it the mass
+ * 1 - sum exp(logprobs) is within the rounding of f32 log-probs, and a zero tail would make the
+ * reverse KL and the JSD's gradient infinite wherever the student keeps mass outside the top-k. */
+#define LOSS_TEACHER_TAIL_MIN 0x1p-24
 
 /* Validates the AdamW hyperparameters every backend's adamw_step relies on. */
 Status adamw_config_check(AdamWConfig cfg);

@@ -37,7 +37,7 @@ Status backend_check_ops(const Backend *be) {
         "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward", "rmsnorm_residual_backward",
         "linear_forward", "linear_backward", "linear_residual_forward", "rope_forward", "rope_backward",
         "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
-        "lm_head_loss", "adamw_step", "adamw_step_multi", "sum_squares", "sum_squares_multi",
+        "lm_head_loss", "lm_head_loss_topk", "adamw_step", "adamw_step_multi", "sum_squares", "sum_squares_multi",
         "scale", "accumulate", "cast"};
     _Static_assert(sizeof(Ops) == sizeof(names) / sizeof(names[0]) * sizeof(void (*)(void)),
                    "the names above must list every op of Ops");

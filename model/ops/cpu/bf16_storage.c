@@ -222,6 +222,16 @@ static Status lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Te
     RUN(w, cpu_lm_head_loss(be, sums, dh, dw, h, wt, ht, wtt, targets, cfg, grad_scale));
 }
 
+static Status lm_head_loss_topk(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor wt,
+                                Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets, LossConfig cfg,
+                                float grad_scale) {
+    Widened w = {.op = "lm_head_loss_topk"};
+    TRY(storage(&w, "dh", &dh, 1));
+    TRY(storage(&w, "h", &h, 0));
+    TRY(storage(&w, "w", &wt, 0));
+    RUN(w, cpu_lm_head_loss_topk(be, sums, dh, dw, h, wt, teacher_logprobs, teacher_ids, targets, cfg, grad_scale));
+}
+
 static Status sum_squares(Backend *be, double *out, Tensor t) {
     Widened w = {.op = "sum_squares"};
     TRY(storage(&w, "t", &t, 0));
@@ -257,6 +267,7 @@ void cpu_ops_add_bf16_storage(Ops *ops) {
     ops->swiglu_forward = swiglu_forward;
     ops->swiglu_backward = swiglu_backward;
     ops->lm_head_loss = lm_head_loss;
+    ops->lm_head_loss_topk = lm_head_loss_topk;
     ops->sum_squares = sum_squares;
     ops->scale = scale;
     ops->accumulate = accumulate;

@@ -89,6 +89,7 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         .swiglu_forward = cpu_swiglu_forward,
         .swiglu_backward = cpu_swiglu_backward,
         .lm_head_loss = cpu_lm_head_loss,
+        .lm_head_loss_topk = cpu_lm_head_loss_topk,
         .adamw_step = cpu_adamw_step,
         .adamw_step_multi = cpu_adamw_step_multi,
         .sum_squares = cpu_sum_squares,

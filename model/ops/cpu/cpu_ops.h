@@ -54,6 +54,9 @@ Status cpu_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cpu_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
                         Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
+Status cpu_lm_head_loss_topk(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                             Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets, LossConfig cfg,
+                             float grad_scale);
 Status cpu_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
                       AdamWConfig cfg);
 Status cpu_adamw_step_multi(Backend *be, const AdamWParam *params, int n, AdamWConfig cfg, float grad_scale);

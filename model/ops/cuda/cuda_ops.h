@@ -26,6 +26,9 @@ Status cuda_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cuda_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
                          Tensor wt, Tensor targets, LossConfig cfg, float grad_scale);
+Status cuda_lm_head_loss_topk(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                              Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets, LossConfig cfg,
+                              float grad_scale);
 Status cuda_adamw_step(Backend *be, Tensor param, Tensor grad, Tensor m, Tensor v, Tensor param_copy,
                        AdamWConfig cfg);
 Status cuda_cast(Backend *be, Tensor dst, Tensor src);
@@ -54,6 +57,7 @@ static inline Ops cuda_ops_table(void) {
     o.swiglu_forward = cuda_swiglu_forward;
     o.swiglu_backward = cuda_swiglu_backward;
     o.lm_head_loss = cuda_lm_head_loss;
+    o.lm_head_loss_topk = cuda_lm_head_loss_topk;
     o.adamw_step = cuda_adamw_step;
     o.adamw_step_multi = cuda_adamw_step_multi;
     o.sum_squares = cuda_sum_squares;

@@ -327,3 +327,11 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
     sums->top1_agree += call_total.top1_agree;
     return STATUS_OK;
 }
+
+Status cuda_lm_head_loss_topk(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                              Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets, LossConfig cfg,
+                              float grad_scale) {
+    (void)be, (void)sums, (void)dh, (void)dw, (void)h, (void)w, (void)teacher_logprobs, (void)teacher_ids;
+    (void)targets, (void)cfg, (void)grad_scale;
+    return errorf("lm_head_loss_topk: not available on the cuda backend of this build");
+}

@@ -11,7 +11,7 @@
     X(embedding_forward) X(embedding_backward) X(rmsnorm_forward) X(rmsnorm_backward) X(rmsnorm_residual_backward) \
     X(linear_forward) \
     X(linear_backward) X(linear_residual_forward) X(rope_forward) X(rope_backward) X(attention_forward)  \
-    X(attention_backward) X(swiglu_forward) X(swiglu_backward) X(lm_head_loss) X(adamw_step)             \
+    X(attention_backward) X(swiglu_forward) X(swiglu_backward) X(lm_head_loss) X(lm_head_loss_topk) X(adamw_step)             \
     X(adamw_step_multi) X(sum_squares) X(sum_squares_multi) X(scale) X(accumulate) X(cast)
 
 enum {
