@@ -3,6 +3,7 @@
 #include "model/config.h"
 
 #include <math.h>
+#include <stdio.h>
 
 /* Widths and head counts stay far below what a product of three of them needs to overflow int64,
  * and within the int the kernels index with. */
@@ -80,6 +81,16 @@ Status model_config_validate(const ModelConfig *cfg) {
     TRY(check_rope(&cfg->rope));
     TRY(check_token("bos_token_id", cfg->bos_token_id, cfg->vocab_size));
     TRY(check_token("eos_token_id", cfg->eos_token_id, cfg->vocab_size));
+    if (cfg->n_eos_token_ids < 0 || cfg->n_eos_token_ids > MODEL_EOS_IDS_MAX)
+        return errorf("eos_token_id: %d ids, expected at most %d", cfg->n_eos_token_ids, MODEL_EOS_IDS_MAX);
+    if (cfg->n_eos_token_ids > 0 && cfg->eos_token_ids[0] != cfg->eos_token_id)
+        return errorf("eos_token_id = %lld is not the first of the eos list (%lld)", (long long)cfg->eos_token_id,
+                      (long long)cfg->eos_token_ids[0]);
+    for (int i = 0; i < cfg->n_eos_token_ids; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "eos_token_id[%d]", i);
+        TRY(check_token(name, cfg->eos_token_ids[i], cfg->vocab_size));
+    }
     if (cfg->sliding_window < 0 || cfg->sliding_window > MODEL_POSITIONS_MAX)
         return errorf("sliding_window = %lld must be positive (or absent)", (long long)cfg->sliding_window);
 

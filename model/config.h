@@ -7,7 +7,7 @@
 #include "core/status.h"
 #include "model/rope.h"
 
-enum { MODEL_MAX_LAYERS = 256, MODEL_NAME_MAX = 64 };
+enum { MODEL_MAX_LAYERS = 256, MODEL_NAME_MAX = 64, MODEL_EOS_IDS_MAX = 16 };
 
 typedef enum { ATTENTION_GQA = 0, ATTENTION_MLA = 1 } AttentionKind;
 
@@ -41,6 +41,11 @@ typedef struct {
     int tie_word_embeddings;
     int qkv_bias;                        /* q/k/v projections carry a bias (Qwen2) */
     int64_t bos_token_id, eos_token_id;  /* -1 when absent; the first of a list */
+    /* config.json's eos_token_id when it is a list (an instruct model stops on end-of-text and on
+     * end-of-turn alike), kept whole to be written back; eos_token_ids[0] == eos_token_id. 0: a
+     * single id, or none. */
+    int n_eos_token_ids;
+    int64_t eos_token_ids[MODEL_EOS_IDS_MAX];
     int64_t sliding_window;              /* 0 = none; else Mistral's window: our full causal attention
                                             equals it only up to that length (model_config_check_seq_len) */
 

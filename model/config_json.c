@@ -1,5 +1,6 @@
 /* ModelConfig <-> JSON. Every field is written and every field is required on reading, so a
- * format change is an error, not a silent default. */
+ * format change is an error, not a silent default; the one exception, eos_token_ids, is absent from
+ * files written before it existed, which meant what its absence means (a single eos id). */
 #include "model/config_json.h"
 
 #include <math.h>
@@ -29,6 +30,11 @@ cJSON *model_config_to_json(const ModelConfig *c) {
     cJSON_AddNumberToObject(o, "qkv_bias", c->qkv_bias);
     cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
     cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_id);
+    if (c->n_eos_token_ids > 0) {
+        cJSON *ids = cJSON_AddArrayToObject(o, "eos_token_ids");
+        for (int i = 0; ids && i < c->n_eos_token_ids; i++)
+            cJSON_AddItemToArray(ids, cJSON_CreateNumber((double)c->eos_token_ids[i]));
+    }
     cJSON_AddNumberToObject(o, "sliding_window", (double)c->sliding_window);
     cJSON_AddNumberToObject(o, "kv_lora_rank", (double)c->mla.kv_lora_rank);
     cJSON_AddNumberToObject(o, "q_lora_rank", (double)c->mla.q_lora_rank);
@@ -95,6 +101,16 @@ Status model_config_from_json(const cJSON *o, const char *where, ModelConfig *c)
     c->qkv_bias = (int)i;
     TRY(get_int(o, where, "bos_token_id", &c->bos_token_id));
     TRY(get_int(o, where, "eos_token_id", &c->eos_token_id));
+    const cJSON *eos = cJSON_GetObjectItemCaseSensitive(o, "eos_token_ids");
+    if (eos) {
+        if (!cJSON_IsArray(eos) || cJSON_GetArraySize(eos) > MODEL_EOS_IDS_MAX)
+            return errorf("%s: model config: eos_token_ids must be a list of at most %d ids", where, MODEL_EOS_IDS_MAX);
+        for (const cJSON *e = eos->child; e; e = e->next) {
+            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
+                return errorf("%s: model config: eos_token_ids[%d] is not an integer", where, c->n_eos_token_ids);
+            c->eos_token_ids[c->n_eos_token_ids++] = (int64_t)e->valuedouble;
+        }
+    }
     TRY(get_int(o, where, "sliding_window", &c->sliding_window));
     TRY(get_int(o, where, "kv_lora_rank", &c->mla.kv_lora_rank));
     TRY(get_int(o, where, "q_lora_rank", &c->mla.q_lora_rank));

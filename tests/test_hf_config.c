@@ -168,7 +168,8 @@ static const char *config_difference(const ModelConfig *a, const ModelConfig *b)
     SAME(vocab_size); SAME(hidden_size); SAME(intermediate_size); SAME(num_hidden_layers);
     SAME(num_attention_heads); SAME(num_key_value_heads); SAME(head_dim); SAME(max_position_embeddings);
     SAME(rms_norm_eps); SAME(rope.theta); SAME(rope.scaling); SAME(tie_word_embeddings); SAME(qkv_bias);
-    SAME(bos_token_id); SAME(eos_token_id); SAME(sliding_window);
+    SAME(bos_token_id); SAME(eos_token_id); SAME(sliding_window); SAME(n_eos_token_ids);
+    for (int i = 0; i < a->n_eos_token_ids; i++) SAME(eos_token_ids[i]);
     if (a->rope.scaling == ROPE_SCALING_LLAMA3) {
         SAME(rope.factor); SAME(rope.low_freq_factor); SAME(rope.high_freq_factor);
         SAME(rope.original_max_position_embeddings);
@@ -207,6 +208,9 @@ static void test_llama_3_2_1b(void) {
     CHECK(c.tie_word_embeddings == 1 && c.qkv_bias == 0, "llama 1B tied, no bias");
     CHECK(c.bos_token_id == 128000 && c.eos_token_id == 128001, "llama 1B bos/eos %lld/%lld",
           (long long)c.bos_token_id, (long long)c.eos_token_id);
+    CHECK(c.n_eos_token_ids == 3 && c.eos_token_ids[0] == 128001 && c.eos_token_ids[1] == 128008 &&
+              c.eos_token_ids[2] == 128009,
+          "llama 1B keeps its eos list whole (%d ids)", c.n_eos_token_ids);
     CHECK(c.sliding_window == 0 && model_config_mla_layers(&c) == 0, "llama 1B: no window, no MLA");
     CHECK(model_config_kv_values_per_token(&c, 0) == 1024 && model_config_kv_values_per_token(&c, 15) == 1024,
           "llama 1B kv values per token: 2*8*64 = 1024");
@@ -394,7 +398,7 @@ static void test_deepseek_round_trip(void) {
           (long long)model_config_kv_values_per_token(&s, 0));
     CHECK(model_config_kv_values_per_token(&llama, 0) / (double)model_config_kv_values_per_token(&s, 0) == 6.4,
           "6.4x smaller cache");
-    if (CHECK_OK(hf_config_write_deepseek_v2(&s, path)) && CHECK_OK(hf_config_read(path, &back)))
+    if (CHECK_OK(hf_config_write_deepseek_v2(&s, DT_F32, path)) && CHECK_OK(hf_config_read(path, &back)))
         CHECK_SAME(&back, &s, "all-MLA llama3 student, q_lora_rank null");
     char *text = slurp(path);
     cJSON *json = text ? cJSON_Parse(text) : NULL;
@@ -416,14 +420,31 @@ static void test_deepseek_round_trip(void) {
         CHECK(strstr(text, "\"rope_theta\":\t500000.0") && strstr(text, "\"routed_scaling_factor\":\t1.0") &&
                   strstr(text, "\"rms_norm_eps\":\t1e-05"),
               "floats written as Python writes them");
+        const cJSON *eos = cJSON_GetObjectItemCaseSensitive(json, "eos_token_id");
+        CHECK(cJSON_IsArray(eos) && cJSON_GetArraySize(eos) == 3 && cJSON_GetArrayItem(eos, 2)->valuedouble == 128009,
+              "the eos list is written whole");
     }
     cJSON_Delete(json);
     free(text);
+    /* torch_dtype says what the weights beside the config are. */
+    const DType dtypes[] = {DT_F32, DT_BF16, DT_F16};
+    const char *const torch_names[] = {"float32", "bfloat16", "float16"};
+    for (int i = 0; i < 3; i++) {
+        if (!CHECK_OK(hf_config_write_deepseek_v2(&s, dtypes[i], path))) continue;
+        text = slurp(path);
+        json = text ? cJSON_Parse(text) : NULL;
+        const cJSON *td = json ? cJSON_GetObjectItemCaseSensitive(json, "torch_dtype") : NULL;
+        CHECK(cJSON_IsString(td) && strcmp(td->valuestring, torch_names[i]) == 0, "%s weights: torch_dtype %s, got %s",
+              dtype_name(dtypes[i]), torch_names[i], cJSON_IsString(td) ? td->valuestring : "none");
+        cJSON_Delete(json);
+        free(text);
+    }
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_I32, path), "not a dtype of HF weights");
     CHECK_ERR(hf_config_deepseek_v2_check_stock(&s), "vLLM and SGLang read any rope_scaling as DeepSeek's YaRN");
 
     /* Qwen2 student with a q_lora_rank bottleneck: stock loaders compute the same model. */
     s = student_of(&qwen, 256, 32, 384, NULL, 0);
-    if (CHECK_OK(hf_config_write_deepseek_v2(&s, path)) && CHECK_OK(hf_config_read(path, &back)))
+    if (CHECK_OK(hf_config_write_deepseek_v2(&s, DT_F32, path)) && CHECK_OK(hf_config_read(path, &back)))
         CHECK_SAME(&back, &s, "all-MLA qwen2 student, q_lora_rank 384");
     CHECK_OK(hf_config_deepseek_v2_check_stock(&s));
 
@@ -433,7 +454,7 @@ static void test_deepseek_round_trip(void) {
     s.mla.rope_theta = sqrt(500000.0);
     s.mla.qk_nope_head_dim = 0;
     s.sliding_window = 8192;
-    if (CHECK_OK(hf_config_write_deepseek_v2(&s, path)) && CHECK_OK(hf_config_read(path, &back))) {
+    if (CHECK_OK(hf_config_write_deepseek_v2(&s, DT_F32, path)) && CHECK_OK(hf_config_read(path, &back))) {
         CHECK_SAME(&back, &s, "hybrid student");
         CHECK(back.layer_attention[0] == ATTENTION_GQA && back.layer_attention[1] == ATTENTION_MLA &&
                   model_config_mla_layers(&back) == 14,
@@ -450,6 +471,7 @@ static void test_deepseek_round_trip(void) {
         int gqa3[] = {3};
         s = student_of(&llama, 128, 32, 0, gqa3, 1);
         s.mla.rope_theta = 707.1067811865476;
+        s.n_eos_token_ids = 0; /* that file's eos_token_id is the single id 128001 */
         CHECK_SAME(&back, &s, "hybrid export re-saved by transformers 5");
     }
 
@@ -457,7 +479,7 @@ static void test_deepseek_round_trip(void) {
     ModelConfig fast = student_of(&llama, 64, 4, 0, NULL, 0);
     fast.rope.theta = 10000.0;
     fast.rope.factor = 8.0;
-    if (CHECK_OK(hf_config_write_deepseek_v2(&fast, path)) && CHECK_OK(hf_config_read(path, &back))) {
+    if (CHECK_OK(hf_config_write_deepseek_v2(&fast, DT_F32, path)) && CHECK_OK(hf_config_read(path, &back))) {
         CHECK(back.rope.scaling == ROPE_SCALING_NONE, "scaling that changes no exported frequency is dropped");
         float f1[2], f2[2];
         CHECK_OK(rope_inv_freq(&fast.rope, 4, f1));
@@ -469,21 +491,21 @@ static void test_deepseek_round_trip(void) {
     s = student_of(&qwen, 256, 32, 0, NULL, 0);
     s.hidden_size = 900;
     CHECK_ERR(hf_config_deepseek_v2_check_stock(&s), "hidden_size = 900 is not a multiple of num_attention_heads = 14");
-    CHECK_ERR(hf_config_write_deepseek_v2(&llama, path), "no layer has MLA attention");
+    CHECK_ERR(hf_config_write_deepseek_v2(&llama, DT_F32, path), "no layer has MLA attention");
     s = student_of(&qwen, 256, 32, 0, NULL, 0);
     s.mla.latent_norm = 0;
-    CHECK_ERR(hf_config_write_deepseek_v2(&s, path), "no latent norm");
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "no latent norm");
     s = student_of(&qwen, 256, 31, 0, NULL, 0);
-    CHECK_ERR(hf_config_write_deepseek_v2(&s, path), "qk_rope_head_dim = 31 must be even");
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "qk_rope_head_dim = 31 must be even");
     s = student_of(&qwen, 0, 32, 0, NULL, 0);
     CHECK_ERR(model_config_validate(&s), "kv_lora_rank = 0 must be positive");
 
     s = student_of(&qwen, 256, 32, 0, NULL, 0);
-    CHECK_ERR(hf_config_write_deepseek_v2(&s, "/nonexistent/dir/config.json"), "cannot create a temporary file");
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, "/nonexistent/dir/config.json"), "cannot create a temporary file");
     /* A failed rename (the target is a folder) leaves the old target and no temporary file. */
     snprintf(path, sizeof path, "%s/folder", tmp_dir);
     CHECK(mkdir(path, 0755) == 0, "mkdir %s", path);
-    CHECK_ERR(hf_config_write_deepseek_v2(&s, path), "rename from");
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "rename from");
     rmdir(path);
     CHECK(leftover_temp_files() == 0, "no temporary file left behind");
 }
@@ -495,13 +517,13 @@ static void test_gqa_round_trip(void) {
     for (int i = 0; i < 6; i++) {
         ModelConfig c, back;
         if (!CHECK_OK(read_text(texts[i], &c))) continue;
-        if (CHECK_OK(hf_config_write_gqa(&c, path)) && CHECK_OK(hf_config_read(path, &back)))
+        if (CHECK_OK(hf_config_write_gqa(&c, DT_F32, path)) && CHECK_OK(hf_config_read(path, &back)))
             CHECK_SAME(&back, &c, c.model_type);
     }
     ModelConfig c;
     if (CHECK_OK(read_text(LLAMA_3_2_1B, &c))) {
         c.qkv_bias = 1;
-        CHECK_ERR(hf_config_write_gqa(&c, path), "only qwen2 has them");
+        CHECK_ERR(hf_config_write_gqa(&c, DT_F32, path), "only qwen2 has them");
     }
     CHECK(leftover_temp_files() == 0, "no temporary file left behind");
 }

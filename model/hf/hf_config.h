@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/status.h"
+#include "core/tensor.h"
 #include "model/config.h"
 
 /* What an HF config.json may hold beyond the keys mlatrain reads. Both policies refuse keys that
@@ -32,12 +33,13 @@ Status hf_config_from_json(const cJSON *obj, const char *where, HfKeyPolicy poli
  *   mlatrain_gqa_qkv_bias
  *   mlatrain_gqa_rope_theta           hybrids: the GQA layers' rope base (rope_theta is the MLA one)
  *   mlatrain_sliding_window           the teacher's sliding window, when it had one
- * The caller owns the object (cJSON_Delete). */
-Status hf_config_deepseek_v2_json(const ModelConfig *cfg, cJSON **out);
+ * torch_dtype names `dtype`, the dtype of the weights beside it (f32, bf16 or f16), and
+ * eos_token_id is a list when the source's was. The caller owns the object (cJSON_Delete). */
+Status hf_config_deepseek_v2_json(const ModelConfig *cfg, DType dtype, cJSON **out);
 
-/* Writes hf_config_deepseek_v2_json(cfg) to path atomically (temporary file in the same folder,
- * fsync, rename). */
-Status hf_config_write_deepseek_v2(const ModelConfig *cfg, const char *path);
+/* Writes hf_config_deepseek_v2_json(cfg, dtype) to path atomically (temporary file in the same
+ * folder, fsync, rename). */
+Status hf_config_write_deepseek_v2(const ModelConfig *cfg, DType dtype, const char *path);
 
 /* Succeeds when stock DeepSeek-V2 loaders (HF transformers, vLLM, SGLang) build and compute the
  * model the exported config.json describes; otherwise the error says which loader differs and why
@@ -47,5 +49,5 @@ Status hf_config_deepseek_v2_check_stock(const ModelConfig *cfg);
 
 /* The config.json of a model with GQA attention in every layer, in its own family (model_type
  * "llama", "qwen2" or "mistral"), e.g. a teacher-shaped model created for tests. */
-Status hf_config_gqa_json(const ModelConfig *cfg, cJSON **out);
-Status hf_config_write_gqa(const ModelConfig *cfg, const char *path);
+Status hf_config_gqa_json(const ModelConfig *cfg, DType dtype, cJSON **out);
+Status hf_config_write_gqa(const ModelConfig *cfg, DType dtype, const char *path);

@@ -390,7 +390,7 @@ static Status download_layout(const Model *m, const FileLayout *lay, HostTensors
     return STATUS_OK;
 }
 
-typedef Status (*ConfigWriter)(const ModelConfig *cfg, const char *path);
+typedef Status (*ConfigWriter)(const ModelConfig *cfg, DType dtype, const char *path);
 
 /* Weights first, config.json last (see remove_config); each file is written atomically. */
 static Status write_model_dir(const Model *m, const ModelConfig *cfg, const char *dir, int with_tied_head,
@@ -408,7 +408,7 @@ static Status write_model_dir(const Model *m, const ModelConfig *cfg, const char
     if (st == STATUS_OK) st = make_dirs(dir);
     if (st == STATUS_OK) st = remove_config(dir, config_path);
     if (st == STATUS_OK) st = safetensors_write_model(dir, host.entries, host.count, dtype, max_shard_bytes);
-    if (st == STATUS_OK) st = write_config(cfg, config_path);
+    if (st == STATUS_OK) st = write_config(cfg, dtype, config_path);
     host_tensors_free(&host);
     free(lay.tensors);
     return st;
@@ -605,7 +605,7 @@ Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opt
     TRY(export_rope_theta(m, dir, o.allow_rebase, o.keep_rope, &out.mla.rope_theta, &sidecar));
     /* Refuse what the config cannot say before any file is touched. */
     cJSON *json = NULL;
-    if (hf_config_deepseek_v2_json(&out, &json) != STATUS_OK) return error_context("%s: ", dir);
+    if (hf_config_deepseek_v2_json(&out, o.dtype, &json) != STATUS_OK) return error_context("%s: ", dir);
     cJSON_Delete(json);
     /* Stock loaders read lm_head.weight whatever tie_word_embeddings says. */
     TRY(write_model_dir(m, &out, dir, 1, o.dtype, o.max_shard_bytes, hf_config_write_deepseek_v2));
@@ -618,7 +618,7 @@ Status hf_model_save_gqa(const Model *m, const char *dir, DType dtype) {
         return errorf("%s: %d layers have MLA attention, which the GQA families cannot store: export the student "
                       "with hf_model_export", dir, mla);
     cJSON *json = NULL;
-    if (hf_config_gqa_json(&m->cfg, &json) != STATUS_OK) return error_context("%s: ", dir);
+    if (hf_config_gqa_json(&m->cfg, dtype, &json) != STATUS_OK) return error_context("%s: ", dir);
     cJSON_Delete(json);
     /* HF omits a tied head, and its loaders tie it back. */
     return write_model_dir(m, &m->cfg, dir, 0, dtype, 0, hf_config_write_gqa);
