@@ -95,6 +95,8 @@ typedef struct {
 
     int has_teacher;              /* 0: plain next-token training of the student */
     ConfigModelSource teacher;
+    char teacher_cache[CONFIG_PATH_MAX]; /* teacher.cache: its top-k read from this folder instead
+                                            of a forward; "" = run the teacher */
 
     struct {
         ConfigModelSource init_from;

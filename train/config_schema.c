@@ -64,6 +64,7 @@ const KeySpec CONFIG_KEYS[] = {
     ARCH("teacher.arch", teacher.arch, 0),
     ARCH_INIT("teacher.init", teacher.init),
     ARCH_SEED("teacher.seed", teacher.seed),
+    STRING("teacher.cache", teacher_cache, 0),
 
     OBJECT("student"),
     SOURCE("student.init_from", student.init_from, KEY_REQUIRED),

@@ -9,6 +9,7 @@
 #include "train/cmd_data.h"
 #include "train/cmd_eval.h"
 #include "train/cmd_export.h"
+#include "train/cmd_teacher_cache.h"
 #include "train/cmd_generate.h"
 #include "train/cmd_train.h"
 
@@ -30,6 +31,7 @@ static void usage(FILE *out) {
             "  export      write a student in DeepSeek-V2's HF layout (dtype, shards)\n"
             "  bench       time the training step (one JSON line: tok/s, FLOPs, MFU)\n"
             "  data        prepare token files (text, llm.c .bin, JSON lines) and summarise them\n"
+            "  teacher-cache  write the teacher's top-k log-probs over data.train for teacher.cache\n"
             "  generate    generate from a prompt with a teacher or an MLA student (KV cache)\n"
             "\n"            "  --version   print the version\n"
             "  --help      this message; `mlatrain <command> --help` for a command's options\n");
@@ -68,6 +70,9 @@ int main(int argc, char **argv) {
     } else if (strcmp(cmd, "generate") == 0) {
         st = cmd_generate(argc - 2, argv + 2, &show_help);
         if (show_help) cmd_generate_usage();
+    } else if (strcmp(cmd, "teacher-cache") == 0) {
+        st = cmd_teacher_cache(argc - 2, argv + 2, &show_help);
+        if (show_help) cmd_teacher_cache_usage();
     } else if (strcmp(cmd, "export") == 0) {
         st = cmd_export(argc - 2, argv + 2, &show_help);
         if (show_help) cmd_export_usage();

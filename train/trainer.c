@@ -13,6 +13,7 @@
 
 #include "core/clock.h"
 #include "core/rng.h"
+#include "train/cached_teacher.h"
 #include "train/checkpoint.h"
 #include "train/grad_sync.h"
 #include "train/grad_sync_overlap.h"
@@ -56,6 +57,8 @@ static Status check_resume_compatible(const Config *cfg, const char *saved_json,
     else if (old->has_teacher != cfg->has_teacher || strcmp(old->teacher.path, cfg->teacher.path) != 0 ||
              strcmp(old->teacher.arch.json, cfg->teacher.arch.json) != 0 || old->teacher.seed != cfg->teacher.seed)
         changed = "teacher";
+    else if (!old->teacher_cache[0] != !cfg->teacher_cache[0])
+        changed = "teacher.cache (a cached teacher's loss is not the live teacher's)";
     else if (old->student.has_mla != cfg->student.has_mla ||
              memcmp(&old->student.mla, &cfg->student.mla, sizeof cfg->student.mla) != 0)
         changed = "student.mla";
@@ -114,7 +117,8 @@ static Status setup(Trainer *t, const Config *cfg) {
     t->B = cfg->train.micro_batch;
     t->accum = cfg->train.global_batch / (t->B * t->world);
 
-    TRY(build_teacher(cfg, t->be, t->T, &t->teacher));
+    /* With teacher.cache the teacher's rows come from disk: its weights are never loaded. */
+    if (!cfg->teacher_cache[0]) TRY(build_teacher(cfg, t->be, t->T, &t->teacher));
     t->convert_report = calloc(1, sizeof *t->convert_report);
     if (!t->convert_report) return errorf("trainer: out of memory");
     int found = 0;
@@ -183,6 +187,12 @@ static Status setup(Trainer *t, const Config *cfg) {
         TRY(check_vocab(cfg, t, t->train, "data.train"));
         if (t->resumed && resume.has_cursor && loader_seek(t->train, resume.cursor) != STATUS_OK)
             return error_context("resuming from %s: data.train: ", t->resumed_from);
+        if (cfg->teacher_cache[0])
+            TRY(cached_teacher_open(&t->cached, cfg, t->be, t->train, sc->vocab_size, t->B, t->T, t->accum, t->rank,
+                                    t->world));
+    } else if (cfg->teacher_cache[0]) {
+        return errorf("%s: teacher.cache: the cached teacher's rows belong to data.train's windows; random batches "
+                      "have none (time it with real data)", cfg->name);
     }
     if (cfg->data.val.count > 0) {
         TRY(open_loader(cfg, &cfg->data.val, "data.val", 0, 0, 1, &t->val));
@@ -235,6 +245,7 @@ void trainer_destroy(Trainer *t) {
     zero1_destroy(&t->zero);
     free(t->grad_bucket);
     forward_state_destroy(t->tst);
+    cached_teacher_close(t->cached);
     forward_state_destroy(t->sst);
     loader_close(t->train);
     loader_close(t->val);
@@ -254,7 +265,10 @@ void trainer_destroy(Trainer *t) {
 static Status next_windows(Trainer *t) {
     int64_t W = t->T + 1, rows = t->accum * t->B;
     if (!t->opts.random_batches) {
-        for (int64_t a = 0; a < t->accum; a++) TRY(loader_next(t->train, (int)t->B, t->windows + a * t->B * W));
+        for (int64_t a = 0; a < t->accum; a++) {
+            if (t->cached) cached_teacher_note_windows(t->cached, t->train, a);
+            TRY(loader_next(t->train, (int)t->B, t->windows + a * t->B * W));
+        }
         return STATUS_OK;
     }
     uint64_t V = (uint64_t)t->student->cfg.vocab_size, base = (uint64_t)t->step * (uint64_t)(rows * W);
@@ -290,11 +304,17 @@ Status trainer_step(Trainer *t, StepRecord *r) {
     for (int64_t a = 0; a < t->accum; a++) {
         TRY(upload_micro_batch(t, a));
         if (t->teacher) TRY(model_forward(t->teacher, t->tst, t->ids, t->teacher_hidden));
+        if (t->cached) TRY(cached_teacher_upload(t->cached, a, t->windows + a * t->B * (t->T + 1)));
         TRY(model_forward(t->student, t->sst, t->ids, t->hidden));
-        TRY(be->ops.lm_head_loss(be, &sums, t->dhidden, t->student->grad_lm_head, t->hidden,
-                                 model_compute_lm_head(t->student), t->teacher ? t->teacher_hidden : tensor_none(),
-                                 t->teacher ? model_compute_lm_head(t->teacher) : tensor_none(), t->targets, lc,
-                                 1.0f / (float)counted));
+        if (t->cached)
+            TRY(be->ops.lm_head_loss_topk(be, &sums, t->dhidden, t->student->grad_lm_head, t->hidden,
+                                          model_compute_lm_head(t->student), cached_teacher_logprobs(t->cached),
+                                          cached_teacher_ids(t->cached), t->targets, lc, 1.0f / (float)counted));
+        else
+            TRY(be->ops.lm_head_loss(be, &sums, t->dhidden, t->student->grad_lm_head, t->hidden,
+                                     model_compute_lm_head(t->student), t->teacher ? t->teacher_hidden : tensor_none(),
+                                     t->teacher ? model_compute_lm_head(t->teacher) : tensor_none(), t->targets, lc,
+                                     1.0f / (float)counted));
         TRY(grad_sync_backward(&sync, t->sst, t->dhidden, a + 1 == t->accum));
     }
     /* The figures of the whole global batch. */
@@ -331,7 +351,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
     r->ce = sums.ce / (double)counted;
     r->grad_norm = norm;
     r->tok_s = (double)counted / dt;
-    r->has_teacher = t->teacher != NULL;
+    r->has_teacher = t->teacher != NULL || t->cached != NULL;
     if (!isfinite(r->loss)) return errorf("step %lld: the loss is %g", (long long)t->step, r->loss);
     return STATUS_OK;
 }

@@ -13,6 +13,7 @@
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "optim/zero1.h"
+#include "train/cached_teacher.h"
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/metrics.h"
@@ -31,6 +32,7 @@ typedef struct {
     TrainerOptions opts;
     Backend *be;
     Model *teacher, *student;
+    CachedTeacher *cached;        /* teacher.cache: the teacher's top-k read instead of a teacher forward */
     ForwardState *tst, *sst;
     Comm *comm;                   /* the data-parallel job (a single process: world 1) */
     int owns_comm;
