@@ -206,11 +206,15 @@ static Status read_eos(const char *dir, const char *file, GenerateOptions *o, in
     return st;
 }
 
+/* generation_config.json's, else the model config's (config.json's, or a checkpoint's). */
 static Status eos_ids(const char *dir, const Model *m, GenerateOptions *o) {
     int found = 0;
     TRY(read_eos(dir, "generation_config.json", o, &found));
-    if (!found) TRY(read_eos(dir, "config.json", o, &found));
-    if (!found && m->cfg.eos_token_id >= 0) o->eos[o->n_eos++] = (int32_t)m->cfg.eos_token_id;
+    if (found) return STATUS_OK;
+    const ModelConfig *c = &m->cfg;
+    for (int i = 0; i < c->n_eos_token_ids && o->n_eos < GENERATE_MAX_EOS; i++)
+        o->eos[o->n_eos++] = (int32_t)c->eos_token_ids[i];
+    if (c->n_eos_token_ids == 0 && c->eos_token_id >= 0) o->eos[o->n_eos++] = (int32_t)c->eos_token_id;
     return STATUS_OK;
 }
 
