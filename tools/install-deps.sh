@@ -8,6 +8,7 @@ packages=(
   libopenblas-openmp-dev liblapacke-dev   # BLAS (OpenMP threading, so one thread count rules all) + LAPACK
   libhdf5-dev                             # hdf5-serial: token datasets, checkpoints
   libcjson-dev                            # configs, HF config.json, safetensors headers
+  libpcre2-dev libutf8proc-dev            # tokenizer.json: pre-tokenizer regexes, Unicode normalization
   libopenmpi-dev openmpi-bin              # optional: data-parallel on the CPU
   slurm-wlm munge                         # optional: tests/slurm/test_slurm_dp.sh's one-node cluster
   libpmix-dev                             # srun --mpi=pmix: Slurm's plugin loads pmix2/lib/libpmix.so from it
