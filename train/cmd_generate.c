@@ -1,6 +1,6 @@
 /* The generate command: loads a model (an HF folder, an export, run.dir/final, a checkpoint or a
- * run directory), generates from a prompt with the KV cache, and prints the new tokens, or with
- * --json the ids, the timings and the cache's measured bytes. */
+ * run directory) and its tokenizer, generates from a prompt with the KV cache, and prints the new
+ * text (or ids), or with --json the ids, the text, the timings and the cache's measured bytes. */
 #include "train/cmd_generate.h"
 
 #include <cjson/cJSON.h>
@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "core/backend.h"
+#include "data/tokenizer/tokenizer.h"
 #include "infer/generate.h"
 #include "model/hf/hf_model.h"
 #include "train/models.h"
@@ -20,7 +21,7 @@ enum { GENERATE_PATH = 4096, GENERATE_DEFAULT_NEW = 64 };
 void cmd_generate_usage(void) {
     printf("usage: mlatrain generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
            "                         [--temperature T] [--top-p P] [--seed S] | [--greedy]] [--json]\n"
-           "                         [--device cpu|cuda] [--threads N] [--ignore-eos]\n"
+           "                         [--tokenizer PATH] [--device cpu|cuda] [--threads N] [--ignore-eos]\n"
            "                         [--mla-attention absorbed|expanded]\n"
            "\n"
            "Generates up to N new tokens (default %d) after the prompt: the prompt in one forward pass,\n"
@@ -32,9 +33,13 @@ void cmd_generate_usage(void) {
            "latent at each step: the reference, for comparisons). Generation stops at N tokens or at an\n"
            "end-of-sequence id (generation_config.json's eos_token_id, else config.json's; a list counts\n"
            "each id) unless --ignore-eos.\n"
+           "--prompt TEXT is encoded with the model's tokenizer (DIR/tokenizer.json, or --tokenizer PATH: a\n"
+           "tokenizer.json or its folder) as HF's encode(text) does, special tokens included; the new\n"
+           "tokens are decoded to text (special tokens skipped) whenever a tokenizer is at hand.\n"
            "Greedy by default; --temperature (default 1), --top-p (default 1) or --seed (default 0)\n"
            "sample instead, reproducibly for a seed.\n"
-           "Prints the new ids (comma-separated) and a timing line on stderr; --json prints one object:\n"
+           "Prints the new text (without a tokenizer, the new ids comma-separated) and a timing line on\n"
+           "stderr; --json prints one object:\n"
            "{\"ids\", \"text\", \"prompt_tokens\", \"new_tokens\", \"stopped_at_eos\", \"prefill_seconds\",\n"
            "\"prefill_tok_s\", \"decode_tokens\", \"decode_seconds\", \"decode_tok_s\", \"kv_cache\": {\"bytes_allocated\",\n"
            "\"bytes_filled\", \"bytes_per_token\", \"tokens\", \"dtype\", \"gqa_layers\", \"mla_layers\"}}: the cache's\n"
@@ -43,7 +48,7 @@ void cmd_generate_usage(void) {
 }
 
 typedef struct {
-    const char *model, *prompt, *prompt_ids, *device;
+    const char *model, *prompt, *prompt_ids, *device, *tokenizer;
     int64_t max_new;
     int json, greedy, sampling_set, ignore_eos, threads;
     SamplingOptions sampling;
@@ -90,6 +95,7 @@ static Status parse_args(int argc, char **argv, GenerateArgs *a, int *show_help)
         else if (strcmp(o, "--prompt") == 0) a->prompt = v;
         else if (strcmp(o, "--prompt-ids") == 0) a->prompt_ids = v;
         else if (strcmp(o, "--device") == 0) a->device = v;
+        else if (strcmp(o, "--tokenizer") == 0) a->tokenizer = v;
         else if (strcmp(o, "--max-new-tokens") == 0) {
             TRY(parse_int(o, v, 1, 1 << 24, &a->max_new));
         } else if (strcmp(o, "--threads") == 0) {
@@ -265,7 +271,17 @@ static void print_plain(const Model *m, const GenerateResult *r, const char *tex
             r->kv_bytes_filled, (long long)r->kv_tokens, r->kv_bytes_per_token, dtype_name(m->dtype));
 }
 
-static Status run(const GenerateArgs *a, Backend *be, const int32_t *prompt, int64_t n_prompt) {
+/* The new tokens as text, special tokens skipped (NULL without a tokenizer). */
+static Status decode_text(const Tokenizer *tok, const GenerateResult *r, char **text) {
+    *text = NULL;
+    if (!tok) return STATUS_OK;
+    size_t len = 0;
+    if (tokenizer_decode(tok, r->ids, r->n_new, 1, text, &len) != STATUS_OK)
+        return error_context("generate: decoding the new tokens: ");
+    return STATUS_OK;
+}
+
+static Status run(const GenerateArgs *a, Backend *be, const Tokenizer *tok, const int32_t *prompt, int64_t n_prompt) {
     const int64_t capacity = n_prompt + a->max_new - 1;
     Model *m = NULL;
     TRY(load_model(a->model, be, capacity, &m));
@@ -276,35 +292,59 @@ static Status run(const GenerateArgs *a, Backend *be, const int32_t *prompt, int
                     (long long)capacity, (long long)m->cfg.max_position_embeddings);
     for (int64_t i = 0; st == STATUS_OK && i < n_prompt; i++)
         if (prompt[i] >= m->cfg.vocab_size)
-            st = errorf("generate: --prompt-ids: id %d (entry %lld) is outside the model's vocabulary of %lld",
+            st = errorf("generate: the prompt's id %d (entry %lld) is outside the model's vocabulary of %lld",
                         (int)prompt[i], (long long)i + 1, (long long)m->cfg.vocab_size);
     GenerateOptions o = {.max_new_tokens = a->max_new, .sampling = a->sampling, .mla_mode = a->mla_mode};
     if (st == STATUS_OK && !a->ignore_eos) st = eos_ids(a->model, m, &o);
     GenerateResult r;
     memset(&r, 0, sizeof r);
     if (st == STATUS_OK) st = generate(m, prompt, n_prompt, &o, &r);
+    char *text = NULL;
+    if (st == STATUS_OK) st = decode_text(tok, &r, &text);
     if (st == STATUS_OK) {
-        if (a->json) print_json(a, m, &r, NULL);
-        else print_plain(m, &r, NULL);
+        if (a->json) print_json(a, m, &r, text);
+        else print_plain(m, &r, text);
     }
+    free(text);
     generate_result_free(&r);
     model_destroy(m);
     return st;
+}
+
+/* --tokenizer when given, else the model folder's tokenizer.json: required for --prompt, otherwise
+ * only for text output (absent is fine then). */
+static Status open_tokenizer(const GenerateArgs *a, Tokenizer **tok) {
+    *tok = NULL;
+    if (!a->tokenizer && !a->prompt && !is_file(a->model, "tokenizer.json")) return STATUS_OK;
+    const char *path = a->tokenizer ? a->tokenizer : a->model;
+    if (tokenizer_load(path, tok) != STATUS_OK)
+        return error_context("generate: %s: ", a->tokenizer ? "--tokenizer" : "the model's tokenizer");
+    return STATUS_OK;
+}
+
+static Status prompt_tokens(const GenerateArgs *a, const Tokenizer *tok, int32_t **prompt, int64_t *n) {
+    if (!a->prompt) return parse_ids(a->prompt_ids, prompt, n);
+    if (tokenizer_encode(tok, a->prompt, strlen(a->prompt), 1, prompt, n) != STATUS_OK)
+        return error_context("generate: encoding --prompt: ");
+    if (*n == 0) return errorf("generate: --prompt encodes to no tokens");
+    return STATUS_OK;
 }
 
 Status cmd_generate(int argc, char **argv, int *show_help) {
     GenerateArgs a;
     TRY(parse_args(argc, argv, &a, show_help));
     if (*show_help) return STATUS_OK;
-    if (a.prompt) return errorf("generate: --prompt needs the model's tokenizer, which this build cannot read; give --prompt-ids");
+    Tokenizer *tok = NULL;
+    TRY(open_tokenizer(&a, &tok));
     int32_t *prompt = NULL;
     int64_t n_prompt = 0;
-    TRY(parse_ids(a.prompt_ids, &prompt, &n_prompt));
     Backend *be = NULL;
+    Status st = prompt_tokens(&a, tok, &prompt, &n_prompt);
     BackendOptions bo = {.threads = a.threads, .device = 0};
-    Status st = backend_create(&be, a.device, bo);
-    if (st == STATUS_OK) st = run(&a, be, prompt, n_prompt);
+    if (st == STATUS_OK) st = backend_create(&be, a.device, bo);
+    if (st == STATUS_OK) st = run(&a, be, tok, prompt, n_prompt);
     backend_destroy(be);
     free(prompt);
+    tokenizer_free(tok);
     return st;
 }

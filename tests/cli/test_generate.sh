@@ -2,7 +2,7 @@
 # `mlatrain generate` end to end: an MLA student and a hybrid from convert, a GQA model and its
 # checkpoint from a short training run; --json's counts and the cache's measured bytes against the
 # per-layer formula, greedy and seeded runs repeated, absorbed against expanded MLA attention, and
-# one-line errors for bad models, bad ids and bad options.
+# text through a tokenizer.json; one-line errors for bad models, bad ids and bad options.
 set -u
 bin="$1"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -66,6 +66,54 @@ run "$bin" generate --model "$work/mla" --prompt-ids 5,6,7,8 --max-new-tokens 8 
 check "a seed reproduces a sampled generation ($sampled, got $(ids_of))" test "$(ids_of)" = "$sampled"
 run "$bin" generate --model "$work/mla" --prompt-ids 5,6,7,8 --max-new-tokens 8 --ignore-eos --json --seed 12 --temperature 1.5 --top-p 0.9
 check "another seed samples other tokens" test "$(ids_of)" != "$sampled"
+
+# Text: a byte-level BPE tokenizer.json with one token per byte and no merges (ids = the UTF-8 bytes,
+# <eos> 256), given with --tokenizer, then found beside the model.
+mkdir -p "$work/tok"
+python3 - "$work/tok/tokenizer.json" <<'PY'
+import json, sys
+# GPT-2's byte-to-unicode map: every byte as a printable character.
+bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+cs = bs[:]
+n = 0
+for b in range(256):
+    if b not in bs:
+        bs.append(b)
+        cs.append(256 + n)
+        n += 1
+char = dict(zip(bs, (chr(c) for c in cs)))
+vocab = {char[b]: b for b in range(256)}
+vocab["<eos>"] = 256
+tok = {"version": "1.0", "truncation": None, "padding": None,
+       "added_tokens": [{"id": 256, "content": "<eos>", "single_word": False, "lstrip": False, "rstrip": False,
+                         "normalized": False, "special": True}],
+       "normalizer": None,
+       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+       "post_processor": None,
+       "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                 "vocab": vocab, "merges": []}}
+json.dump(tok, open(sys.argv[1], "w"), ensure_ascii=False)
+PY
+run "$bin" generate --model "$work/mla" --tokenizer "$work/tok" --prompt "Hi é" --max-new-tokens 5 --ignore-eos --json
+check "--prompt exits 0 (stderr: $err)" test "$rc" -eq 0
+from_text=$(ids_of)
+check "--prompt is encoded to its 5 bytes" grep -q '"prompt_tokens":5' "$work/out"
+check "the new tokens come with their text" grep -q '"text":"' "$work/out"
+run "$bin" generate --model "$work/mla" --prompt-ids 72,105,32,195,169 --max-new-tokens 5 --ignore-eos --json
+check "--prompt gives what its ids give ($from_text, got $(ids_of))" test "$(ids_of)" = "$from_text"
+check "without a tokenizer there is no text" grep -q '"text":null' "$work/out"
+cp -r "$work/mla" "$work/mla_tok"
+cp "$work/tok/tokenizer.json" "$work/mla_tok/"
+run "$bin" generate --model "$work/mla_tok" --prompt "Hi é" --max-new-tokens 5 --ignore-eos --json
+check "the model folder's tokenizer.json is used ($from_text, got $(ids_of))" test "$(ids_of)" = "$from_text"
+run "$bin" generate --model "$work/mla_tok" --prompt "Hi é" --max-new-tokens 5 --ignore-eos
+check "plain output is the text (exit $rc)" test "$rc" -eq 0 -a "$(wc -l <"$work/out")" -ge 1
+expect_error "--prompt without a tokenizer" "$bin" generate --model "$work/mla" --prompt "Hi" -- "tokenizer"
+printf '{"model": {"type": "Unigram"}}' >"$work/bad_tokenizer.json"
+expect_error "an unsupported tokenizer" "$bin" generate --model "$work/mla" --tokenizer "$work/bad_tokenizer.json" \
+    --prompt "Hi" -- "--tokenizer"
 
 # Stopping at eos: the config's eos_token_id made the first greedy token.
 first=$(echo "$absorbed" | cut -d, -f1)
