@@ -2,7 +2,6 @@
  * barriers, in an order chosen by EMU_ORDER (0 forward, 1 reverse, 2 shuffled) to expose races. */
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
-#include <cudnn.h>
 #include <nccl.h>
 #include <time.h>
 #include <ucontext.h>
@@ -24,7 +23,6 @@ static std::function<void()> *body_ptr;
 static const size_t STACK = 256 << 10;
 const char *cudaGetErrorString(cudaError_t) { return "emu error"; }
 const char *cublasGetStatusString(cublasStatus_t) { return "emu error"; }
-const char *cudnnGetErrorString(cudnnStatus_t) { return "emu error"; }
 const char *ncclGetErrorString(ncclResult_t) { return "emu error"; }
 /* cudaMalloc's 256-byte alignment, so the emulated WMMA's alignment checks mean what they do on
  * the hardware. */

@@ -88,7 +88,6 @@ static void cuda_state_free(CudaState *st) {
     cuda_op_profile_free(st);
     if (st->scratch) cudaFree(st->scratch);
     if (st->workspace) cudaFree(st->workspace);
-    if (st->cudnn) cudnnDestroy(st->cudnn);
     if (st->cublaslt) cublasLtDestroy(st->cublaslt);
     if (st->cublas) cublasDestroy(st->cublas);
     if (st->stream) cudaStreamDestroy(st->stream);
@@ -116,8 +115,6 @@ static Status cuda_state_init(CudaState *st, int device) {
     /* float32 products in float32: no TF32 tensor-core rounding of the operands. */
     CUBLAS_TRY(cublasSetMathMode(st->cublas, CUBLAS_DEFAULT_MATH));
     CUBLAS_TRY(cublasLtCreate(&st->cublaslt));
-    CUDNN_TRY(cudnnCreate(&st->cudnn));
-    CUDNN_TRY(cudnnSetStream(st->cudnn, st->stream));
     st->workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
     CUDA_TRY(cudaMalloc(&st->workspace, st->workspace_bytes));
     return STATUS_OK;

@@ -1,11 +1,10 @@
-/* Checked calls into CUDA, cuBLAS(Lt), cuDNN and NCCL: a failure becomes a returned Status whose
+/* Checked calls into CUDA, cuBLAS(Lt) and NCCL: a failure becomes a returned Status whose
  * message names the call, the file and the line. Nothing here exits. */
 #pragma once
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
-#include <cudnn.h>
 #include <nccl.h>
 
 #include "core/status.h"
@@ -22,13 +21,6 @@
         cublasStatus_t st_ = (call);                                                                \
         if (st_ != CUBLAS_STATUS_SUCCESS)                                                           \
             return errorf("%s:%d: %s failed: %s", __FILE__, __LINE__, #call, cublasGetStatusString(st_)); \
-    } while (0)
-
-#define CUDNN_TRY(call)                                                                             \
-    do {                                                                                            \
-        cudnnStatus_t st_ = (call);                                                                 \
-        if (st_ != CUDNN_STATUS_SUCCESS)                                                            \
-            return errorf("%s:%d: %s failed: %s", __FILE__, __LINE__, #call, cudnnGetErrorString(st_)); \
     } while (0)
 
 #define NCCL_TRY(call)                                                                              \

@@ -14,7 +14,6 @@ typedef struct {
     cudaStream_t stream;
     cublasHandle_t cublas;
     cublasLtHandle_t cublaslt;
-    cudnnHandle_t cudnn;
     void *workspace;          /* cuBLASLt workspace */
     size_t workspace_bytes;
     /* Device words, one per queued index check: (first bad position << 32 | its value), all ones
