@@ -3,7 +3,8 @@
 # an emulation of the CUDA runtime (each block's threads as fibers that switch only at barriers and
 # warp-collective calls, in forward, reversed or shuffled order), of cuBLAS/cuBLASLt/CUB and of WMMA.
 # It checks indexing, masking, barriers and the host code of every op against the CPU backend; not
-# the hardware, its timing, or the real libraries. EMU_BUILD_DIR (default build-emu) holds a
+# the hardware, its timing, or the real libraries; cuda_gemm's fallbacks (no cuBLASLt algorithm
+# offered, offered ones refused) are forced through the emulated library. EMU_BUILD_DIR (default build-emu) holds a
 # CPU-only build of the library; EMU_STEP=1 also runs test_gpu_step (several minutes); EMU_TRAIN=1
 # also runs a whole tiny distillation (conversion, training, evaluation, checkpoints) with
 # "device": "cuda" under the emulation and checks its figures against the same run on the CPU's
@@ -61,6 +62,29 @@ for t in "${tests[@]}"; do
         fi
     done
 done
+
+# cuda_gemm's fallbacks: cuBLASLt's heuristic offering nothing (every mixed-precision product
+# through cublasGemmEx), and offering three algorithms of which the first two are refused at
+# launch (the third kept). The same op tests must pass, and the emulated library must say that
+# the path was taken.
+fallback() {
+    local name=$1 expect=$2
+    shift 2
+    printf 'test_gpu_ops (emulated, %s): ' "$name"
+    if ! env "$@" "$work/test_gpu_ops" >"$work/test_gpu_ops.$name.log" 2>&1; then
+        status=1
+        echo "FAILED"
+        grep -m 20 FAIL "$work/test_gpu_ops.$name.log" || tail -n 20 "$work/test_gpu_ops.$name.log"
+    elif ! grep -E -q "$expect" "$work/test_gpu_ops.$name.log"; then
+        status=1
+        echo "FAILED: the emulated cuBLASLt did not report the fallback ('$expect')"
+    else
+        echo "$(grep -E 'checks, [0-9]+ failed' "$work/test_gpu_ops.$name.log" | tail -n 1);" \
+            "$(grep -m 1 'emu lt:' "$work/test_gpu_ops.$name.log")"
+    fi
+}
+fallback no-heuristic-result "refused, [1-9][0-9]* cublasGemmEx" EMU_LT_ALGOS=0
+fallback refused-algorithms "[1-9][0-9]* cuBLASLt algorithm\(s\) refused, 0 cublasGemmEx" EMU_LT_ALGOS=3 EMU_LT_FAILING_ALGOS=2
 
 if [ "${EMU_TRAIN:-0}" = 1 ]; then
     gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -I"$root" -c "$root/train/main.c" -o "$work/obj/main.o"

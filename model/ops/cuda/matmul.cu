@@ -1,10 +1,12 @@
-/* Row-major float32 matrix products through cuBLAS: a row-major C = op(A) op(B) is the
- * column-major C^T = op(B)^T op(A)^T, so the operands swap and keep their transpose flags. */
+/* Row-major matrix products through cuBLAS: a row-major C = op(A) op(B) is the column-major
+ * C^T = op(B)^T op(A)^T, so the operands swap and keep their transpose flags. float32: sgemm;
+ * mixed precision: cuBLASLt, falling back to cublasGemmEx where none of its algorithms runs. */
 #include <limits.h>
 #include <stdint.h>
 
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "storage.cuh"
 
 Status cuda_sgemm(Backend *be, const char *op, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                   float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
@@ -45,15 +47,22 @@ static void lt_problem_free(LtProblem *p) {
     if (p->desc) cublasLtMatmulDescDestroy(p->desc);
 }
 
-/* The algorithm cuBLASLt's heuristic picks depends only on the problem, so it is asked once per
- * problem and reused with the problem's descriptors: the same kernel every call (deterministic),
- * and no heuristic or descriptor building on the hot path (only the bias pointer is set per call). */
+/* The algorithms cuBLASLt's heuristic offers depend only on the problem, so it is asked once per
+ * problem and the first of them that runs is kept with the problem's descriptors: the same kernel
+ * every call (deterministic), and no heuristic or descriptor building on the hot path (only the
+ * bias pointer is set per call). A heuristic result may still be refused at launch (an alignment
+ * or workspace rule it did not weigh), so several are asked for and tried in order; where none
+ * runs, or none is offered, the problem goes to cublasGemmEx (same operands and f32 accumulation,
+ * the bias as a separate pass, so a bf16 output with a bias is rounded twice). */
+enum { LT_ALGOS = 8, LT_UNTRIED = -1, LT_GEMM_EX = -2 };
 typedef struct {
     int device, trans_a, trans_b, has_bias, accumulate;
     int64_t M, N, K, lda, ldb, ldc;
     DType ab, c;
     uint32_t align_a, align_b, align_c, align_c_in; /* of the pointers: the heuristic otherwise assumes 256 */
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algos[LT_ALGOS];
+    int n_algos;
+    int chosen; /* index into algos, LT_UNTRIED before the first call, or LT_GEMM_EX */
     LtProblem problem;
 } LtPlan;
 
@@ -118,15 +127,55 @@ static Status lt_pick_algo(CudaState *st, LtProblem *p, LtPlan *k) {
                                                     &k->align_c_in, sizeof k->align_c_in));
     CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->align_c,
                                                     sizeof k->align_c));
-    cublasLtMatmulHeuristicResult_t result;
+    cublasLtMatmulHeuristicResult_t results[LT_ALGOS];
     int found = 0;
-    CUBLAS_TRY(cublasLtMatmulAlgoGetHeuristic(st->cublaslt, p->desc, p->a, p->b, p->c, p->c, p->pref, 1, &result,
-                                              &found));
-    if (found < 1)
-        return errorf("cuBLASLt has no algorithm for a %s x %s -> %s product [%lld x %lld x %lld]",
-                      dtype_name(k->ab), dtype_name(k->ab), dtype_name(k->c), (long long)k->M, (long long)k->N,
-                      (long long)k->K);
-    k->algo = result.algo;
+    k->n_algos = 0;
+    k->chosen = LT_UNTRIED;
+    /* No algorithm for the problem is not an error: the product goes to cublasGemmEx. */
+    cublasStatus_t r = cublasLtMatmulAlgoGetHeuristic(st->cublaslt, p->desc, p->a, p->b, p->c, p->c, p->pref, LT_ALGOS,
+                                                      results, &found);
+    if (r != CUBLAS_STATUS_SUCCESS && r != CUBLAS_STATUS_NOT_SUPPORTED)
+        return errorf("cublasLtMatmulAlgoGetHeuristic failed: %s", cublasGetStatusString(r));
+    for (int i = 0; r == CUBLAS_STATUS_SUCCESS && i < found && i < LT_ALGOS; i++)
+        if (results[i].state == CUBLAS_STATUS_SUCCESS) k->algos[k->n_algos++] = results[i].algo;
+    if (k->n_algos == 0) k->chosen = LT_GEMM_EX;
+    return STATUS_OK;
+}
+
+/* C[M, N] (row-major, ld ldc) += bias[N], for the cublasGemmEx path. */
+template <typename T> __global__ void bias_add_rows(T *C, const T *bias, int64_t M, int64_t N, int64_t ldc) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x) {
+        T *c = C + i / N * ldc + i % N;
+        *c = from_f32<T>(to_f32(*c) + to_f32(bias[i % N]));
+    }
+}
+
+/* The product through cublasGemmEx: bf16 or f32 operands, f32 accumulation, C started as a copy
+ * of c_in (GemmEx reads and writes one C), the bias added afterwards. */
+static Status gemm_ex(CudaState *st, const char *op, const LtPlan *k, float alpha, const void *A, const void *B,
+                      float beta, const void *c_in, void *C, const void *bias) {
+    if (k->M > INT_MAX || k->N > INT_MAX || k->K > INT_MAX || k->lda > INT_MAX || k->ldb > INT_MAX || k->ldc > INT_MAX)
+        return errorf("%s: matrix product [%lld x %lld x %lld] exceeds cublasGemmEx's int range", op, (long long)k->M,
+                      (long long)k->N, (long long)k->K);
+    const size_t csize = dtype_size(k->c);
+    if (beta != 0.0f && c_in != C)
+        CUDA_TRY(cudaMemcpy2DAsync(C, (size_t)k->ldc * csize, c_in, (size_t)k->ldc * csize, (size_t)k->N * csize,
+                                   (size_t)k->M, cudaMemcpyDeviceToDevice, st->stream));
+    cublasStatus_t r = cublasGemmEx(st->cublas, k->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                    k->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)k->N, (int)k->M, (int)k->K, &alpha,
+                                    B, lt_type(k->ab), (int)k->ldb, A, lt_type(k->ab), (int)k->lda, &beta, C,
+                                    lt_type(k->c), (int)k->ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (r != CUBLAS_STATUS_SUCCESS)
+        return errorf("%s: cublasGemmEx [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)k->M,
+                      (long long)k->N, (long long)k->K, dtype_name(k->ab), dtype_name(k->c), cublasGetStatusString(r));
+    if (!bias) return STATUS_OK;
+    const int64_t n = k->M * k->N, threads = 256, blocks = (n + threads - 1) / threads;
+    const unsigned grid = (unsigned)(blocks < 65535 * 16 ? blocks : 65535 * 16);
+    if (k->c == DT_BF16)
+        bias_add_rows<<<grid, threads, 0, st->stream>>>((bf16 *)C, (const bf16 *)bias, k->M, k->N, k->ldc);
+    else
+        bias_add_rows<<<grid, threads, 0, st->stream>>>((float *)C, (const float *)bias, k->M, k->N, k->ldc);
+    CUDA_TRY_LAUNCH();
     return STATUS_OK;
 }
 
@@ -159,8 +208,8 @@ Status cuda_gemm_into(Backend *be, const char *op, int trans_a, int trans_b, int
     }
     if (K == 0) return errorf("%s: a biased product with an empty inner dimension", op);
     LtPlan key = {st->device, trans_a, trans_b, bias != NULL, beta != 0.0f, M, N, K, lda, ldb, ldc, ab, c,
-                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), pointer_alignment(c_in), {},
-                  {NULL, NULL, NULL, NULL, NULL}};
+                  pointer_alignment(A), pointer_alignment(B), pointer_alignment(C), pointer_alignment(c_in), {}, 0,
+                  LT_UNTRIED, {NULL, NULL, NULL, NULL, NULL}};
     LtPlan *plan = NULL;
     for (int i = 0; i < lt_plan_count && !plan; i++)
         if (same_problem(&lt_plans[i], &key)) plan = &lt_plans[i];
@@ -178,14 +227,28 @@ Status cuda_gemm_into(Backend *be, const char *op, int trans_a, int trans_b, int
         lt_plans[slot] = key;
         plan = &lt_plans[slot];
     }
+    if (plan->chosen == LT_GEMM_EX) return gemm_ex(st, op, plan, alpha, A, B, beta, c_in, C, bias);
     const LtProblem *p = &plan->problem;
     if (bias && cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) !=
                     CUBLAS_STATUS_SUCCESS)
         return errorf("%s: setting cuBLASLt's bias pointer failed", op);
-    cublasStatus_t r = cublasLtMatmul(st->cublaslt, p->desc, &alpha, B, p->a, A, p->b, &beta, c_in, p->c, C, p->c,
-                                      &plan->algo, st->workspace, st->workspace_bytes, st->stream);
-    if (r != CUBLAS_STATUS_SUCCESS)
-        return errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
-                      (long long)K, dtype_name(ab), dtype_name(c), cublasGetStatusString(r));
-    return STATUS_OK;
+    /* The first call tries the offered algorithms in order and keeps the first that runs; later
+     * calls run that one, whose failure is then an error. */
+    const int first = plan->chosen == LT_UNTRIED ? 0 : plan->chosen;
+    const int last = plan->chosen == LT_UNTRIED ? plan->n_algos - 1 : plan->chosen;
+    cublasStatus_t r = CUBLAS_STATUS_NOT_SUPPORTED;
+    for (int i = first; i <= last; i++) {
+        r = cublasLtMatmul(st->cublaslt, p->desc, &alpha, B, p->a, A, p->b, &beta, c_in, p->c, C, p->c,
+                           &plan->algos[i], st->workspace, st->workspace_bytes, st->stream);
+        if (r == CUBLAS_STATUS_SUCCESS) {
+            plan->chosen = i;
+            return STATUS_OK;
+        }
+    }
+    if (plan->chosen == LT_UNTRIED) {
+        plan->chosen = LT_GEMM_EX;
+        return gemm_ex(st, op, plan, alpha, A, B, beta, c_in, C, bias);
+    }
+    return errorf("%s: cublasLtMatmul [%lld x %lld x %lld, %s -> %s] failed: %s", op, (long long)M, (long long)N,
+                  (long long)K, dtype_name(ab), dtype_name(c), cublasGetStatusString(r));
 }

@@ -1,5 +1,7 @@
 /* cuBLASLt as the CUDA ops use it, for the CPU emulation: descriptors hold their attributes and
- * cublasLtMatmul multiplies in float32 (lt.cpp). */
+ * cublasLtMatmul multiplies in float32 (lt.cpp). EMU_LT_ALGOS (default 1) is how many algorithms
+ * the heuristic offers (0: none), EMU_LT_FAILING_ALGOS how many of the first ones cublasLtMatmul
+ * then refuses, as a real heuristic result can be refused at launch. */
 #pragma once
 #include <cublas_v2.h>
 typedef void *cublasLtHandle_t;
