@@ -1,6 +1,7 @@
 /* DeepSeek-V2's Multi-head Latent Attention block, forward and backward: queries (optionally
  * through a low-rank bottleneck), a normed latent c that k_nope and v are expanded from, one rope
- * key shared by every head, causal attention at scale 1/sqrt(dn + dr), output projection. */
+ * key shared by every head, causal attention at scale 1/sqrt(dn + dr), output projection; the
+ * query and kv_a projections carry biases when the student keeps a Qwen2 teacher's. */
 #include <math.h>
 
 #include "model/layers.h"
@@ -28,17 +29,17 @@ Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
 
     TRY(op->rmsnorm_forward(be, c->a, c->rstd1, c->x, w->input_norm, (float)m->cfg.rms_norm_eps));
     if (s.qr > 0) {
-        TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, tensor_none()));
+        TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
         TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
         TRY(op->linear_forward(be, q, c->q_a_n, w->q_b_proj, tensor_none()));
     } else {
-        TRY(op->linear_forward(be, q, c->a, w->q_proj, tensor_none()));
+        TRY(op->linear_forward(be, q, c->a, w->q_proj, w->q_bias));
     }
     TRY(op->rope_forward(be, reshape3(q, s.N, s.H, dq), s.dn, cos, sin, st->pos));
-    TRY(op->linear_forward(be, c->c, c->a, w->kv_a_latent, tensor_none()));
+    TRY(op->linear_forward(be, c->c, c->a, w->kv_a_latent, w->kv_a_latent_bias));
     if (m->cfg.mla.latent_norm)
         TRY(op->rmsnorm_forward(be, c->c_n, c->c_rstd, c->c, w->kv_a_norm, MLA_LATENT_NORM_EPS));
-    TRY(op->linear_forward(be, c->k_rope, c->a, w->kv_a_rope, tensor_none()));
+    TRY(op->linear_forward(be, c->k_rope, c->a, w->kv_a_rope, w->kv_a_rope_bias));
     TRY(op->rope_forward(be, reshape3(c->k_rope, s.N, 1, s.dr), 0, cos, sin, st->pos));
     if (s.dn > 0) TRY(op->linear_forward(be, k, c->c_n, w->kv_b_k, tensor_none()));
     TRY(op->linear_forward(be, v, c->c_n, w->kv_b_v, tensor_none()));
@@ -87,15 +88,15 @@ Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
         TRY(op->rmsnorm_backward(be, g->dc, gw->kv_a_norm, g->dc_n, c->c, w->kv_a_norm, c->c_rstd));
 
     /* The layer's normed input a feeds the latent, the rope key and the queries. */
-    TRY(op->linear_backward(be, g->da, gw->kv_a_latent, tensor_none(), g->dc, c->a, w->kv_a_latent));
-    TRY(op->linear_backward(be, g->dtmp, gw->kv_a_rope, tensor_none(), g->dk_rope, c->a, w->kv_a_rope));
+    TRY(op->linear_backward(be, g->da, gw->kv_a_latent, gw->kv_a_latent_bias, g->dc, c->a, w->kv_a_latent));
+    TRY(op->linear_backward(be, g->dtmp, gw->kv_a_rope, gw->kv_a_rope_bias, g->dk_rope, c->a, w->kv_a_rope));
     TRY(op->accumulate(be, g->da, g->dtmp));
     if (s.qr > 0) {
         TRY(op->linear_backward(be, g->dq_a_n, gw->q_b_proj, tensor_none(), dq, c->q_a_n, w->q_b_proj));
         TRY(op->rmsnorm_backward(be, g->dq_a, gw->q_a_norm, g->dq_a_n, c->q_a, w->q_a_norm, c->q_a_rstd));
-        TRY(op->linear_backward(be, g->dtmp, gw->q_a_proj, tensor_none(), g->dq_a, c->a, w->q_a_proj));
+        TRY(op->linear_backward(be, g->dtmp, gw->q_a_proj, gw->q_a_bias, g->dq_a, c->a, w->q_a_proj));
     } else {
-        TRY(op->linear_backward(be, g->dtmp, gw->q_proj, tensor_none(), dq, c->a, w->q_proj));
+        TRY(op->linear_backward(be, g->dtmp, gw->q_proj, gw->q_bias, dq, c->a, w->q_proj));
     }
     TRY(op->accumulate(be, g->da, g->dtmp));
     TRY(op->rmsnorm_residual_backward(be, g->dx, gw->input_norm, g->da, c->x, w->input_norm, c->rstd1, g->dh));

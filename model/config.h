@@ -19,6 +19,8 @@ typedef struct {
     int64_t qk_rope_head_dim;   /* dr: the rope key shared by all heads */
     int64_t v_head_dim;         /* dv */
     int latent_norm;            /* kv_a_layernorm present (stock DeepSeek loaders require it) */
+    int attention_bias;         /* biases on q_proj (q_a_proj with q_lora_rank) and on the latent and
+                                   rope rows of kv_a_proj_with_mqa: a Qwen2 teacher's q/k/v biases */
     /* Base of the rope key's frequencies as DeepSeek loaders compute them, rope_theta^(-2i/dr) before
      * rope's scaling; 0 = rope.theta. Export sets it when the pairs conversion kept need a re-based
      * theta; a hybrid student read back keeps its GQA layers' base in rope.theta and this one here. */

@@ -42,6 +42,7 @@ cJSON *model_config_to_json(const ModelConfig *c) {
     cJSON_AddNumberToObject(o, "qk_rope_head_dim", (double)c->mla.qk_rope_head_dim);
     cJSON_AddNumberToObject(o, "v_head_dim", (double)c->mla.v_head_dim);
     cJSON_AddNumberToObject(o, "latent_norm", c->mla.latent_norm);
+    if (c->mla.attention_bias) cJSON_AddNumberToObject(o, "mla_attention_bias", 1);
     cJSON_AddNumberToObject(o, "mla_rope_theta", c->mla.rope_theta);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_attention");
     for (int l = 0; l < c->num_hidden_layers && l < MODEL_MAX_LAYERS; l++)
@@ -119,6 +120,11 @@ Status model_config_from_json(const cJSON *o, const char *where, ModelConfig *c)
     TRY(get_int(o, where, "v_head_dim", &c->mla.v_head_dim));
     TRY(get_int(o, where, "latent_norm", &i));
     c->mla.latent_norm = (int)i;
+    /* Written only when set: a model config from before MLA biases existed has none. */
+    const cJSON *mla_bias = cJSON_GetObjectItemCaseSensitive(o, "mla_attention_bias");
+    if (mla_bias && !cJSON_IsNumber(mla_bias))
+        return errorf("%s: model config: mla_attention_bias must be a number", where);
+    c->mla.attention_bias = mla_bias && mla_bias->valuedouble != 0;
     TRY(get_number(o, where, "mla_rope_theta", &c->mla.rope_theta));
     const cJSON *kinds = cJSON_GetObjectItemCaseSensitive(o, "layer_attention");
     if (!cJSON_IsArray(kinds) || cJSON_GetArraySize(kinds) != c->num_hidden_layers ||

@@ -53,13 +53,19 @@ static Status alloc_layer(Model *m, int l) {
         int64_t dqk = a->qk_nope_head_dim + a->qk_rope_head_dim;
         if (a->q_lora_rank > 0) {
             MATRIX(q_a_proj, a->q_lora_rank, D, "self_attn.q_a_proj.weight");
+            if (a->attention_bias) VECTOR(q_a_bias, a->q_lora_rank, "self_attn.q_a_proj.bias");
             VECTOR(q_a_norm, a->q_lora_rank, "self_attn.q_a_layernorm.weight");
             MATRIX(q_b_proj, H * dqk, a->q_lora_rank, "self_attn.q_b_proj.weight");
         } else {
             MATRIX(q_proj, H * dqk, D, "self_attn.q_proj.weight");
+            if (a->attention_bias) VECTOR(q_bias, H * dqk, "self_attn.q_proj.bias");
         }
         MATRIX(kv_a_latent, a->kv_lora_rank, D, "self_attn.kv_a_proj_latent.weight");
         MATRIX(kv_a_rope, a->qk_rope_head_dim, D, "self_attn.kv_a_proj_rope.weight");
+        if (a->attention_bias) {
+            VECTOR(kv_a_latent_bias, a->kv_lora_rank, "self_attn.kv_a_proj_latent.bias");
+            VECTOR(kv_a_rope_bias, a->qk_rope_head_dim, "self_attn.kv_a_proj_rope.bias");
+        }
         if (a->latent_norm) VECTOR(kv_a_norm, a->kv_lora_rank, "self_attn.kv_a_layernorm.weight");
         if (a->qk_nope_head_dim > 0)
             MATRIX(kv_b_k, H * a->qk_nope_head_dim, a->kv_lora_rank, "self_attn.kv_b_proj_k.weight");

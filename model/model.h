@@ -14,17 +14,20 @@ typedef struct {
     Tensor input_norm;     /* [D]  input_layernorm */
     /* GQA (teacher, hybrid layers) */
     Tensor q_proj;         /* [H*hd, D]; MLA without q_lora_rank: [H*(dn+dr), D] */
-    Tensor q_bias;         /* [H*hd] (Qwen2) */
+    Tensor q_bias;         /* q_proj's bias: [H*hd] (Qwen2); MLA with attention_bias: [H*(dn+dr)] */
     Tensor k_proj;         /* [K*hd, D] */
     Tensor k_bias;         /* [K*hd] */
     Tensor v_proj;         /* [K*hd, D] */
     Tensor v_bias;         /* [K*hd] */
     /* MLA */
     Tensor q_a_proj;       /* [q_lora, D]           (q_lora_rank > 0) */
+    Tensor q_a_bias;       /* [q_lora]              (q_lora_rank > 0 and attention_bias) */
     Tensor q_a_norm;       /* [q_lora]              q_a_layernorm */
     Tensor q_b_proj;       /* [H*(dn+dr), q_lora] */
     Tensor kv_a_latent;    /* [r, D]   W_dkv: the first r rows of kv_a_proj_with_mqa */
     Tensor kv_a_rope;      /* [dr, D]  W_kr: its last dr rows */
+    Tensor kv_a_latent_bias; /* [r]    the bias of those rows (attention_bias) */
+    Tensor kv_a_rope_bias; /* [dr]     and of these */
     Tensor kv_a_norm;      /* [r]      kv_a_layernorm (absent when latent_norm is off) */
     Tensor kv_b_k;         /* [H*dn, r] W_uk: per head, the k rows of kv_b_proj */
     Tensor kv_b_v;         /* [H*dv, r] W_uv: per head, the v rows of kv_b_proj */

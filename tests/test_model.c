@@ -1,5 +1,5 @@
 /* The decoder written on the op interface: backward against finite differences of forward for GQA,
- * MLA (with and without the q bottleneck and the latent norm) and hybrid models, and inference
+ * MLA (with and without the q bottleneck, the latent norm and biases) and hybrid models, and inference
  * (no activations kept) giving the same bits as training forward. */
 #include <math.h>
 #include <stdlib.h>
@@ -31,6 +31,12 @@ static void setup(Setup *s, Backend *be, const ModelConfig *cfg) {
     memset(s, 0, sizeof *s);
     CHECK_OK(model_create(&s->m, be, cfg, SEQ));
     CHECK_OK(model_init_random(s->m, 7, 0.3f));
+    /* Biases non-zero (random init leaves them zero), so their effect on the rest is checked too. */
+    for (int i = 0; i < s->m->n_params; i++) {
+        Param *p = &s->m->params[i];
+        if (!strstr(p->name, ".bias")) continue;
+        fill_normal(tensor_f32(*p->value), tensor_numel(*p->value), 300 + (uint64_t)i, 0.3f);
+    }
     CHECK_OK(model_alloc_grads(s->m));
     CHECK_OK(forward_state_create(&s->st, s->m, BATCH, SEQ, 1));
     int64_t N = BATCH * SEQ, D = cfg->hidden_size;
@@ -125,6 +131,10 @@ int main(void) {
     ModelConfig hybrid = tiny_student_config(0x2, 5, 1);
     ModelConfig mla_rope_only = tiny_student_config(0x3, 0, 0);
     mla_rope_only.mla.qk_nope_head_dim = 0; /* every key dim in the shared rope part */
+    ModelConfig mla_bias = tiny_student_config(0x3, 0, 1), mla_bias_qlora = tiny_student_config(0x3, 6, 0);
+    mla_bias.mla.attention_bias = mla_bias_qlora.mla.attention_bias = 1;
+    ModelConfig hybrid_bias = tiny_student_config(0x2, 5, 1);
+    hybrid_bias.qkv_bias = hybrid_bias.mla.attention_bias = 1;
 
     check_gradients("gqa", be, &teacher);
     check_gradients("gqa+bias+tied", be, &teacher_bias);
@@ -133,6 +143,9 @@ int main(void) {
     check_gradients("mla, no latent norm", be, &mla_nonorm);
     check_gradients("hybrid", be, &hybrid);
     check_gradients("mla, dn = 0", be, &mla_rope_only);
+    check_gradients("mla+bias", be, &mla_bias);
+    check_gradients("mla+bias+q_lora, no latent norm", be, &mla_bias_qlora);
+    check_gradients("hybrid+bias", be, &hybrid_bias);
 
     check_inference_matches_training(be, &teacher, "gqa");
     check_inference_matches_training(be, &hybrid, "hybrid");

@@ -12,6 +12,7 @@
 #include "model/convert/latent_basis.h"
 #include "model/convert/linalg.h"
 #include "model/convert/rorope.h"
+#include "model/convert/teacher_layer.h"
 #include "model/layers.h"
 
 static Status student_config(const ModelConfig *tc, const ConvertOptions *o, ModelConfig *sc) {
@@ -41,9 +42,8 @@ static Status student_config(const ModelConfig *tc, const ConvertOptions *o, Mod
         sc->mla.qk_nope_head_dim = 0;
         sc->mla.v_head_dim = tc->head_dim;
     }
-    if (tc->qkv_bias && o->init != MLA_INIT_RANDOM && !o->drop_biases)
-        return errorf("student.mla.drop_biases: the teacher has q/k/v biases (Qwen2) and MLA layers in DeepSeek-V2's "
-                      "layout have none; set drop_biases to true to drop them (the report shows the error this causes)");
+    /* A Qwen2 teacher's q/k/v biases live on in q_proj (q_a_proj) and kv_a_proj_with_mqa unless dropped. */
+    sc->mla.attention_bias = tc->qkv_bias && !o->drop_biases;
     if (o->energy > 0 && sc->mla.kv_lora_rank <= 0) sc->mla.kv_lora_rank = 8; /* the energy pass sets it */
     strcpy(sc->architecture, "DeepseekV2ForCausalLM");
     strcpy(sc->model_type, "deepseek_v2");
@@ -165,10 +165,10 @@ static void stream_end(TeacherStream *s) {
 }
 
 /* Calibration rows through a weight on the backend: out [N, rows] = a [N, D] w^T, to the host. */
-static Status project_calibration(Backend *be, Tensor a, Tensor w, float **out) {
+static Status project_calibration(Backend *be, Tensor a, Tensor w, Tensor bias, float **out) {
     Tensor t;
     TRY(be->alloc(be, &t, DT_F32, 2, (int64_t[]){a.shape[0], w.shape[0]}));
-    Status st = be->ops.linear_forward(be, t, a, w, tensor_none());
+    Status st = be->ops.linear_forward(be, t, a, w, bias);
     if (st == STATUS_OK) st = download_new(be, t, out);
     be->release(be, &t);
     return st;
@@ -204,10 +204,11 @@ static void host_mla_free(HostMla *h) {
     for (int i = 0; i < 7; i++) free(h->buffers[i]);
 }
 
-static Status host_mla_alloc(HostMla *h, const ModelConfig *sc) {
+/* D: the teacher layer's input width (hidden_size, plus one when biases ride as a last column). */
+static Status host_mla_alloc(HostMla *h, const ModelConfig *sc, int64_t D) {
     memset(h, 0, sizeof *h);
     const MlaDims *a = &sc->mla;
-    int64_t D = sc->hidden_size, H = sc->num_attention_heads;
+    int64_t H = sc->num_attention_heads;
     MlaWeights *w = &h->w;
     *w = (MlaWeights){.D = D, .H = H, .r = a->kv_lora_rank, .dn = a->qk_nope_head_dim, .dr = a->qk_rope_head_dim,
                       .dv = a->v_head_dim};
@@ -229,16 +230,34 @@ static Status host_mla_alloc(HostMla *h, const ModelConfig *sc) {
 
 /* Moves a converted layer into the student, fitting the norms that follow the latent and the q
  * bottleneck to the calibration rows a [N, D] (the layer's normed input). */
+/* Uploads rows [rows, D] of a projection converted on the widened input [rows, D + 1] (biased) or
+ * on the plain one: the matrix to w, the last column to bias. */
+static Status upload_projection(Backend *be, const float *src, int64_t rows, int64_t D, int biased, Tensor w,
+                                Tensor bias) {
+    if (!biased) return be->upload(be, w, src);
+    float *W = malloc((size_t)(rows * D) * sizeof(float)), *b = malloc((size_t)rows * sizeof(float));
+    Status st = W && b ? STATUS_OK : errorf("convert: out of memory");
+    if (st == STATUS_OK) split_bias_column(src, rows, D, W, b);
+    if (st == STATUS_OK) st = backend_upload_f32(be, w, W);
+    if (st == STATUS_OK) st = backend_upload_f32(be, bias, b);
+    free(W);
+    free(b);
+    return st;
+}
+
 static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
     Backend *be = student->be;
     LayerWeights *w = &student->layers[l];
     const MlaDims *d = &student->cfg.mla;
     const MlaWeights *m = &h->w;
-    int64_t N = a.shape[0];
-    TRY(be->upload(be, w->kv_a_latent, m->latent));
-    TRY(be->upload(be, w->kv_a_rope, m->rope_key));
+    int64_t N = a.shape[0], D = student->cfg.hidden_size;
+    int biased = d->attention_bias;
+    if (m->D != D + biased) return errorf("convert: a layer converted at width %lld for hidden size %lld", (long long)m->D, (long long)D);
+    TRY(upload_projection(be, m->latent, d->kv_lora_rank, D, biased, w->kv_a_latent, w->kv_a_latent_bias));
+    TRY(upload_projection(be, m->rope_key, d->qk_rope_head_dim, D, biased, w->kv_a_rope, w->kv_a_rope_bias));
     if (d->qk_nope_head_dim > 0) TRY(be->upload(be, w->kv_b_k, m->up_k));
     TRY(be->upload(be, w->kv_b_v, m->up_v));
+    /* o [D (+1), H dv]: a widened conversion's extra row belongs to no output (zero by construction). */
     TRY(be->upload(be, w->o_proj, m->o));
     TRY(model_set_mla_rope(student, l, m->inv_freq));
     Status st = STATUS_OK;
@@ -246,7 +265,7 @@ static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
     if (d->latent_norm) {
         g = malloc((size_t)d->kv_lora_rank * sizeof(float));
         if (!g) return errorf("convert: out of memory");
-        st = project_calibration(be, a, w->kv_a_latent, &c);
+        st = project_calibration(be, a, w->kv_a_latent, w->kv_a_latent_bias, &c);
         if (st == STATUS_OK) st = latent_norm_scales(c, N, d->kv_lora_rank, MLA_LATENT_NORM_EPS, g);
         if (st == STATUS_OK) st = be->upload(be, w->kv_a_norm, g);
         free(c);
@@ -254,16 +273,18 @@ static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
         c = g = NULL;
         TRY(st);
     }
-    if (d->q_lora_rank == 0) return be->upload(be, w->q_proj, m->q);
+    if (d->q_lora_rank == 0)
+        return upload_projection(be, m->q, m->H * (m->dn + m->dr), D, biased, w->q_proj, w->q_bias);
     int64_t rows = m->H * (m->dn + m->dr), k = d->q_lora_rank;
     qa = malloc((size_t)(k * m->D) * sizeof(float));
     qb = malloc((size_t)(rows * k) * sizeof(float));
     g = malloc((size_t)k * sizeof(float));
     st = qa && qb && g ? STATUS_OK : errorf("convert: out of memory");
     if (st == STATUS_OK) st = factor_low_rank(m->q, rows, m->D, k, qa, qb);
-    if (st == STATUS_OK) st = be->upload(be, w->q_a_proj, qa);
+    /* The bottleneck's bias is the last column of its down-projection: q_a_proj's, as DeepSeek has it. */
+    if (st == STATUS_OK) st = upload_projection(be, qa, k, D, biased, w->q_a_proj, w->q_a_bias);
     if (st == STATUS_OK) st = be->upload(be, w->q_b_proj, qb);
-    if (st == STATUS_OK) st = project_calibration(be, a, w->q_a_proj, &c);
+    if (st == STATUS_OK) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
     if (st == STATUS_OK) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
     if (st == STATUS_OK) st = be->upload(be, w->q_a_norm, g);
     free(c);
@@ -284,7 +305,7 @@ enum { ROROPE_FIT_SEQS = 2 };
 static Status convert_layer_split(Backend *be, const GqaWeights *g, const ConvertOptions *o, const float *inv_freq,
                                   const int *pairs, const RoropeFit *fit, int step, int P, Tensor a, uint64_t layer,
                                   MlaWeights *w, LayerReport *rep) {
-    int64_t D = g->D, N = a.shape[0], r = w->r, rows = 0;
+    int64_t D = g->D, N = a.shape[0], r = w->r, rows = 0, D_in = a.shape[1];
     float *ah = NULL;
     double *ad = NULL, *Ca = NULL, *latent = NULL, *up = NULL;
     int *pr = calloc((size_t)P + 1, sizeof(int)), *cp = calloc((size_t)P + 1, sizeof(int));
@@ -292,8 +313,15 @@ static Status convert_layer_split(Backend *be, const GqaWeights *g, const Conver
     memset(&ks, 0, sizeof ks);
     Status st = pr && cp ? STATUS_OK : errorf("convert: out of memory");
     if (st == STATUS_OK) {
-        ah = malloc((size_t)(N * D) * sizeof(float));
+        ah = malloc((size_t)(N * D_in) * sizeof(float));
         st = ah ? be->download(be, ah, a) : errorf("convert: out of memory");
+    }
+    if (st == STATUS_OK && D == D_in + 1) {
+        /* Biases ride as a last input column: the calibration input gains its column of ones. */
+        float *wide = calibration_with_ones(ah, N, D_in);
+        free(ah);
+        ah = wide;
+        if (!ah) st = errorf("convert: out of memory");
     }
     if (st == STATUS_OK && fit) {
         st = rorope_choose_slots(fit, P, step, pr, cp);
@@ -372,15 +400,12 @@ static Status convert_layer(Model *student, Model *teacher, int l, const Convert
                             const int *pairs, const RoropeFit *fit, int step, Tensor a, LayerReport *rep) {
     Backend *be = teacher->be;
     const ModelConfig *tc = &teacher->cfg;
-    const LayerWeights *tw = &teacher->layers[l];
-    float *wq = NULL, *wk = NULL, *wv = NULL, *wo = NULL;
+    TeacherLayer tl;
     HostMla h;
-    Status st = host_mla_alloc(&h, &student->cfg);
-    if (st == STATUS_OK) st = download_new(be, tw->q_proj, &wq);
-    if (st == STATUS_OK) st = download_new(be, tw->k_proj, &wk);
-    if (st == STATUS_OK) st = download_new(be, tw->v_proj, &wv);
-    if (st == STATUS_OK) st = download_new(be, tw->o_proj, &wo);
-    GqaWeights g = {tc->hidden_size, tc->num_attention_heads, tc->num_key_value_heads, tc->head_dim, wq, wk, wv, wo};
+    memset(&h, 0, sizeof h);
+    Status st = teacher_layer_load(be, teacher, l, student->cfg.mla.attention_bias, 1, 1, &tl);
+    if (st == STATUS_OK) st = host_mla_alloc(&h, &student->cfg, tl.g.D);
+    const GqaWeights g = tl.g;
     int P = (int)(student->cfg.mla.qk_rope_head_dim / 2);
     if (st == STATUS_OK && o->init == MLA_INIT_EXACT) {
         st = mla_weights_exact(&g, teacher_inv_freq, &h.w);
@@ -396,10 +421,7 @@ static Status convert_layer(Model *student, Model *teacher, int l, const Convert
         memcpy(rep->rope_pairs, pairs, (size_t)P * sizeof(int));
     }
     if (st == STATUS_OK) st = install_layer(student, l, &h, a);
-    free(wq);
-    free(wk);
-    free(wv);
-    free(wo);
+    teacher_layer_free(&tl);
     host_mla_free(&h);
     if (st != STATUS_OK) return error_context("convert layer %d: ", l);
     return STATUS_OK;
@@ -433,22 +455,24 @@ static Status rorope_pass(ConvertWork *wk, Model *teacher, const ConvertOptions 
     int64_t B = o->n_calib_seqs, T = o->calib_seq, N = B * T, D = tc->hidden_size;
     wk->fits = calloc((size_t)L, sizeof *wk->fits);
     const RoropeFit **list = calloc((size_t)L, sizeof *list);
-    float *ah = malloc((size_t)(N * D) * sizeof(float)), *wq = NULL, *wk_ = NULL;
+    float *ah = malloc((size_t)(N * D) * sizeof(float)), *wide = NULL;
     Status st = wk->fits && list && ah ? STATUS_OK : errorf("convert: out of memory");
     int n = 0;
     if (st == STATUS_OK) st = stream_begin(&wk->ts, teacher, ids, B, T);
     for (int l = 0; st == STATUS_OK && l < L; l++) {
         st = stream_attention(&wk->ts, l);
         if (st == STATUS_OK && wk->sc.layer_attention[l] == ATTENTION_MLA) {
+            TeacherLayer tl;
+            int biased = wk->sc.mla.attention_bias;
             st = be->download(be, ah, wk->ts.tst->caches[0].a);
-            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].q_proj, &wq);
-            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].k_proj, &wk_);
-            GqaWeights g = {D, tc->num_attention_heads, tc->num_key_value_heads, tc->head_dim, wq, wk_, NULL, NULL};
-            if (st == STATUS_OK) st = rorope_fit(&g, wk->teacher_inv_freq, ah, B, T, ROROPE_FIT_SEQS, &wk->fits[l]);
+            if (st == STATUS_OK) st = teacher_layer_load(be, teacher, l, biased, 1, 0, &tl);
+            if (st == STATUS_OK && biased && !(wide = calibration_with_ones(ah, N, D))) st = errorf("convert: out of memory");
+            if (st == STATUS_OK)
+                st = rorope_fit(&tl.g, wk->teacher_inv_freq, biased ? wide : ah, B, T, ROROPE_FIT_SEQS, &wk->fits[l]);
             if (st == STATUS_OK) list[n++] = &wk->fits[l];
-            free(wq);
-            free(wk_);
-            wq = wk_ = NULL;
+            teacher_layer_free(&tl);
+            free(wide);
+            wide = NULL;
         }
         if (st == STATUS_OK) st = stream_mlp(&wk->ts, l);
         if (st != STATUS_OK) error_context("layer %d: ", l);
@@ -505,20 +529,17 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
 
     /* Ranks by energy: the largest any layer needs, since DeepSeek's config has one kv_lora_rank. */
     if (o->init == MLA_INIT_SVD && o->energy > 0) {
-        int64_t rows = tc->num_key_value_heads * (2 * hd - 2 * P), k = rows < tc->hidden_size ? rows : tc->hidden_size;
+        int64_t rows = tc->num_key_value_heads * (2 * hd - 2 * P), k = rows < tc->hidden_size + 1 ? rows : tc->hidden_size + 1;
         double *sigma = malloc((size_t)k * sizeof(double));
         if (!sigma) return errorf("convert: out of memory");
         int64_t r_max = 8;
         for (int l = 0; l < L; l++) {
             if (sc->layer_attention[l] != ATTENTION_MLA) continue;
-            float *wk_ = NULL, *wv_ = NULL;
-            Status st = download_new(be, teacher->layers[l].k_proj, &wk_);
-            if (st == STATUS_OK) st = download_new(be, teacher->layers[l].v_proj, &wv_);
-            GqaWeights g = {tc->hidden_size, tc->num_attention_heads, tc->num_key_value_heads, hd, NULL, wk_, wv_, NULL};
+            TeacherLayer tl;
             int64_t count = 0;
-            if (st == STATUS_OK) st = latent_spectrum(&g, wk->pairs[l], P, sigma, &count);
-            free(wk_);
-            free(wv_);
+            Status st = teacher_layer_load(be, teacher, l, sc->mla.attention_bias, 0, 1, &tl);
+            if (st == STATUS_OK) st = latent_spectrum(&tl.g, wk->pairs[l], P, sigma, &count);
+            teacher_layer_free(&tl);
             if (st != STATUS_OK) {
                 free(sigma);
                 return error_context("layer %d spectrum: ", l);
