@@ -12,6 +12,7 @@
 
 #include "core/rng.h"
 #include "data/byte_tokenizer.h"
+#include "data/tokenizer/tokenizer.h"
 #include "data/token_file.h"
 
 /* Keeps the split's Philox draws apart from other users of the same seed. */
@@ -122,7 +123,31 @@ static int is_blank(const char *line, size_t n) {
     return 1;
 }
 
-static Status put_bytes(Sink *s, const char *bytes, size_t n) {
+/* How text becomes tokens: byte by byte, or a whole document at a time through a tokenizer. */
+typedef struct {
+    TextDocs docs;
+    const Tokenizer *tok;   /* NULL: the byte tokenizer */
+    uint32_t eos;
+    const char *path;       /* the input being read, for errors */
+    char *doc;              /* the current document's text (tokenizer only) */
+    size_t doc_len, doc_cap;
+    uint64_t doc_index;     /* documents of this input so far */
+} TextContext;
+
+static Status put_bytes(Sink *s, TextContext *t, const char *bytes, size_t n) {
+    if (t->tok) {
+        if (t->doc_len + n > t->doc_cap) {
+            size_t cap = t->doc_cap ? t->doc_cap : READ_BLOCK;
+            while (cap < t->doc_len + n) cap *= 2;
+            char *grown = realloc(t->doc, cap);
+            if (!grown) return errorf("%s: out of memory for a document of %zu bytes", t->path, t->doc_len + n);
+            t->doc = grown;
+            t->doc_cap = cap;
+        }
+        memcpy(t->doc + t->doc_len, bytes, n);
+        t->doc_len += n;
+        return STATUS_OK;
+    }
     int32_t ids[1024];
     for (size_t at = 0; at < n; at += 1024) {
         size_t m = n - at < 1024 ? n - at : 1024;
@@ -132,28 +157,40 @@ static Status put_bytes(Sink *s, const char *bytes, size_t n) {
     return STATUS_OK;
 }
 
-static Status put_eos(Sink *s) {
-    int32_t eos = BYTE_TOKENIZER_EOS;
-    return sink_put(s, &eos, 1);
+/* Ends a document. A tokenizer encodes it whole, with its special tokens (a BOS where its
+ * post-processor adds one), and eos follows unless the encoding already ends with it. */
+static Status put_eos(Sink *s, TextContext *t) {
+    int32_t eos = t->tok ? (int32_t)t->eos : BYTE_TOKENIZER_EOS;
+    t->doc_index++;
+    if (!t->tok) return sink_put(s, &eos, 1);
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    Status st = tokenizer_encode(t->tok, t->doc, t->doc_len, 1, &ids, &n);
+    if (st != STATUS_OK) return error_context("%s: document %llu: ", t->path, (unsigned long long)t->doc_index);
+    t->doc_len = 0;
+    st = sink_put(s, ids, (size_t)n);
+    if (st == STATUS_OK && (n == 0 || ids[n - 1] != eos)) st = sink_put(s, &eos, 1);
+    free(ids);
+    return st;
 }
 
-static Status text_whole_file(FILE *in, const char *path, Sink *s) {
+static Status text_whole_file(FILE *in, const char *path, Sink *s, TextContext *t) {
     char *block = malloc(READ_BLOCK);
     if (!block) return errorf("%s: out of memory", path);
     size_t n, total = 0;
     Status st = STATUS_OK;
     while (st == STATUS_OK && (n = fread(block, 1, READ_BLOCK, in)) > 0) {
-        st = put_bytes(s, block, n);
+        st = put_bytes(s, t, block, n);
         total += n;
     }
     free(block);
     if (st == STATUS_OK && ferror(in)) st = errorf("%s: read error", path);
-    return st == STATUS_OK && total > 0 ? put_eos(s) : st;
+    return st == STATUS_OK && total > 0 ? put_eos(s, t) : st;
 }
 
 /* Paragraph and line modes; a line's own "\n" or "\r\n" is dropped and, inside a paragraph,
  * written back as "\n" between lines. */
-static Status text_by_lines(FILE *in, const char *path, TextDocs docs, Sink *s) {
+static Status text_by_lines(FILE *in, const char *path, Sink *s, TextContext *t) {
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -162,38 +199,55 @@ static Status text_by_lines(FILE *in, const char *path, TextDocs docs, Sink *s) 
     while (st == STATUS_OK && (len = getline(&line, &cap, in)) >= 0) {
         size_t n = (size_t)len;
         if (is_blank(line, n)) {
-            if (open_doc) st = put_eos(s);
+            if (open_doc) st = put_eos(s, t);
             open_doc = 0;
             continue;
         }
         if (n && line[n - 1] == '\n') n--;
         if (n && line[n - 1] == '\r') n--;
-        if (open_doc) st = put_bytes(s, "\n", 1);
-        if (st == STATUS_OK) st = put_bytes(s, line, n);
+        if (open_doc) st = put_bytes(s, t, "\n", 1);
+        if (st == STATUS_OK) st = put_bytes(s, t, line, n);
         open_doc = 1;
-        if (st == STATUS_OK && docs == TEXT_DOCS_LINE) {
-            st = put_eos(s);
+        if (st == STATUS_OK && t->docs == TEXT_DOCS_LINE) {
+            st = put_eos(s, t);
             open_doc = 0;
         }
     }
     free(line);
     if (st == STATUS_OK && ferror(in)) st = errorf("%s: read error", path);
-    if (st == STATUS_OK && open_doc) st = put_eos(s);
+    if (st == STATUS_OK && open_doc) st = put_eos(s, t);
     return st;
 }
 
 static Status text_source(void *ctx, const char *path, Sink *s) {
-    TextDocs docs = *(const TextDocs *)ctx;
+    TextContext *t = ctx;
     FILE *in = open_input(path);
     if (!in) return errorf("%s: %s", path, strerror(errno));
-    Status st = docs == TEXT_DOCS_FILE ? text_whole_file(in, path, s) : text_by_lines(in, path, docs, s);
+    t->path = path;
+    t->doc_len = 0;
+    t->doc_index = 0;
+    Status st = t->docs == TEXT_DOCS_FILE ? text_whole_file(in, path, s, t) : text_by_lines(in, path, s, t);
     fclose(in);
     return st;
 }
 
 Status prepare_text(const char *const *inputs, int n_inputs, TextDocs docs, const SplitOptions *split,
                     PrepareResult *result) {
-    return run_split(inputs, n_inputs, BYTE_TOKENIZER_VOCAB, BYTE_TOKENIZER_EOS, split, text_source, &docs, result);
+    TextContext t = {.docs = docs};
+    return run_split(inputs, n_inputs, BYTE_TOKENIZER_VOCAB, BYTE_TOKENIZER_EOS, split, text_source, &t, result);
+}
+
+Status prepare_text_tokenized(const char *const *inputs, int n_inputs, TextDocs docs, const Tokenizer *tok,
+                              uint32_t eos_id, const SplitOptions *split, PrepareResult *result) {
+    memset(result, 0, sizeof *result);
+    int64_t vocab = tokenizer_vocab_size(tok);
+    if (vocab > (int64_t)TOKEN_FILE_MAX_VOCAB)
+        return errorf("the tokenizer's vocabulary (%lld) is larger than a token file holds", (long long)vocab);
+    if ((int64_t)eos_id >= vocab) return errorf("eos_id %u is not below vocab_size %lld", eos_id, (long long)vocab);
+    TextContext t = {.docs = docs, .tok = tok, .eos = eos_id};
+    Status st = run_split(inputs, n_inputs, (uint32_t)vocab, eos_id, split, text_source, &t, result);
+    free(t.doc);
+    return st;
 }
 
 /* ---- llm.c shards ---- */

@@ -1,10 +1,11 @@
-/* Data preparation: text (byte tokenizer), llm.c .bin shards and JSON lines of token ids into
- * token files, with an optional document-level train/val split. Behind `mlatrain data`. */
+/* Data preparation: text (byte tokenizer or a tokenizer.json), llm.c .bin shards and JSON lines of
+ * token ids into token files, with an optional document-level train/val split. Behind `mlatrain data`. */
 #pragma once
 
 #include <stdint.h>
 
 #include "core/status.h"
+#include "data/tokenizer/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,6 +37,12 @@ typedef struct {
 
 Status prepare_text(const char *const *inputs, int n_inputs, TextDocs docs, const SplitOptions *split,
                     PrepareResult *result);
+
+/* Text through a teacher's tokenizer (data/tokenizer): each document is encoded whole as HF's
+ * encode(text) does (with the post-processor's special tokens), then eos_id follows unless the
+ * encoding ends with it. vocab_size is the tokenizer's. Input must be UTF-8. */
+Status prepare_text_tokenized(const char *const *inputs, int n_inputs, TextDocs docs, const Tokenizer *tok,
+                              uint32_t eos_id, const SplitOptions *split, PrepareResult *result);
 
 /* llm.c shards: a header of 256 little-endian int32 (magic, version, token count), then the
  * tokens: magic 20240520 version 1 holds uint16 (GPT-2, default vocab 50257, eos 50256), magic

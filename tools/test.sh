@@ -14,7 +14,8 @@ if [ $# -eq 0 ]; then
     echo "== the parsers under AddressSanitizer and UBSan"
     cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMLATRAIN_SANITIZE=ON -DMLATRAIN_CUDA=OFF \
         -DMLATRAIN_WERROR=ON >/dev/null
-    parsers=(test_safetensors test_hf_config test_hf_model test_config test_data test_data_loader test_tasks)
+    parsers=(test_safetensors test_hf_config test_hf_model test_config test_data test_data_loader test_tasks
+             test_tokenizer)
     cmake --build build-asan -j"$jobs" --target "${parsers[@]}" >/dev/null
     (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         ctest --output-on-failure -j"$jobs" -R "^($(IFS='|'; echo "${parsers[*]}"))\$")

@@ -14,6 +14,8 @@
 #include "data/mc_convert.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
+#include "data/tokenizer/eos_id.h"
+#include "data/tokenizer/tokenizer.h"
 
 static const char *const USAGE_DATA =
     "usage: mlatrain data <subcommand> [options]\n"
@@ -21,7 +23,7 @@ static const char *const USAGE_DATA =
     "Prepares token files (HDF5: /tokens uint16|uint32 with vocab_size and eos_id, see docs/data.md).\n"
     "\n"
     "subcommands:\n"
-    "  text      text files -> tokens with the byte tokenizer (vocab 257, eos 256)\n"
+    "  text      text files -> tokens with the byte tokenizer (vocab 257, eos 256) or a tokenizer.json\n"
     "  llmc-bin  llm.c .bin shards (uint16 GPT-2 or uint32 Llama 3) -> tokens\n"
     "  jsonl     JSON lines of token-id arrays -> tokens\n"
     "  mc        HellaSwag-style multiple-choice JSON lines -> an eval.tasks file (byte tokenizer)\n"
@@ -38,9 +40,14 @@ static const char *const USAGE_SPLIT =
 
 static const char *const USAGE_TEXT =
     "usage: mlatrain data text IN... --out OUT.h5 [--docs file|paragraph|line]\n"
+    "                          [--tokenizer DIR|tokenizer.json [--eos-id E]]\n"
     "                          [--val-out VAL.h5 --val-fraction F] [--seed N]\n"
     "\n"
-    "Byte-level tokens (byte b -> id b), eos 256 after each document, vocab_size 257.\n"
+    "Byte-level tokens (byte b -> id b), eos 256 after each document, vocab_size 257. With\n"
+    "--tokenizer, a model's own tokenizer (HF tokenizer.json, byte-level or byte-fallback BPE) encodes\n"
+    "each document as HF tokenizers' encode(text) does, BOS included where the tokenizer adds one;\n"
+    "vocab_size is the tokenizer's and eos (after each document) the model folder's eos_token_id,\n"
+    "else <|endoftext|>, <|end_of_text|> or </s>, unless --eos-id says. Input must be UTF-8.\n"
     "  --docs file          each input file is one document, byte for byte (default)\n"
     "  --docs paragraph     documents are blocks of lines separated by blank lines\n"
     "  --docs line          each non-blank line is a document\n";
@@ -86,7 +93,7 @@ static const char *const USAGE_BENCH =
 typedef struct {
     const char **inputs;
     int n_inputs;
-    const char *out, *val_out, *docs;
+    const char *out, *val_out, *docs, *tokenizer;
     double val_fraction;
     long long seed, vocab_size, eos_id, seq_len, rows;
     double seconds;
@@ -133,6 +140,7 @@ static Status parse_args(const char *sub, int argc, char **argv, const char *all
         if (strcmp(opt, "--out") == 0) a->out = v;
         else if (strcmp(opt, "--val-out") == 0) a->val_out = v;
         else if (strcmp(opt, "--docs") == 0) a->docs = v;
+        else if (strcmp(opt, "--tokenizer") == 0) a->tokenizer = v;
         else if (strcmp(opt, "--val-fraction") == 0) TRY(parse_real(opt, v, &a->val_fraction));
         else if (strcmp(opt, "--seconds") == 0) TRY(parse_real(opt, v, &a->seconds));
         else if (strcmp(opt, "--seed") == 0) TRY(parse_int(opt, v, 0, INT64_MAX, &a->seed));
@@ -164,10 +172,37 @@ static void print_result(const DataArgs *a, const PrepareResult *r) {
                (unsigned long long)r->val.documents);
 }
 
+/* `data text --tokenizer`: the tokenizer and its eos id, then the documents through it. */
+static Status run_text_tokenized(const DataArgs *a, const SplitOptions *split) {
+    TextDocs docs = TEXT_DOCS_FILE;
+    if (!a->docs || strcmp(a->docs, "file") == 0) docs = TEXT_DOCS_FILE;
+    else if (strcmp(a->docs, "paragraph") == 0) docs = TEXT_DOCS_PARAGRAPH;
+    else if (strcmp(a->docs, "line") == 0) docs = TEXT_DOCS_LINE;
+    else return errorf("data text: --docs must be file, paragraph or line, got \"%s\"", a->docs);
+    Tokenizer *tok = NULL;
+    TRY(tokenizer_load(a->tokenizer, &tok));
+    int32_t eos = (int32_t)a->eos_id;
+    char source[64] = "--eos-id";
+    Status st = STATUS_OK;
+    if (a->eos_id < 0) st = tokenizer_eos_id(a->tokenizer, tok, &eos, source, sizeof source);
+    else if (a->eos_id >= tokenizer_vocab_size(tok))
+        st = errorf("data text: --eos-id %lld is not below the tokenizer's vocabulary size %lld", a->eos_id,
+                    (long long)tokenizer_vocab_size(tok));
+    PrepareResult r;
+    if (st == STATUS_OK) st = prepare_text_tokenized(a->inputs, a->n_inputs, docs, tok, (uint32_t)eos, split, &r);
+    tokenizer_free(tok);
+    if (st != STATUS_OK) return STATUS_ERROR;
+    printf("tokenizer %s: eos_id %d from %s\n", a->tokenizer, eos, source);
+    print_result(a, &r);
+    return STATUS_OK;
+}
+
 static Status run_convert(const char *sub, DataArgs *a) {
     SplitOptions split;
     PrepareResult r;
     TRY(check_split_args(sub, a, &split));
+    if (a->tokenizer) return run_text_tokenized(a, &split);
+    if (strcmp(sub, "text") == 0 && a->eos_id >= 0) return errorf("data text: --eos-id needs --tokenizer");
     if (strcmp(sub, "text") == 0) {
         TextDocs docs = TEXT_DOCS_FILE;
         if (!a->docs || strcmp(a->docs, "file") == 0) docs = TEXT_DOCS_FILE;
@@ -275,7 +310,7 @@ Status cmd_data(int argc, char **argv) {
     const char *allowed = NULL, *usage = NULL;
     char buf[256];
     if (strcmp(sub, "text") == 0) {
-        snprintf(buf, sizeof buf, "%s--docs ", split_opts);
+        snprintf(buf, sizeof buf, "%s--docs --tokenizer --eos-id ", split_opts);
         allowed = buf;
         usage = USAGE_TEXT;
     } else if (strcmp(sub, "llmc-bin") == 0) {
