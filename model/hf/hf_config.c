@@ -24,8 +24,10 @@
  *   LlamaConfig, Qwen2Config, MistralConfig and DeepseekV2Config alike (the true of PretrainedConfig
  *   is overridden by all four). max_position_embeddings: 2048 (llama, deepseek_v2), 32768 (qwen2),
  *   131072 (mistral).
- * - bos/eos_token_id: an integer, a list (the first is kept) or null; absent -> -1, not the 1/2 that
- *   LlamaConfig and MistralConfig inherit from Llama 2's tokenizer.
+ * - bos/eos_token_id: an integer, a list or null; absent -> -1, not the 1/2 that LlamaConfig and
+ *   MistralConfig inherit from Llama 2's tokenizer. Of a bos list the first is kept; an eos list
+ *   (Llama 3 Instruct's [128001, 128008, 128009]) is kept whole and written back as read, since
+ *   generation stops on any of its ids.
  * - rope_scaling (or transformers 5's rope_parameters), by "rope_type" or the older "type":
  *   "default" and "llama3" only.
  * - Mistral's sliding_window (absent -> 4096 as in MistralConfig, null -> none) is recorded; our
@@ -174,8 +176,11 @@ static Status get_string(const cJSON *obj, const char *scope, const char *key, c
 }
 
 /* A token id written as an integer, a list of integers (the first is kept) or null (-1). */
-static Status get_token_id(const cJSON *obj, const char *key, int64_t *out) {
+/* An id, or a list whose first entry is *out; list (may be NULL) receives up to MODEL_EOS_IDS_MAX
+ * entries, *n_list their count (0 when the value is not a list). */
+static Status get_token_ids(const cJSON *obj, const char *key, int64_t *out, int64_t *list, int *n_list) {
     *out = -1;
+    if (n_list) *n_list = 0;
     const cJSON *v = value_of(obj, key);
     if (!v) return STATUS_OK;
     if (!cJSON_IsArray(v)) return to_int(v, key, out);
@@ -186,6 +191,12 @@ static Status get_token_id(const cJSON *obj, const char *key, int64_t *out) {
         snprintf(name, sizeof name, "%s[%d]", key, i);
         TRY(to_int(e, name, &id));
         if (i == 0) *out = id;
+        if (!list) continue;
+        if (i >= MODEL_EOS_IDS_MAX)
+            return errorf("%s lists %d ids, more than the %d mlatrain keeps", key, cJSON_GetArraySize(v),
+                          MODEL_EOS_IDS_MAX);
+        list[i] = id;
+        *n_list = i + 1;
     }
     return STATUS_OK;
 }
@@ -368,8 +379,8 @@ static Status read_dims(const cJSON *obj, Family family, ModelConfig *cfg) {
     TRY(get_int(obj, "", "max_position_embeddings", 0, info->max_position_embeddings, &cfg->max_position_embeddings));
     TRY(get_double(obj, "", "rms_norm_eps", 0, RMS_NORM_EPS_DEFAULT, &cfg->rms_norm_eps));
     TRY(get_bool(obj, "tie_word_embeddings", 0, &cfg->tie_word_embeddings));
-    TRY(get_token_id(obj, "bos_token_id", &cfg->bos_token_id));
-    TRY(get_token_id(obj, "eos_token_id", &cfg->eos_token_id));
+    TRY(get_token_ids(obj, "bos_token_id", &cfg->bos_token_id, NULL, NULL));
+    TRY(get_token_ids(obj, "eos_token_id", &cfg->eos_token_id, cfg->eos_token_ids, &cfg->n_eos_token_ids));
 
     cfg->qkv_bias = family == FAMILY_QWEN2;
     if (family == FAMILY_MISTRAL) {
@@ -539,6 +550,24 @@ static void put_token(JsonBuilder *b, const char *key, int64_t id) {
     else put_int(b, key, id);
 }
 
+/* eos_token_id as it was read: a list stays a list. */
+static void put_eos(JsonBuilder *b, const ModelConfig *cfg) {
+    if (cfg->n_eos_token_ids == 0) {
+        put_token(b, "eos_token_id", cfg->eos_token_id);
+        return;
+    }
+    cJSON *list = cJSON_CreateArray();
+    for (int i = 0; list && i < cfg->n_eos_token_ids; i++)
+        if (!cJSON_AddItemToArray(list, cJSON_CreateNumber((double)cfg->eos_token_ids[i]))) b->failed = 1;
+    put(b, "eos_token_id", list);
+}
+
+/* torch_dtype names the dtype the safetensors hold: loaders given dtype="auto" (vLLM's default,
+ * transformers 5's) build the model in it. */
+static const char *torch_dtype_name(DType dtype) {
+    return dtype == DT_BF16 ? "bfloat16" : dtype == DT_F16 ? "float16" : "float32";
+}
+
 static cJSON *rope_scaling_json(const RopeConfig *r, int *failed) {
     JsonBuilder b = {cJSON_CreateObject(), 0};
     put_string(&b, "rope_type", "llama3");
@@ -596,7 +625,7 @@ static Status check_student(const ModelConfig *cfg) {
  * n_routed_experts/n_shared_experts as int, and vLLM adds to n_routed_experts while loading
  * weights. n_routed_experts = 0 makes vLLM's ModelConfig see a dense model (its expert count).
  */
-Status hf_config_deepseek_v2_json(const ModelConfig *cfg, cJSON **out) {
+Status hf_config_deepseek_v2_json(const ModelConfig *cfg, DType dtype, cJSON **out) {
     *out = NULL;
     TRY(check_student(cfg));
     int changed, hybrid = model_config_mla_layers(cfg) < cfg->num_hidden_layers;
@@ -644,10 +673,10 @@ Status hf_config_deepseek_v2_json(const ModelConfig *cfg, cJSON **out) {
     put_bool(&b, "mlp_bias", 0);
     put_bool(&b, "tie_word_embeddings", cfg->tie_word_embeddings);
     put_token(&b, "bos_token_id", cfg->bos_token_id);
-    put_token(&b, "eos_token_id", cfg->eos_token_id);
+    put_eos(&b, cfg);
     put_float(&b, "initializer_range", 0.02);
     put_bool(&b, "use_cache", 1);
-    put_string(&b, "torch_dtype", "bfloat16");
+    put_string(&b, "torch_dtype", torch_dtype_name(dtype));
 
     /* mlatrain's own keys: the GQA attention of hybrid layers (for an all-MLA student, of the
      * teacher it was converted from), which stock loaders ignore. */
@@ -685,7 +714,7 @@ Status hf_config_deepseek_v2_check_stock(const ModelConfig *cfg) {
     return STATUS_OK;
 }
 
-Status hf_config_gqa_json(const ModelConfig *cfg, cJSON **out) {
+Status hf_config_gqa_json(const ModelConfig *cfg, DType dtype, cJSON **out) {
     *out = NULL;
     TRY(model_config_validate(cfg));
     int f = 0;
@@ -730,10 +759,10 @@ Status hf_config_gqa_json(const ModelConfig *cfg, cJSON **out) {
     put_float(&b, "attention_dropout", 0.0);
     put_bool(&b, "tie_word_embeddings", cfg->tie_word_embeddings);
     put_token(&b, "bos_token_id", cfg->bos_token_id);
-    put_token(&b, "eos_token_id", cfg->eos_token_id);
+    put_eos(&b, cfg);
     put_float(&b, "initializer_range", 0.02);
     put_bool(&b, "use_cache", 1);
-    put_string(&b, "torch_dtype", "bfloat16");
+    put_string(&b, "torch_dtype", torch_dtype_name(dtype));
     return finish(&b, out);
 }
 
@@ -754,18 +783,21 @@ static Status write_json_atomic(const cJSON *json, const char *path) {
     return st;
 }
 
-static Status write_config(Status (*build)(const ModelConfig *, cJSON **), const ModelConfig *cfg, const char *path) {
+static Status write_config(Status (*build)(const ModelConfig *, DType, cJSON **), const ModelConfig *cfg,
+                           DType dtype, const char *path) {
+    if (dtype != DT_F32 && dtype != DT_BF16 && dtype != DT_F16)
+        return errorf("%s: torch_dtype: %s is not a dtype of HF weights (f32, bf16 or f16)", path, dtype_name(dtype));
     cJSON *json;
-    if (build(cfg, &json) != STATUS_OK) return error_context("%s: ", path);
+    if (build(cfg, dtype, &json) != STATUS_OK) return error_context("%s: ", path);
     Status st = write_json_atomic(json, path);
     cJSON_Delete(json);
     return st;
 }
 
-Status hf_config_write_deepseek_v2(const ModelConfig *cfg, const char *path) {
-    return write_config(hf_config_deepseek_v2_json, cfg, path);
+Status hf_config_write_deepseek_v2(const ModelConfig *cfg, DType dtype, const char *path) {
+    return write_config(hf_config_deepseek_v2_json, cfg, dtype, path);
 }
 
-Status hf_config_write_gqa(const ModelConfig *cfg, const char *path) {
-    return write_config(hf_config_gqa_json, cfg, path);
+Status hf_config_write_gqa(const ModelConfig *cfg, DType dtype, const char *path) {
+    return write_config(hf_config_gqa_json, cfg, dtype, path);
 }
