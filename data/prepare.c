@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/progress.h"
 #include "core/rng.h"
 #include "data/byte_tokenizer.h"
 #include "data/tokenizer/tokenizer.h"
@@ -80,10 +81,14 @@ static Status run_split(const char *const *inputs, int n_inputs, uint32_t vocab,
     TRY(token_writer_create(&s.train, split->out_path, vocab, eos));
     Status st = STATUS_OK;
     if (split->val_fraction > 0) st = token_writer_create(&s.val, split->val_path, vocab, eos);
+    Progress progress;
+    progress_begin(&progress, "data: input file", n_inputs);
     for (int i = 0; i < n_inputs && st == STATUS_OK; i++) {
         st = source(ctx, inputs[i], &s);
         result->inputs++;
+        progress_update(&progress, i + 1);
     }
+    if (st == STATUS_OK) progress_end(&progress);
     if (st == STATUS_OK) sink_end(&s);
     if (st == STATUS_OK && result->train.documents + result->val.documents == 0)
         st = errorf("the inputs hold no document");

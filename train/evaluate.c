@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/progress.h"
+
 typedef struct {
     Backend *be;
     int64_t B, T;
@@ -76,6 +78,8 @@ Status evaluate_student(Model *student, Model *teacher, Loader *val, int64_t max
     LossSums sums = {0};
     /* Temperature 1 and unit weights: sums.ce is the student's CE, sums.kl the KL at T = 1. */
     LossConfig lc = {.kl_weight = 1, .ce_weight = 1, .temperature = 1, .ignore_index = -100, .chunk_tokens = 0};
+    Progress progress;
+    progress_begin(&progress, "eval: window", n);
     for (int64_t w = 0; st == STATUS_OK && w < n; w += batch) {
         st = load_windows(&e, val, w, n - w < batch ? n - w : batch);
         if (st == STATUS_OK) st = model_forward(student, e.st_a, e.ids, e.hidden_a);
@@ -84,7 +88,9 @@ Status evaluate_student(Model *student, Model *teacher, Loader *val, int64_t max
             st = e.be->ops.lm_head_loss(e.be, &sums, tensor_none(), tensor_none(), e.hidden_a,
                                         model_compute_lm_head(student), teacher ? e.hidden_b : tensor_none(),
                                         teacher ? model_compute_lm_head(teacher) : tensor_none(), e.targets, lc, 0.0f);
+        if (st == STATUS_OK) progress_update(&progress, w + batch < n ? w + batch : n);
     }
+    if (st == STATUS_OK) progress_end(&progress);
     eval_buffers_free(&e);
     if (st != STATUS_OK) return error_context("evaluation: ");
     out->windows = n;

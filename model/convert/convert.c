@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/progress.h"
 #include "core/rng.h"
 #include "model/convert/convert_layer.h"
 #include "model/convert/latent_basis.h"
@@ -458,6 +459,8 @@ static Status rorope_pass(ConvertWork *wk, Model *teacher, const ConvertOptions 
     float *ah = malloc((size_t)(N * D) * sizeof(float)), *wide = NULL;
     Status st = wk->fits && list && ah ? STATUS_OK : errorf("convert: out of memory");
     int n = 0;
+    Progress progress;
+    progress_begin(&progress, "convert: rotating rope pairs (RoRoPE), layer", L);
     if (st == STATUS_OK) st = stream_begin(&wk->ts, teacher, ids, B, T);
     for (int l = 0; st == STATUS_OK && l < L; l++) {
         st = stream_attention(&wk->ts, l);
@@ -476,7 +479,9 @@ static Status rorope_pass(ConvertWork *wk, Model *teacher, const ConvertOptions 
         }
         if (st == STATUS_OK) st = stream_mlp(&wk->ts, l);
         if (st != STATUS_OK) error_context("layer %d: ", l);
+        progress_update(&progress, l + 1);
     }
+    if (st == STATUS_OK) progress_end(&progress);
     stream_end(&wk->ts);
     memset(&wk->ts, 0, sizeof wk->ts);
     if (st == STATUS_OK) wk->rope_step = o->rope_select == ROPE_SELECT_ROROPE ? rorope_exportable_step(list, n, P) : 0;
@@ -564,6 +569,8 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
     TRY(stream_begin(&wk->ts, teacher, ids, B, T));
     TRY(forward_state_create(&wk->sst, student, B, T, 0));
     LayerCache *tcache = &wk->ts.tst->caches[0], *scache = &wk->sst->caches[0];
+    Progress progress;
+    progress_begin(&progress, "convert: layer", L);
     for (int l = 0; l < L; l++) {
         LayerReport *lr = &rep->layers[l];
         lr->kind = sc->layer_attention[l];
@@ -582,7 +589,9 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
             lr->attn_rel_error = 0.0;
         }
         TRY(stream_mlp(&wk->ts, l));
+        progress_update(&progress, l + 1);
     }
+    progress_end(&progress);
 
     rep->n_layers = L;
     rep->dims = sc->mla;

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/progress.h"
 #include "core/utf8.h"
 
 /* Elements converted per write() when narrowing to 16 bits: bounded memory whatever the tensor. */
@@ -230,8 +231,16 @@ static Status write_temp_safetensors(const char *final_path, const SafetensorsEn
         for (int i = 0; i < 8; i++) len[i] = (unsigned char)((uint64_t)header.len >> (8 * i));
         st = write_all(fd, *tmp_path, len, 8);
         if (st == STATUS_OK) st = write_all(fd, *tmp_path, header.p, header.len);
-        for (int64_t i = 0; i < n && st == STATUS_OK; i++)
+        char what[160];
+        const char *base = strrchr(final_path, '/');
+        snprintf(what, sizeof what, "writing %s: tensor", base ? base + 1 : final_path);
+        Progress progress;
+        progress_begin(&progress, what, n);
+        for (int64_t i = 0; i < n && st == STATUS_OK; i++) {
             st = write_tensor_data(fd, *tmp_path, order[i], dtype, scratch);
+            progress_update(&progress, i + 1);
+        }
+        if (st == STATUS_OK) progress_end(&progress);
         st = finish_temp(fd, *tmp_path, st);
         if (st != STATUS_OK) {
             free(*tmp_path);
