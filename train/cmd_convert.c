@@ -19,6 +19,7 @@
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/models.h"
+#include "train/tokenizer_files.h"
 
 enum { CONVERT_MAX_SETS = 64, CALIBRATION_SEQ_MAX = 512 };
 
@@ -32,33 +33,6 @@ void cmd_convert_usage(void) {
            "data.val it also prints the source's and the student's perplexity there (windows of the\n"
            "calibration length, up to eval.max_windows): the student's training-free quality.\n"
            "Calibration tokens come from data.train (else data.val) when given, else are drawn at random.\n");
-}
-
-/* Serving needs the tokenizer: copy the files HF keeps beside a model, when the source has them. */
-static Status copy_tokenizer_files(const char *src_dir, const char *out_dir) {
-    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                        "tokenizer.model", "generation_config.json"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        char src[4096], dst[4096];
-        snprintf(src, sizeof src, "%s/%s", src_dir, names[i]);
-        snprintf(dst, sizeof dst, "%s/%s", out_dir, names[i]);
-        FILE *f = fopen(src, "rb");
-        if (!f) continue;
-        Status st = STATUS_OK;
-        char *data = NULL;
-        long n = -1;
-        if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-        if (n < 0 || fseek(f, 0, SEEK_SET) != 0) st = errorf("%s: cannot read: %s", src, strerror(errno));
-        if (st == STATUS_OK) {
-            data = malloc((size_t)n + 1);
-            if (!data || fread(data, 1, (size_t)n, f) != (size_t)n) st = errorf("%s: cannot read", src);
-        }
-        fclose(f);
-        if (st == STATUS_OK) st = file_write_atomic(dst, data, (size_t)n);
-        free(data);
-        TRY(st);
-    }
-    return STATUS_OK;
 }
 
 /* The source's and the student's perplexity on data.val, windows of the calibration length (the
@@ -132,8 +106,11 @@ static Status run_convert(const Config *cfg, const char *out_dir, DType dtype) {
     ExportOptions eo = {.dtype = dtype, .max_shard_bytes = (size_t)5 << 30, .allow_rebase = cfg->student.mla.allow_rebase};
     if (st == STATUS_OK && hf_model_export(student, out_dir, &eo) != STATUS_OK)
         st = error_context("export to %s: ", out_dir);
-    if (st == STATUS_OK && cfg->student.init_from.path[0]) st = copy_tokenizer_files(cfg->student.init_from.path, out_dir);
+    const char *tokenizer = tokenizer_files_source(cfg);
+    int copied = 0;
+    if (st == STATUS_OK && tokenizer) st = tokenizer_files_copy(tokenizer, out_dir, &copied);
     if (st == STATUS_OK) printf("wrote %s (%s, %.1f s)\n", out_dir, dtype_name(dtype), monotonic_seconds() - t2);
+    if (st == STATUS_OK && copied) printf("copied %d tokenizer files from %s\n", copied, tokenizer);
 
     calibration_free(&cal);
     model_destroy(student);

@@ -209,7 +209,14 @@ static Status run_convert(const char *sub, DataArgs *a) {
         else if (strcmp(a->docs, "paragraph") == 0) docs = TEXT_DOCS_PARAGRAPH;
         else if (strcmp(a->docs, "line") == 0) docs = TEXT_DOCS_LINE;
         else return errorf("data text: --docs must be file, paragraph or line, got \"%s\"", a->docs);
-        TRY(prepare_text(a->inputs, a->n_inputs, docs, &split, &r));
+        if (prepare_text(a->inputs, a->n_inputs, docs, &split, &r) != STATUS_OK) {
+            /* With whole files as documents, a few files give the split too few documents to draw from. */
+            if (docs == TEXT_DOCS_FILE && split.val_fraction > 0 && r.val.documents == 0 && r.train.documents > 0)
+                return errorf("data text: the split drew no validation document out of %llu: --docs file (the "
+                              "default) makes each input file one document; --docs paragraph or --docs line cuts "
+                              "them into more (or raise --val-fraction)", (unsigned long long)r.train.documents);
+            return STATUS_ERROR;
+        }
     } else if (strcmp(sub, "llmc-bin") == 0) {
         TRY(prepare_llmc_bin(a->inputs, a->n_inputs, a->vocab_size, a->eos_id, &split, &r));
     } else {

@@ -14,6 +14,7 @@
 #include "data/loader.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "model/hf/hf_model.h"
 #include "train/models.h"
 
 enum { EVAL_MAX_SETS = 64, EVAL_MAX_RUNS = 256, EVAL_BATCH = 4, EVAL_PATH = 4096 };
@@ -27,12 +28,13 @@ void cmd_eval_usage(void) {
            "perplexity, and with a teacher the KL(teacher || student) at temperature 1 and the top-1\n"
            "agreement; and the accuracy on each multiple-choice task of eval.tasks (docs/eval.md).\n"
            "The student is the config's (student.init_from, converted to MLA when student.mla is\n"
-           "given), or with --checkpoint the one a checkpoint holds: PATH is a checkpoint folder\n"
-           "(run.dir/checkpoints/step_N) or a run directory (its newest valid checkpoint).\n"
+           "given), or with --checkpoint the one PATH holds: a checkpoint folder\n"
+           "(run.dir/checkpoints/step_N), a run directory (its newest valid checkpoint) or a model\n"
+           "folder in HF layout (run.dir/final, an export, convert's output).\n"
            "--json OUT writes {\"teacher\": {\"loss\", \"ppl\"}, \"student\": {\"loss\", \"ppl\", \"kl\",\n"
            "\"top1_agree\"}, \"windows\", \"tokens\", \"kv_bytes_per_token\": {\"teacher\", \"student\"},\n"
-           "\"tasks\": {NAME: {\"acc\", \"acc_norm\", \"n\"}}}, with --checkpoint also \"checkpoint\", \"step\"\n"
-           "and \"train_tokens\".\n"
+           "\"tasks\": {NAME: {\"acc\", \"acc_norm\", \"n\"}}}, with --checkpoint also \"checkpoint\" (and for\n"
+           "a checkpoint \"step\" and \"train_tokens\").\n"
            "\n"
            "--sweep evaluates, for each run directory, the converted student at init (step 0) and every\n"
            "checkpoint in it, oldest first, and writes sweep.jsonl (one --json object per line, with\n"
@@ -126,7 +128,8 @@ static Status evaluate_with(EvalSetup *s, Model *student, EvalFigures *e) {
 
 typedef struct {
     const char *run;              /* NULL outside a sweep */
-    int from_checkpoint;
+    int from_checkpoint;          /* a checkpoint (step and tokens known) or, with from_model, a model folder */
+    int from_model;
     char checkpoint[EVAL_PATH];
     int64_t step, train_tokens;
     EvalFigures e;
@@ -160,7 +163,9 @@ static void add_tasks(cJSON *parent, const TaskScores *ts) {
 static cJSON *record_json(const EvalRecord *r) {
     cJSON *root = cJSON_CreateObject();
     if (r->run) cJSON_AddStringToObject(root, "run", r->run);
-    if (r->run || r->from_checkpoint) {
+    if (r->from_model) {
+        cJSON_AddStringToObject(root, "checkpoint", r->checkpoint);
+    } else if (r->run || r->from_checkpoint) {
         cJSON_AddNumberToObject(root, "step", (double)r->step);
         cJSON_AddNumberToObject(root, "train_tokens", (double)r->train_tokens);
         if (r->from_checkpoint) cJSON_AddStringToObject(root, "checkpoint", r->checkpoint);
@@ -188,18 +193,27 @@ static cJSON *record_json(const EvalRecord *r) {
     return root;
 }
 
+/* Pretty JSON ending in a newline, as text files do. */
 static Status write_json(const char *path, const EvalRecord *r) {
     cJSON *root = record_json(r);
     char *text = root ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
-    if (!text) return errorf("%s: out of memory", path);
-    Status st = file_write_atomic(path, text, strlen(text));
+    size_t n = text ? strlen(text) : 0;
+    char *line = text ? malloc(n + 2) : NULL;
+    Status st = line ? STATUS_OK : errorf("%s: out of memory", path);
+    if (st == STATUS_OK) {
+        memcpy(line, text, n);
+        line[n] = '\n';
+        st = file_write_atomic(path, line, n + 1);
+    }
+    free(line);
     free(text);
     return st;
 }
 
 static void print_record(const EvalRecord *r) {
-    if (r->from_checkpoint)
+    if (r->from_model) printf("model %s\n", r->checkpoint);
+    else if (r->from_checkpoint)
         printf("checkpoint %s: step %lld, %lld tokens trained\n", r->checkpoint, (long long)r->step,
                (long long)r->train_tokens);
     if (r->has_teacher)
@@ -226,7 +240,12 @@ static Status run_eval(const Config *cfg, const char *checkpoint, const char *js
     Model *student = NULL;
     EvalRecord *r = calloc(1, sizeof *r);
     Status st = r ? STATUS_OK : errorf("eval: out of memory");
-    if (st == STATUS_OK && checkpoint) {
+    if (st == STATUS_OK && checkpoint && !is_checkpoint_path(checkpoint)) {
+        /* A model folder: run.dir/final, an export, convert's output. */
+        st = hf_model_load(&student, s.be, checkpoint, s.T);
+        r->from_model = 1;
+        snprintf(r->checkpoint, sizeof r->checkpoint, "%s", checkpoint);
+    } else if (st == STATUS_OK && checkpoint) {
         CheckpointState cs;
         st = load_student_checkpoint(checkpoint, s.be, s.T, &student, r->checkpoint, sizeof r->checkpoint, &cs);
         r->from_checkpoint = 1;
@@ -550,6 +569,8 @@ Status cmd_eval(int argc, char **argv, int *show_help) {
     }
     if (out_dir) return errorf("eval: --out is for --sweep (one evaluation writes --json OUT)");
     if (!config_path) return errorf("eval: --config FILE is required (see mlatrain eval --help)");
+    struct stat sb;
+    if (checkpoint && stat(checkpoint, &sb) != 0) return errorf("eval: --checkpoint %s: %s", checkpoint, strerror(errno));
     Config *cfg = calloc(1, sizeof *cfg);
     if (!cfg) return errorf("eval: out of memory");
     Status st = config_load(cfg, config_path, sets, n_sets);

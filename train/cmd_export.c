@@ -7,10 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/backend.h"
 #include "model/hf/hf_model.h"
 #include "train/models.h"
+#include "train/tokenizer_files.h"
 
 void cmd_export_usage(void) {
     printf("usage: mlatrain export --checkpoint PATH --out DIR [--dtype bf16|f16|f32] [--max-shard-gb N]\n"
@@ -21,7 +23,11 @@ void cmd_export_usage(void) {
            "PATH is a folder that convert or a previous export wrote (run.dir/final too), a checkpoint\n"
            "folder (run.dir/checkpoints/step_N) or a run directory (its newest valid checkpoint).\n"
            "--allow-rebase exports rope frequencies DeepSeek's config cannot express by re-basing them\n"
-           "(the model changes; said on stderr). Default dtype bf16, shards of 5 GB.\n");
+           "(the model changes; said on stderr). Default dtype bf16, shards of 5 GB. config.json's\n"
+           "torch_dtype names the dtype written. The tokenizer files (tokenizer.json, tokenizer_config.json,\n"
+           "special_tokens_map.json, tokenizer.model, generation_config.json) are copied beside it: from\n"
+           "PATH when it is a model folder, else from the folder the run started from (student.init_from,\n"
+           "else teacher.path).\n");
 }
 
 Status cmd_export(int argc, char **argv, int *show_help) {
@@ -60,17 +66,36 @@ Status cmd_export(int argc, char **argv, int *show_help) {
     if (!src) return errorf("export: --checkpoint PATH is required (see mlatrain export --help)");
     if (!out) return errorf("export: --out DIR is required (see mlatrain export --help)");
     if (strcmp(src, out) == 0) return errorf("export: --out must differ from --checkpoint (%s)", src);
+    struct stat sb;
+    if (stat(src, &sb) != 0) return errorf("export: --checkpoint %s: %s", src, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return errorf("export: --checkpoint %s: not a folder (a model folder, a checkpoint or a run directory)", src);
 
     Backend *be = NULL;
     BackendOptions bo = {0, 0};
     TRY(backend_create(&be, "cpu", bo));
     Model *m = NULL;
     /* Export reads no sequence, so the rope tables need one position only. */
-    Status st = is_checkpoint_path(src) ? load_student_checkpoint(src, be, 1, &m, NULL, 0, NULL)
-                                        : hf_model_load(&m, be, src, 1);
+    char ckpt_dir[4096] = "", tokenizer_from[4096] = "";
+    int from_checkpoint = is_checkpoint_path(src), copied = 0;
+    Status st = from_checkpoint ? load_student_checkpoint(src, be, 1, &m, ckpt_dir, sizeof ckpt_dir, NULL)
+                                : hf_model_load(&m, be, src, 1);
     if (st != STATUS_OK) error_context("export: ");
+    if (st == STATUS_OK && model_config_mla_layers(&m->cfg) == 0)
+        st = errorf("export: %s is a GQA model (no MLA layer): export writes MLA students in DeepSeek-V2's layout; "
+                    "`mlatrain convert` makes one from it", src);
     if (st == STATUS_OK && hf_model_export(m, out, &eo) != STATUS_OK) st = error_context("export to %s: ", out);
+    if (st == STATUS_OK) {
+        if (from_checkpoint) {
+            st = tokenizer_files_copy_for_checkpoint(ckpt_dir, out, tokenizer_from, sizeof tokenizer_from, &copied);
+        } else {
+            snprintf(tokenizer_from, sizeof tokenizer_from, "%s", src);
+            st = tokenizer_files_copy(src, out, &copied);
+        }
+        if (st != STATUS_OK) error_context("export: tokenizer files: ");
+    }
     if (st == STATUS_OK) printf("wrote %s (%s)\n", out, dtype_name(eo.dtype));
+    if (st == STATUS_OK && copied) printf("copied %d tokenizer files from %s\n", copied, tokenizer_from);
     model_destroy(m);
     backend_destroy(be);
     return st;

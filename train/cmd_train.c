@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "train/trainer.h"
 
@@ -16,20 +17,43 @@ static void on_stop_signal(int sig) {
     trainer_request_stop();
 }
 
-/* SIGTERM (Slurm's preemption, a scheduler's kill) and SIGUSR1 (sbatch --signal) finish the
- * current step, write a checkpoint and exit with EXIT_PREEMPTED. */
+static volatile sig_atomic_t interrupted;
+
+/* Ctrl-C: the first finishes the step and checkpoints, as SIGTERM does; the second ends the
+ * process at once, as SIGINT's default would (status 130 from the shell). */
+static void on_interrupt(int sig) {
+    if (interrupted) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    interrupted = 1;
+    static const char msg[] = "\nmlatrain: interrupt: finishing this step and writing a checkpoint "
+                              "(Ctrl-C again aborts at once, without one)\n";
+    ssize_t unused = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)unused;
+    trainer_request_stop();
+}
+
+/* SIGTERM (Slurm's preemption, a scheduler's kill), SIGUSR1 (sbatch --signal) and SIGINT (Ctrl-C)
+ * finish the current step, write a checkpoint and exit with EXIT_PREEMPTED. A SIGINT that the
+ * launching shell ignores (a background job of a script) stays ignored. */
 static Status install_stop_handlers(void) {
-    struct sigaction sa;
+    struct sigaction sa, old_int;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGUSR1, &sa, NULL) != 0)
         return errorf("cannot install the SIGTERM/SIGUSR1 handlers");
+    if (sigaction(SIGINT, NULL, &old_int) != 0) return errorf("cannot read the SIGINT disposition");
+    if (old_int.sa_handler == SIG_IGN) return STATUS_OK;
+    sa.sa_handler = on_interrupt;
+    if (sigaction(SIGINT, &sa, NULL) != 0) return errorf("cannot install the SIGINT handler");
     return STATUS_OK;
 }
 
 void cmd_train_usage(void) {
-    printf("usage: mlatrain --config FILE [--set key.path=value ...] [--restart]\n"
+    printf("usage: mlatrain [train] --config FILE [--set key.path=value ...] [--restart]\n"
            "\n"
            "Trains as FILE says (docs/config.md): with a teacher, distillation of the student\n"
            "(0.5 T^2 KL + 0.5 CE by default); without one, next-token training. The student starts from\n"
@@ -38,8 +62,11 @@ void cmd_train_usage(void) {
            "--set overrides a key: --set optim.lr=3e-4 --set data.train='[\"a.h5\",\"b.h5\"]'\n"
            "\n"
            "A run whose run.dir holds a complete checkpoint resumes from it, bitwise as if never stopped;\n"
-           "--restart starts over instead (removing the run's metrics and checkpoints). SIGTERM or\n"
-           "SIGUSR1 finish the current step, write a checkpoint and exit with status %d.\n",
+           "--restart starts over instead (removing the run's metrics and checkpoints). A run already at\n"
+           "train.max_steps trains nothing and says so; raise train.max_steps to go on.\n"
+           "SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) finish the current step, write a checkpoint and exit with\n"
+           "status %d; a second Ctrl-C aborts at once, without a checkpoint.\n"
+           "`mlatrain train --config FILE ...` is the same command spelled out.\n",
            EXIT_PREEMPTED);
 }
 
@@ -49,17 +76,19 @@ Status cmd_train(int argc, char **argv, int *show_help, int *preempted) {
     const char *config_path = NULL;
     const char *sets[TRAIN_MAX_SETS];
     int n_sets = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             *show_help = 1;
             return STATUS_OK;
         }
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
         if (strcmp(a, "--restart") == 0) {
             restart = 1;
             continue;
         }
-        if (i + 1 >= argc) return errorf("%s: unknown option or missing value (see mlatrain --help)", a);
+        if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)
+            return errorf("%s: unknown option or missing value (see mlatrain --help)", a);
         const char *v = argv[++i];
         if (strcmp(a, "--config") == 0) config_path = v;
         else if (strcmp(a, "--set") == 0) {

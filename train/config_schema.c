@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const char *const DEVICE_NAMES[] = {"cpu", "cuda", NULL};
 static const char *const PRECISION_NAMES[] = {"auto", "fp32", "bf16", NULL};
@@ -196,9 +197,13 @@ static int edit_distance(const char *a, const char *b) {
 }
 
 /* Close enough to be a slip of the keyboard rather than a different word. Short words must also
- * start alike: "lrr" is "lr" mistyped, but "gpu" is not "cpu". */
+ * start alike: "lrr" is "lr" mistyped, but "gpu" is not "cpu". A word that spells the name out
+ * ("optimizer" for "optim") or stops short of it ("kv_lora" for "kv_lora_rank") is close whatever
+ * the distance. */
 static int is_close(const char *word, const char *name, int distance) {
-    size_t n = strlen(word);
+    size_t n = strlen(word), m = strlen(name);
+    if (m >= 4 && n > m && strncasecmp(word, name, m) == 0) return 1;
+    if (n >= 4 && m > n && strncasecmp(name, word, n) == 0) return 1; /* and one that stops short */
     int limit = n <= 3 ? 1 : n <= 7 ? 2 : 3;
     if (n <= 4 && tolower((unsigned char)word[0]) != tolower((unsigned char)name[0])) return 0;
     return distance <= limit;
@@ -220,7 +225,16 @@ const char *config_key_suggest(const char *parent_path, const char *key) {
     for (int i = 0; i < CONFIG_N_KEYS && n < 63; i++)
         if (is_child_of(&CONFIG_KEYS[i], parent_path)) names[n++] = config_key_leaf(CONFIG_KEYS[i].path);
     names[n] = NULL;
-    return config_closest_name(key, names);
+    const char *close = config_closest_name(key, names);
+    if (close) return close;
+    /* A key given without its section ("lr" for "optim.lr"): the one key of that name anywhere. */
+    const char *found = NULL;
+    for (int i = 0; i < CONFIG_N_KEYS; i++)
+        if (strcasecmp(config_key_leaf(CONFIG_KEYS[i].path), key) == 0 && strchr(CONFIG_KEYS[i].path, '.')) {
+            if (found) return NULL;
+            found = CONFIG_KEYS[i].path;
+        }
+    return found;
 }
 
 void config_format_number(char *buf, size_t n, double x) {

@@ -57,8 +57,9 @@ const KeySpec *config_key_parent(const KeySpec *key);
 /* The last component of a path ("kv_lora_rank"). */
 const char *config_key_leaf(const char *path);
 
-/* The known key under the section at parent_path ("" = top level) closest to a misspelt one, or
- * NULL when none is close. */
+/* The known key under the section at parent_path ("" = top level) closest to a misspelt one; when
+ * none is close, the full path of the one key of that name in some section ("lr" -> "optim.lr");
+ * else NULL. */
 const char *config_key_suggest(const char *parent_path, const char *key);
 
 /* The entry of names (NULL-terminated) closest to word, or NULL when none is close. */

@@ -17,7 +17,7 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: mlatrain --config FILE [--set key.path=value ...]\n"
+            "usage: mlatrain [train] --config FILE [--set key.path=value ...]\n"
             "       mlatrain <command> [options]\n"
             "\n"
             "Upcycles GQA language models into Multi-head Latent Attention and distills them.\n"
@@ -25,6 +25,7 @@ static void usage(FILE *out) {
             "  --config    train (distill, or next-token train without a teacher) as FILE says\n"
             "\n"
             "commands:\n"
+            "  train       the same as --config alone: `mlatrain train --config FILE`\n"
             "  convert     upcycle a GQA model into an MLA student and export it (DeepSeek-V2 layout)\n"
             "  eval        evaluate a student (the config's, a checkpoint's, or every checkpoint\n"
             "              of runs with --sweep) against the teacher on data.val and eval.tasks\n"
@@ -38,6 +39,8 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    /* Lines reach a log file or a pipe (tee, Slurm's output) as they are printed, not in blocks. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -55,6 +58,9 @@ int main(int argc, char **argv) {
     int show_help = 0, preempted = 0;
     if (strcmp(cmd, "--config") == 0 || strcmp(cmd, "--set") == 0 || strcmp(cmd, "--restart") == 0) {
         st = cmd_train(argc - 1, argv + 1, &show_help, &preempted);
+        if (show_help) cmd_train_usage();
+    } else if (strcmp(cmd, "train") == 0) {
+        st = cmd_train(argc - 2, argv + 2, &show_help, &preempted);
         if (show_help) cmd_train_usage();
     } else if (strcmp(cmd, "eval") == 0) {
         st = cmd_eval(argc - 2, argv + 2, &show_help);

@@ -2,6 +2,7 @@
  * benchmarking and conversion. */
 #include "train/models.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,11 @@ static Status build_from_source(const ConfigModelSource *src, const char *key, B
                                 DType weight_dtype, Model **out) {
     *out = NULL;
     if (src->path[0]) {
+        struct stat sb;
+        if (stat(src->path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return errorf("%s: %s: %s (expected a model folder in HF layout; --set %s%s=DIR names another)", key,
+                          src->path, stat(src->path, &sb) != 0 ? strerror(errno) : "not a folder", key,
+                          strcmp(key, "teacher") == 0 ? ".path" : "");
         if (hf_model_load_as(out, be, src->path, max_seq, weight_dtype) != STATUS_OK)
             return error_context("%s: ", key);
         return STATUS_OK;

@@ -15,6 +15,7 @@
 #include "core/file_io.h"
 #include "model/hf/hf_model.h"
 #include "train/checkpoint.h"
+#include "train/tokenizer_files.h"
 #include "train/trainer.h"
 
 /* Keeps the lines of metrics.jsonl up to `step`: a resumed run rewrites the steps it repeats. */
@@ -104,13 +105,44 @@ static Status save_checkpoint(Trainer *t) {
     return st;
 }
 
-/* run.dir/final: the student as trained, float32, in HF layout (a GQA model in its own family). */
+/* run.dir/final: the student as trained, float32, in HF layout (a GQA model in its own family),
+ * with the tokenizer files of the model folder the run started from. */
 static Status save_final(Trainer *t) {
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/final", t->cfg->run.dir);
-    if (model_config_mla_layers(&t->student->cfg) == 0) return hf_model_save_gqa(t->student, dir, DT_F32);
-    ExportOptions eo = {.dtype = DT_F32, .max_shard_bytes = 0, .allow_rebase = 0, .keep_rope = 1};
-    return hf_model_export(t->student, dir, &eo);
+    if (snprintf(dir, sizeof dir, "%s/final", t->cfg->run.dir) >= (int)sizeof dir)
+        return errorf("%s: run.dir is too long", t->cfg->name);
+    if (model_config_mla_layers(&t->student->cfg) == 0) {
+        TRY(hf_model_save_gqa(t->student, dir, DT_F32));
+    } else {
+        ExportOptions eo = {.dtype = DT_F32, .max_shard_bytes = 0, .allow_rebase = 0, .keep_rope = 1};
+        TRY(hf_model_export(t->student, dir, &eo));
+    }
+    const char *tokenizer = tokenizer_files_source(t->cfg);
+    return tokenizer ? tokenizer_files_copy(tokenizer, dir, NULL) : STATUS_OK;
+}
+
+/* Whether run.dir/final holds a complete model (its config.json is written last). */
+static int final_exists(const Trainer *t) {
+    char path[4096];
+    struct stat sb;
+    return snprintf(path, sizeof path, "%s/final/config.json", t->cfg->run.dir) < (int)sizeof path &&
+           stat(path, &sb) == 0;
+}
+
+/* A run resumed at or past train.max_steps has nothing to train: say so and how to go on, and
+ * leave its record (effective_config.json, metrics.jsonl) as the run that did train wrote it. */
+static Status finish_complete_run(Trainer *t) {
+    const Config *cfg = t->cfg;
+    Status st = STATUS_OK;
+    if (t->rank == 0 && !final_exists(t)) st = save_final(t);
+    if (st == STATUS_OK) st = t->comm->barrier(t->comm);
+    if (st == STATUS_OK && !t->opts.quiet)
+        printf("%s: the run in %s is complete: its checkpoint is at step %lld of train.max_steps = %lld, so nothing "
+               "was trained and its effective_config.json is unchanged; final model in %s/final. To train further, "
+               "raise train.max_steps (e.g. --set train.max_steps=%lld); to start over, add --restart\n",
+               cfg->name, cfg->run.dir, (long long)t->step, (long long)cfg->train.max_steps, cfg->run.dir,
+               (long long)(t->step > cfg->train.max_steps ? t->step : cfg->train.max_steps) * 2);
+    return st;
 }
 
 static int64_t kv_bytes_per_token(const ModelConfig *c) {
@@ -167,6 +199,7 @@ static int due(int64_t step, int64_t every, int64_t max_steps) {
 
 Status trainer_run(Trainer *t) {
     const Config *cfg = t->cfg;
+    if (t->resumed && t->step >= cfg->train.max_steps) return finish_complete_run(t);
     /* Rank 0 owns run.dir's files; the others wait for it, and all learn if it failed. */
     Status prep = t->rank == 0 ? prepare_run_dir(t) : STATUS_OK;
     int32_t prep_failed = prep != STATUS_OK;
