@@ -528,6 +528,7 @@ int main(void) {
         test_attention(1, 50, 2, 1, 96, 64, 128, 15); /* 160-wide q/k, v 128 */
         test_attention(2, 70, 4, 4, 64, 32, 64, 15);  /* MLA as the 1B student: q/k 96 (64 + 32), v 64 */
         test_attention(1, 40, 2, 2, 128, 64, 128, 15); /* DeepSeek-V2's widths: q/k 192 (128 + 64), v 128 */
+        test_attention(1, 70, 2, 1, 32, 16, 200, 15); /* v 200: the tensor-core forward's widest register budget */
 
         /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th */
         test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0);

@@ -1,9 +1,11 @@
-/* Causal attention on the tensor cores (bf16 operands, f32 accumulation through WMMA), for GQA and
- * MLA alike. Forward: 64 queries per block, one warp per 16 of them, streaming over 64-key tiles
- * with an online softmax, P rounded to bf16 for its product with V. Backward without atomics: one
- * kernel per query tile forms dQ over the key tiles in order; one per key tile of a kv head forms
- * dK and dV over the group's heads and the query tiles in order; delta = rowsum(dO * O) first.
- * Tiles are staged through shared memory, head widths padded to 16 with zeros. */
+/* Causal attention on the tensor cores (bf16 operands, f32 accumulation), for GQA and MLA alike.
+ * Forward, FlashAttention-2's way: 64 queries per block, 16 per warp, streaming over 64-key tiles
+ * that cp.async brings in one tile ahead; scores, the online softmax and the P V accumulators stay
+ * in registers (mma.sync m16n8k16), each query row held by the 4 lanes of a quad; the most loaded
+ * causal query tiles are launched first. Backward without atomics (WMMA, tiles staged through
+ * shared memory): one kernel per query tile forms dQ over the key tiles in order; one per key tile
+ * of a kv head forms dK and dV over the group's heads and the query tiles in order; delta =
+ * rowsum(dO * O) first. Head widths padded to 16 with zeros. */
 #include <math.h>
 #include <mma.h>
 #include <stdint.h>
@@ -14,6 +16,7 @@
 #include "cuda_ops.h"
 #include "cuda_state.h"
 #include "storage.cuh"
+#include "warp_mma.cuh"
 
 using namespace nvcuda;
 
@@ -29,9 +32,9 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> BCol;
 typedef struct {
     int DQP, DVP;               /* Dq and Dv rounded up to 16 */
     int LDQ, LDV, LDP;          /* bf16 tiles: Q and K, V and dO, P and dS */
-    int LDF, LDS, LDQF, LDVF;   /* f32 tiles: forward scores (and the P V product), backward
-                                   scores (and dP), dQ/dK, O/dV */
-    size_t q, k, v, f, p, o, stats, bytes;                   /* forward */
+    int LDS, LDQF, LDVF;        /* f32 tiles of the backward: scores (and dP), dQ/dK, dV */
+    size_t q, k, v, bytes;      /* forward: Q, and two buffers each of K and V (k + i * kv_step) */
+    size_t kv_step;
     size_t bq, bdo, bk, bv, bf, bp, bds, bdq, bdk, bdv, bstats, dq_bytes, dkdv_bytes; /* backward */
 } MmaLayout;
 
@@ -49,7 +52,6 @@ __host__ __device__ static MmaLayout mma_layout(int Dq, int Dv) {
     L.LDQ = L.DQP + 8;
     L.LDV = L.DVP + 8;
     L.LDP = MMA_ROWS + 8;
-    L.LDF = (L.DVP > MMA_ROWS ? L.DVP : MMA_ROWS) + 4;
     L.LDS = MMA_ROWS + 4;
     L.LDQF = L.DQP + 4;
     L.LDVF = L.DVP + 4;
@@ -58,10 +60,8 @@ __host__ __device__ static MmaLayout mma_layout(int Dq, int Dv) {
     L.q = take(&at, R * L.LDQ * h);
     L.k = take(&at, R * L.LDQ * h);
     L.v = take(&at, R * L.LDV * h);
-    L.f = take(&at, R * L.LDF * f);
-    L.p = take(&at, R * L.LDP * h);
-    L.o = take(&at, R * L.LDVF * f);
-    L.stats = take(&at, 3 * R * f);
+    L.kv_step = at - L.k;
+    take(&at, L.kv_step);
     L.bytes = at;
     at = 0;
     L.bq = take(&at, R * L.LDQ * h);
@@ -82,10 +82,6 @@ __host__ __device__ static MmaLayout mma_layout(int Dq, int Dv) {
     return L;
 }
 
-__device__ static inline float warp_max(float x) {
-    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
 __device__ static inline float warp_sum(float x) {
     for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
@@ -181,93 +177,200 @@ __device__ static void accumulate_rows(float *dst, int ldd, const bf16 *a, int l
     }
 }
 
+/* One 64-key tile of K (rows [k ; k_shared]) and V into shared memory: cp.async 16-byte copies
+ * where the rows allow them (completed by the caller's wait and barrier), else plain loads. Zeros
+ * past T and past the widths. */
+__device__ static void load_kv_async(bf16 *sK, bf16 *sV, const MmaLayout &L, const bf16 *kg, const bf16 *ks,
+                                     const bf16 *vg, int64_t Hk, int Dk, int Ds, int Dv, int64_t j0, int64_t T) {
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    if (vector_rows(kg, Hk * Dk, Dk) && (!ks || vector_rows(ks, Ds, Ds))) {
+        const int chunks = L.DQP / 8;
+        for (int idx = threadIdx.x; idx < MMA_ROWS * chunks; idx += blockDim.x) {
+            const int r = idx / chunks, c = idx % chunks * 8;
+            const int64_t j = j0 + r;
+            bf16 *dst = sK + r * L.LDQ + c;
+            if (j < T && c < Dk) cp_async_16(dst, kg + j * Hk * Dk + c);
+            else if (j < T && c < Dk + Ds) cp_async_16(dst, ks + j * Ds + (c - Dk));
+            else *(uint4 *)dst = zero;
+        }
+    } else {
+        load_key_tile(sK, L.LDQ, kg, ks, Hk, Dk, Ds, j0, T, L.DQP);
+    }
+    if (vector_rows(vg, Hk * Dv, Dv)) {
+        const int chunks = L.DVP / 8;
+        for (int idx = threadIdx.x; idx < MMA_ROWS * chunks; idx += blockDim.x) {
+            const int r = idx / chunks, c = idx % chunks * 8;
+            const int64_t j = j0 + r;
+            bf16 *dst = sV + r * L.LDV + c;
+            if (j < T && c < Dv) cp_async_16(dst, vg + j * Hk * Dv + c);
+            else *(uint4 *)dst = zero;
+        }
+    } else {
+        load_tile(sV, L.LDV, vg, Hk * Dv, j0, T, Dv, L.DVP);
+    }
+}
+
+/* The forward for value widths up to 8 * DV_TILES (a compile-time bound, so that the output
+ * accumulators are registers; tiles past the padded width are skipped). Warp w owns query rows
+ * [16w, 16w + 16) of the block's tile; lane l holds rows g = l / 4 and g + 8 of them, and of each
+ * 8-key (or 8-column) piece the columns 2t, 2t + 1 with t = l % 4 (warp_mma.cuh's D layout). Scores
+ * are kept in log2 units (scaled by log2 e) so that each exponential is one exp2. */
+template <int DV_TILES>
 __global__ void __launch_bounds__(MMA_THREADS)
     attention_forward_mma_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *ks, const bf16 *v,
                                  int64_t T, int64_t H, int64_t Hk, int Dk, int Ds, int Dv, int64_t group, float scale) {
     extern __shared__ __align__(MMA_ALIGN) unsigned char smem[];
     const int Dq = Dk + Ds;
     const MmaLayout L = mma_layout(Dq, Dv);
-    bf16 *sQ = (bf16 *)(smem + L.q), *sK = (bf16 *)(smem + L.k), *sV = (bf16 *)(smem + L.v);
-    bf16 *sP = (bf16 *)(smem + L.p);
-    float *sF = (float *)(smem + L.f), *sO = (float *)(smem + L.o), *sM = (float *)(smem + L.stats);
-    float *sL = sM + MMA_ROWS, *sCorr = sL + MMA_ROWS;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, g = h / group;
-    const int64_t i0 = (int64_t)blockIdx.y * MMA_ROWS;
-    const bf16 *kg = k + (b * T * Hk + g) * Dk, *vg = v + (b * T * Hk + g) * Dv;
+    bf16 *sQ = (bf16 *)(smem + L.q);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / group;
+    /* The last query tiles see the most keys: they go first, and the short ones fill in behind. */
+    const int64_t i0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * MMA_ROWS;
+    const bf16 *kg = k + (b * T * Hk + hk) * Dk, *vg = v + (b * T * Hk + hk) * Dv;
     const bf16 *ksb = ks ? ks + b * T * Ds : NULL;
+    const bf16 *qh = q + (b * T * H + h) * Dq;
+    const float scale_log2 = scale * 1.4426950408889634f;
 
-    load_tile(sQ, L.LDQ, q + (b * T * H + h) * Dq, H * Dq, i0, T, Dq, L.DQP);
-    for (int idx = threadIdx.x; idx < MMA_ROWS * L.LDVF; idx += blockDim.x) sO[idx] = 0.0f;
-    if (threadIdx.x < MMA_ROWS) {
-        sM[threadIdx.x] = -INFINITY;
-        sL[threadIdx.x] = 0.0f;
+    /* Q, then the first K/V tile: one group of copies. */
+    if (vector_rows(qh, H * Dq, Dq)) {
+        const int chunks = L.DQP / 8;
+        for (int idx = threadIdx.x; idx < MMA_ROWS * chunks; idx += blockDim.x) {
+            const int r = idx / chunks, c = idx % chunks * 8;
+            bf16 *dst = sQ + r * L.LDQ + c;
+            if (i0 + r < T && c < Dq) cp_async_16(dst, qh + (i0 + r) * H * Dq + c);
+            else *(uint4 *)dst = make_uint4(0, 0, 0, 0);
+        }
+    } else {
+        load_tile(sQ, L.LDQ, qh, H * Dq, i0, T, Dq, L.DQP);
     }
-    float *sFw = sF + warp * 16 * L.LDF;
     const int64_t kend = i0 + MMA_ROWS < T ? i0 + MMA_ROWS : T;
-    for (int64_t j0 = 0; j0 < kend; j0 += MMA_ROWS) {
-        __syncthreads();   /* every warp is done with the previous K and V tiles */
-        load_key_tile(sK, L.LDQ, kg, ksb, Hk, Dk, Ds, j0, T, L.DQP);
-        load_tile(sV, L.LDV, vg, Hk * Dv, j0, T, Dv, L.DVP);
-        __syncthreads();
-        rows_times_rows_t(sFw, L.LDF, sQ + warp * 16 * L.LDQ, L.LDQ, sK, L.LDQ, L.DQP);
-        __syncwarp();
-        for (int r = 0; r < 16; r++) {
-            const int row = warp * 16 + r;
-            const int64_t gi = i0 + row;
-            float s[2], tile_max = -INFINITY;
-            for (int c = 0; c < 2; c++) {
-                const int j = lane + 32 * c;
-                const int64_t gj = j0 + j;
-                s[c] = gi < T && gj <= gi ? sFw[r * L.LDF + j] * scale : -INFINITY;
-                tile_max = fmaxf(tile_max, s[c]);
-            }
-            tile_max = warp_max(tile_max);
-            const float m_old = sM[row], m_new = fmaxf(m_old, tile_max);
-            const float corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-            float sum = 0.0f;
-            for (int c = 0; c < 2; c++) {
-                const float p = s[c] == -INFINITY ? 0.0f : expf(s[c] - m_new);
-                sum += p;
-                sP[row * L.LDP + lane + 32 * c] = __float2bfloat16_rn(p);
-            }
-            sum = warp_sum(sum);
-            __syncwarp();   /* every lane has read sM[row] */
-            if (lane == 0) {
-                sM[row] = m_new;
-                sL[row] = sL[row] * corr + sum;
-                sCorr[row] = corr;
+    const int n_tiles = (int)((kend + MMA_ROWS - 1) / MMA_ROWS);
+    load_kv_async((bf16 *)(smem + L.k), (bf16 *)(smem + L.v), L, kg, ksb, vg, Hk, Dk, Ds, Dv, 0, T);
+    cp_async_commit();
+
+    float o[DV_TILES][4];
+#pragma unroll
+    for (int n = 0; n < DV_TILES; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    /* Running maximum (log2 units) and this lane's share of the running sum, rows g and g + 8. */
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    const int64_t row0 = i0 + warp * 16 + g;
+
+    for (int it = 0; it < n_tiles; it++) {
+        const int64_t j0 = (int64_t)it * MMA_ROWS;
+        /* Prefetch the next tile into the other buffer (last read two barriers ago). */
+        if (it + 1 < n_tiles)
+            load_kv_async((bf16 *)(smem + L.k + ((it + 1) & 1) * L.kv_step),
+                          (bf16 *)(smem + L.v + ((it + 1) & 1) * L.kv_step), L, kg, ksb, vg, Hk, Dk, Ds, Dv,
+                          j0 + MMA_ROWS, T);
+        cp_async_commit();
+        cp_async_wait<1>();   /* this thread's copies of tile `it` (and Q) are done ... */
+        __syncthreads();      /* ... and everyone's */
+        const bf16 *sK = (const bf16 *)(smem + L.k + (it & 1) * L.kv_step);
+        const bf16 *sV = (const bf16 *)(smem + L.v + (it & 1) * L.kv_step);
+
+        /* S = Q K^T for the warp's 16 rows and the tile's 64 keys: 8 pieces of 8 keys. ldmatrix
+         * row addresses: lane l gives row l % 8 (+ 8 for l / 8 odd) and column block l / 16. */
+        float s[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int kk = 0; kk < L.DQP; kk += 16) {
+            uint32_t a[4];
+            /* matrices: rows 0-7 / 8-15 of the warp's Q, columns kk / kk + 8 -> a[0..3] */
+            ldmatrix_x4(a, sQ + (warp * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * L.LDQ + kk + 8 * (lane / 16));
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                /* matrices: keys 8n..8n+7 at columns kk, kk + 8, then keys 8(n+1).. likewise */
+                uint32_t kb[4];
+                ldmatrix_x4(kb, sK + (n * 8 + (lane % 8) + 8 * (lane / 16)) * L.LDQ + kk + 8 * ((lane / 8) % 2));
+                const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+                mma_bf16_16x8x16(s[n], a, b0);
+                mma_bf16_16x8x16(s[n + 1], a, b1);
             }
         }
-        __syncwarp();
-        /* P V for the warp's rows into sFw (the scores are no longer needed) */
-        for (int n = 0; n < L.DVP / 16; n++) {
-            Acc acc;
-            wmma::fill_fragment(acc, 0.0f);
-            for (int kk = 0; kk < MMA_ROWS; kk += 16) {
-                ARow fa;
-                BRow fb;
-                wmma::load_matrix_sync(fa, sP + warp * 16 * L.LDP + kk, L.LDP);
-                wmma::load_matrix_sync(fb, sV + kk * L.LDV + n * 16, L.LDV);
-                wmma::mma_sync(acc, fa, fb, acc);
+
+        /* Scale, mask the causal diagonal (only the last tile reaches past the block's first
+         * query), and the new row maxima over the quad. */
+        float tile_max[2] = {-INFINITY, -INFINITY};
+        const bool diagonal = j0 + MMA_ROWS > i0;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int64_t gi = row0 + 8 * (e / 2), gj = j0 + n * 8 + 2 * t + e % 2;
+                float x = s[n][e] * scale_log2;
+                if (diagonal && gj > gi) x = -INFINITY;
+                s[n][e] = x;
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], x);
             }
-            wmma::store_matrix_sync(sFw + n * 16, acc, L.LDF, wmma::mem_row_major);
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            /* Key 0 is in every row's first tile, so the maximum is finite from then on. */
+            const float m_new = fmaxf(m_run[r], tile_max[r]);
+            corr[r] = exp2f(m_run[r] - m_new);
+            m_run[r] = m_new;
+            l_run[r] *= corr[r];
         }
-        __syncwarp();
-        for (int r = 0; r < 16; r++) {
-            const int row = warp * 16 + r;
-            const float corr = sCorr[row];
-            for (int d = lane; d < L.DVP; d += 32) sO[row * L.LDVF + d] = sO[row * L.LDVF + d] * corr + sFw[r * L.LDF + d];
+#pragma unroll
+        for (int n = 0; n < DV_TILES; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
         }
-        __syncwarp();
+        /* P = 2^(S - m); the sums take P in f32, P V takes it rounded to bf16. Two adjacent 8-key
+         * pieces of P in the D layout are one 16-key A operand. */
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float p = exp2f(s[n][e] - m_run[e / 2]);
+                s[n][e] = p;
+                l_run[e / 2] += p;
+            }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const uint32_t a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < DV_TILES; n += 2) {
+                if (n * 8 >= L.DVP) break;
+                /* transposed matrices: keys 16kk..+7 / 16kk+8..+15 of columns 8n.. then 8(n+1).. */
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, sV + (kk * 16 + (lane % 8) + 8 * ((lane / 8) % 2)) * L.LDV + n * 8 +
+                                          8 * (lane / 16));
+                const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+                mma_bf16_16x8x16(o[n], a, b0);
+                mma_bf16_16x8x16(o[n + 1], a, b1);
+            }
+        }
+        __syncthreads();   /* every warp is done with this buffer before it is refilled */
     }
-    for (int r = 0; r < 16; r++) {
-        const int row = warp * 16 + r;
-        const int64_t gi = i0 + row;
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int64_t gi = row0 + 8 * r;
         if (gi >= T) continue;
-        const float inv = 1.0f / sL[row];
-        for (int d = lane; d < Dv; d += 32) out[((b * T + gi) * H + h) * Dv + d] = __float2bfloat16_rn(sO[row * L.LDVF + d] * inv);
-        if (lane == 0) lse[bh * T + gi] = sM[row] + logf(sL[row]);
+        const float inv = 1.0f / l_run[r];
+        bf16 *dst = out + ((b * T + gi) * H + h) * Dv;
+#pragma unroll
+        for (int n = 0; n < DV_TILES; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = n * 8 + 2 * t + e;
+                if (d < Dv) dst[d] = __float2bfloat16_rn(o[n][2 * r + e] * inv);
+            }
+        if (t == 0) lse[bh * T + gi] = m_run[r] * 0.6931471805599453f + logf(l_run[r]);
     }
 }
 
@@ -431,9 +534,12 @@ __global__ void __launch_bounds__(MMA_THREADS)
         }
 }
 
+/* The forward keeps a row's P V accumulators in registers: value widths up to 256. */
+enum { MMA_MAX_DV = 256 };
+
 int attention_mma_supported(Backend *be, int64_t Dq, int64_t Dv) {
     const cudaDeviceProp *prop = &cuda_state(be)->prop;
-    if (prop->major < 8 || Dq < 1 || Dv < 1 || Dq > 512 || Dv > 512) return 0;
+    if (prop->major < 8 || Dq < 1 || Dv < 1 || Dq > 512 || Dv > MMA_MAX_DV) return 0;
     const MmaLayout L = mma_layout((int)Dq, (int)Dv);
     size_t need = L.bytes;
     if (L.dq_bytes > need) need = L.dq_bytes;
@@ -443,17 +549,28 @@ int attention_mma_supported(Backend *be, int64_t Dq, int64_t Dv) {
 
 static unsigned query_tiles(int64_t T) { return (unsigned)((T + MMA_ROWS - 1) / MMA_ROWS); }
 
-Status attention_forward_mma(Backend *be, const MmaAttentionShape *s, void *out, float *lse, const void *q,
-                             const void *k, const void *k_shared, const void *v, float scale) {
-    const MmaLayout L = mma_layout((int)(s->Dk + s->Ds), (int)s->Dv);
-    CUDA_TRY(cudaFuncSetAttribute(attention_forward_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)L.bytes));
+template <int DV_TILES>
+static Status launch_forward(Backend *be, const MmaAttentionShape *s, size_t smem_bytes, void *out, float *lse,
+                             const void *q, const void *k, const void *k_shared, const void *v, float scale) {
+    CUDA_TRY(cudaFuncSetAttribute(attention_forward_mma_kernel<DV_TILES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem_bytes));
     dim3 grid((unsigned)(s->B * s->H), query_tiles(s->T));
-    attention_forward_mma_kernel<<<grid, MMA_THREADS, L.bytes, cuda_state(be)->stream>>>(
+    attention_forward_mma_kernel<DV_TILES><<<grid, MMA_THREADS, smem_bytes, cuda_state(be)->stream>>>(
         (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)k_shared, (const bf16 *)v, s->T, s->H, s->Hk,
         (int)s->Dk, (int)s->Ds, (int)s->Dv, s->group, scale);
     CUDA_TRY_LAUNCH();
     return STATUS_OK;
+}
+
+Status attention_forward_mma(Backend *be, const MmaAttentionShape *s, void *out, float *lse, const void *q,
+                             const void *k, const void *k_shared, const void *v, float scale) {
+    const MmaLayout L = mma_layout((int)(s->Dk + s->Ds), (int)s->Dv);
+    /* Three register budgets: value widths up to 64 (the 1B students), 128 (DeepSeek-V2), 256. */
+    if (L.DVP <= 64) return launch_forward<8>(be, s, L.bytes, out, lse, q, k, k_shared, v, scale);
+    if (L.DVP <= 128) return launch_forward<16>(be, s, L.bytes, out, lse, q, k, k_shared, v, scale);
+    if (L.DVP <= MMA_MAX_DV) return launch_forward<32>(be, s, L.bytes, out, lse, q, k, k_shared, v, scale);
+    return errorf("attention_forward: value width %lld is past the tensor-core kernel's %d", (long long)s->Dv,
+                  (int)MMA_MAX_DV);
 }
 
 Status attention_backward_mma(Backend *be, const MmaAttentionShape *s, void *dq, void *dk, float *dk_shared_partial,
