@@ -42,6 +42,10 @@ typedef struct {
     RopeConfig rope;
     int tie_word_embeddings;
     int qkv_bias;                        /* q/k/v projections carry a bias (Qwen2) */
+    /* 0, except between hf_config and hf_model on an epsilon-independent DeepSeek-V2 export
+     * (docs/export.md): the rms_norm_eps the model was trained with, rms_norm_eps being then 1e-6
+     * and the residual stream scaled by sqrt(1e-6 / rms_norm_eps_trained). */
+    double rms_norm_eps_trained;
     int64_t bos_token_id, eos_token_id;  /* -1 when absent; the first of a list */
     /* config.json's eos_token_id when it is a list (an instruct model stops on end-of-text and on
      * end-of-turn alike), kept whole to be written back; eos_token_ids[0] == eos_token_id. 0: a

@@ -84,6 +84,14 @@ static double config_rope_theta(const char *dir) {
 
 /* ---- models ---- */
 
+/* A student at the epsilon an export writes (1e-6), whose export needs no residual rescale and so
+ * reads back bit for bit; test_export_eps covers students trained with another epsilon. */
+static ModelConfig export_student_config(unsigned mla_mask, int64_t q_lora, int latent_norm) {
+    ModelConfig c = tiny_student_config(mla_mask, q_lora, latent_norm);
+    c.rms_norm_eps = 1e-6;
+    return c;
+}
+
 /* Every parameter random, norms around 1 and biases non-zero, so a misplaced row shows. */
 static Model *random_model(Backend *be, const ModelConfig *cfg, uint64_t seed) {
     Model *m = NULL;
@@ -200,7 +208,7 @@ static void test_mla_round_trip(Backend *be, unsigned mla_mask, int64_t q_lora, 
     char what[96], dir[64], out[96];
     snprintf(what, sizeof what, "mla mask 0x%x q_lora %lld%s%s%s", mla_mask, (long long)q_lora,
              qkv_bias ? " +bias" : "", tied ? " +tied" : "", shard_bytes ? " sharded" : "");
-    ModelConfig cfg = tiny_student_config(mla_mask, q_lora, 1);
+    ModelConfig cfg = export_student_config(mla_mask, q_lora, 1);
     cfg.qkv_bias = qkv_bias;
     cfg.tie_word_embeddings = tied;
     Model *m = random_model(be, &cfg, 23), *back = NULL;
@@ -247,7 +255,7 @@ static int rows_equal(const float *a, const float *b, int64_t cols) { return mem
 static void test_file_layout(Backend *be, int64_t q_lora) {
     char what[64], dir[64];
     snprintf(what, sizeof what, "file layout, q_lora %lld", (long long)q_lora);
-    ModelConfig cfg = tiny_student_config(0x3, q_lora, 1);
+    ModelConfig cfg = export_student_config(0x3, q_lora, 1);
     cfg.tie_word_embeddings = 1;
     const int64_t H = cfg.num_attention_heads, D = cfg.hidden_size, r = cfg.mla.kv_lora_rank;
     const int64_t dn = cfg.mla.qk_nope_head_dim, dr = cfg.mla.qk_rope_head_dim, dv = cfg.mla.v_head_dim;
@@ -323,7 +331,7 @@ done:
 
 static void test_bf16_export(Backend *be) {
     char dir[64];
-    ModelConfig cfg = tiny_student_config(0x3, 6, 1);
+    ModelConfig cfg = export_student_config(0x3, 6, 1);
     Model *m = random_model(be, &cfg, 41), *back = NULL;
     make_tmp_dir(dir);
     CHECK_OK(hf_model_export(m, dir, NULL));
@@ -394,7 +402,7 @@ done:
 }
 
 static void test_rope_bases(Backend *be, int llama3) {
-    ModelConfig cfg = tiny_student_config(0x3, 0, 1);
+    ModelConfig cfg = export_student_config(0x3, 0, 1);
     if (llama3) { /* long wavelengths (above 64 positions) divided by 8: changes the second pair */
         cfg.rope.scaling = ROPE_SCALING_LLAMA3;
         cfg.rope.factor = 8;
@@ -560,7 +568,7 @@ static void test_refusals(Backend *be) {
     /* Export refuses what stock DeepSeek-V2 loaders cannot read. */
     make_tmp_dir(dir);
     CHECK_ERR_LINE(hf_model_export(teacher, dir, &EXPORT_F32), "no MLA layer");
-    ModelConfig no_norm = tiny_student_config(0x3, 0, 0);
+    ModelConfig no_norm = export_student_config(0x3, 0, 0);
     Model *student = random_model(be, &no_norm, 64);
     CHECK_ERR_LINE(hf_model_export(student, dir, &(ExportOptions){.dtype = DT_F16}), "f16 cannot hold");
     CHECK(!file_exists(dir, "config.json") && !file_exists(dir, "model.safetensors"), "refused exports write nothing");
@@ -593,7 +601,7 @@ static void test_refusals(Backend *be) {
         model_destroy(student);
         remove_tree(ldir);
     }
-    ModelConfig ok_cfg = tiny_student_config(0x3, 0, 1);
+    ModelConfig ok_cfg = export_student_config(0x3, 0, 1);
     student = random_model(be, &ok_cfg, 65);
     char below_file[128];
     snprintf(below_file, sizeof below_file, "%s/config.json/out", dir);

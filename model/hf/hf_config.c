@@ -73,7 +73,7 @@ static const char *const KNOWN_KEYS[] = {
     "first_k_dense_replace", "moe_layer_freq", "topk_method", "n_group", "topk_group",
     "routed_scaling_factor", "norm_topk_prob", "scoring_func", "aux_loss_alpha", "seq_aux",
     "mlatrain_gqa_layers", "mlatrain_gqa_num_key_value_heads", "mlatrain_gqa_head_dim",
-    "mlatrain_gqa_qkv_bias", "mlatrain_gqa_rope_theta", "mlatrain_sliding_window",
+    "mlatrain_gqa_qkv_bias", "mlatrain_gqa_rope_theta", "mlatrain_sliding_window", "mlatrain_rms_norm_eps",
 };
 
 static const double ROPE_THETA_DEFAULT = 10000.0;
@@ -317,11 +317,12 @@ static Status read_refused(const cJSON *obj, Family family) {
         return errorf("quantization_config is set: mlatrain reads unquantized bf16/f16/f32 weights only");
     int flag;
     if (family == FAMILY_LLAMA || family == FAMILY_DEEPSEEK_V2) {
+        /* DeepSeek-V2's attention_bias (q_a_proj, kv_a_proj_with_mqa, o_proj) is read with its dims;
+         * the loader then requires o_proj's bias to be zero. */
         TRY(get_bool(obj, "attention_bias", 0, &flag));
-        if (flag)
-            return errorf("attention_bias = true is not supported: it puts a bias on o_proj%s as well, and "
-                          "mlatrain supports q/k/v biases only (Qwen2)",
-                          family == FAMILY_DEEPSEEK_V2 ? ", q_a_proj and kv_a_proj_with_mqa" : "");
+        if (flag && family == FAMILY_LLAMA)
+            return errorf("attention_bias = true is not supported: it puts a bias on o_proj as well, and "
+                          "mlatrain supports q/k/v biases only (Qwen2)");
         TRY(get_bool(obj, "mlp_bias", 0, &flag));
         if (flag) return errorf("mlp_bias = true is not supported: mlatrain's MLP has no biases");
     }
@@ -442,6 +443,8 @@ static Status read_deepseek_v2(const cJSON *obj, ModelConfig *cfg) {
     }
     TRY(get_bool(obj, "mlatrain_gqa_qkv_bias", 0, &cfg->qkv_bias));
     TRY(get_int(obj, "", "mlatrain_sliding_window", 0, 0, &cfg->sliding_window));
+    TRY(get_bool(obj, "attention_bias", 0, &a->attention_bias));
+    TRY(get_double(obj, "", "mlatrain_rms_norm_eps", 0, 0, &cfg->rms_norm_eps_trained));
 
     /* rope_theta is the MLA layers' base (what stock loaders use); GQA layers keep theirs apart. */
     if (model_config_mla_layers(cfg) < L) {
@@ -668,7 +671,7 @@ Status hf_config_deepseek_v2_json(const ModelConfig *cfg, DType dtype, cJSON **o
     if (cfg->rope.scaling == ROPE_SCALING_LLAMA3 && (hybrid || changed > 0))
         put(&b, "rope_scaling", rope_scaling_json(&cfg->rope, &b.failed));
     else put(&b, "rope_scaling", cJSON_CreateNull());
-    put_bool(&b, "attention_bias", 0);
+    put_bool(&b, "attention_bias", a->attention_bias);
     put_float(&b, "attention_dropout", 0.0);
     put_bool(&b, "mlp_bias", 0);
     put_bool(&b, "tie_word_embeddings", cfg->tie_word_embeddings);
@@ -677,6 +680,7 @@ Status hf_config_deepseek_v2_json(const ModelConfig *cfg, DType dtype, cJSON **o
     put_float(&b, "initializer_range", 0.02);
     put_bool(&b, "use_cache", 1);
     put_string(&b, "torch_dtype", torch_dtype_name(dtype));
+    if (cfg->rms_norm_eps_trained > 0) put_float(&b, "mlatrain_rms_norm_eps", cfg->rms_norm_eps_trained);
 
     /* mlatrain's own keys: the GQA attention of hybrid layers (for an all-MLA student, of the
      * teacher it was converted from), which stock loaders ignore. */
@@ -711,6 +715,10 @@ Status hf_config_deepseek_v2_check_stock(const ModelConfig *cfg) {
         return errorf("hidden_size = %lld is not a multiple of num_attention_heads = %lld, which HF transformers' "
                       "DeepseekV2Config refuses",
                       (long long)cfg->hidden_size, (long long)cfg->num_attention_heads);
+    if (cfg->mla.attention_bias)
+        return errorf("attention_bias = true: HF transformers applies the biases of q_a_proj and kv_a_proj_with_mqa, "
+                      "but vLLM and SGLang build DeepSeek-V2's projections without biases (convert with "
+                      "student.mla.drop_biases for a student they compute)");
     return STATUS_OK;
 }
 

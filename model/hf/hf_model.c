@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/file_io.h"
+#include "model/hf/export_eps.h"
 #include "model/hf/hf_config.h"
 #include "model/hf/linear_latent_norm.h"
 #include "model/hf/safetensors.h"
@@ -35,6 +36,7 @@ typedef enum {
     FILE_Q_ROPE,   /* q_proj or q_b_proj of an MLA layer: each head's rope rows interleaved */
     FILE_KV_A,     /* kv_a_proj_with_mqa: [kv_a_latent ; interleaved kv_a_rope] */
     FILE_KV_B,     /* kv_b_proj: per head, its kv_b_k rows then its kv_b_v rows */
+    FILE_ZERO,     /* no model tensor: zeros (o_proj's bias under attention_bias; must be zero on load) */
 } FileTensorKind;
 
 typedef struct {
@@ -63,7 +65,8 @@ static void row_source(const FileLayout *lay, const FileTensor *t, int64_t row, 
     *part = 0;
     *part_row = row;
     switch (t->kind) {
-    case FILE_COPY: break;
+    case FILE_COPY:
+    case FILE_ZERO: break;
     case FILE_Q_ROPE: {
         int64_t head = row / (dn + dr), i = row % (dn + dr);
         if (i >= dn) *part_row = head * (dn + dr) + dn + rope_row_from_interleaved(i - dn, dr);
@@ -150,7 +153,16 @@ static Status layout_build(const Model *m, int with_tied_head, FileLayout *lay) 
         }
         const LayerWeights *w = &m->layers[l];
         char name[96];
-        if (v == &w->kv_a_latent) {
+        if (v == &w->kv_a_latent_bias) {
+            /* DeepSeek-V2's attention_bias: kv_a_proj_with_mqa's bias, like its weight, and o_proj's,
+             * which the student does not have (zero). */
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.kv_a_proj_with_mqa.bias", l);
+            add_file_tensor(lay, name, FILE_KV_A, &w->kv_a_latent_bias, &w->kv_a_rope_bias, lay->r + lay->dr, 0);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.o_proj.bias", l);
+            add_file_tensor(lay, name, FILE_ZERO, NULL, NULL, c->hidden_size, 0);
+        } else if (v == &w->kv_a_rope_bias) {
+            continue; /* inside the one above */
+        } else if (v == &w->kv_a_latent) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
             add_file_tensor(lay, name, FILE_KV_A, &w->kv_a_latent, &w->kv_a_rope, lay->r + lay->dr, cols);
         } else if (v == &w->kv_b_v) {
@@ -158,7 +170,7 @@ static Status layout_build(const Model *m, int with_tied_head, FileLayout *lay) 
             add_file_tensor(lay, name, FILE_KV_B, &w->kv_b_k, &w->kv_b_v, H * (lay->dn + lay->dv), cols);
         } else if (v == &w->kv_a_rope || v == &w->kv_b_k) {
             continue; /* inside the two above */
-        } else if (v == &w->q_proj || v == &w->q_b_proj) {
+        } else if (v == &w->q_proj || v == &w->q_b_proj || v == &w->q_bias) {
             add_file_tensor(lay, p->name, FILE_Q_ROPE, v, NULL, v->shape[0], cols);
         } else {
             add_file_tensor(lay, p->name, FILE_COPY, v, NULL, v->shape[0], cols);
@@ -225,7 +237,13 @@ static Status load_tensor(Backend *be, const SafetensorsSet *s, const FileLayout
     float *parts[2] = {NULL, NULL};
     Status st = file ? STATUS_OK : errorf("out of memory reading tensor '%s'", t->name);
     if (st == STATUS_OK) st = safetensors_read_f32(s, t->name, file, t->ndim, t->shape);
-    if (st == STATUS_OK && t->kind == FILE_COPY) {
+    for (int64_t i = 0; st == STATUS_OK && t->kind == FILE_ZERO && i < n; i++)
+        if (file[i] != 0)
+            st = errorf("tensor '%s' is %.9g at %lld: mlatrain's MLA attention has no output bias (only zeros "
+                        "load)", t->name, file[i], (long long)i);
+    if (st == STATUS_OK && t->kind == FILE_ZERO) {
+        /* checked above; nothing to store */
+    } else if (st == STATUS_OK && t->kind == FILE_COPY) {
         st = backend_upload_f32(be, *t->parts[0], file);
     } else if (st == STATUS_OK) {
         /* An absent part (kv_b_k when dn = 0) gets no rows; its buffer is never touched. */
@@ -323,6 +341,26 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
         model_destroy(m);
         m = folded;
     }
+    /* A q bias exported through a linear-regime bottleneck goes back to q_proj. */
+    Model *q_folded = NULL;
+    if (model_fold_linear_q_bottleneck(m, &q_folded) != STATUS_OK) {
+        model_destroy(m);
+        return error_context("%s: ", dir);
+    }
+    if (q_folded) {
+        model_destroy(m);
+        m = q_folded;
+    }
+    /* An epsilon-independent export is read back with the epsilon it was trained with. */
+    Model *unscaled = NULL;
+    if (model_without_export_eps(m, &unscaled) != STATUS_OK) {
+        model_destroy(m);
+        return error_context("%s: ", dir);
+    }
+    if (unscaled) {
+        model_destroy(m);
+        m = unscaled;
+    }
     *out = m;
     return STATUS_OK;
 }
@@ -364,7 +402,9 @@ static Status download_layout(const Model *m, const FileLayout *lay, HostTensors
         int64_t n = file_numel(t);
         float *file = h->buffers[i] = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
         if (!file) return errorf("out of memory for tensor '%s'", t->name);
-        if (t->kind == FILE_COPY) {
+        if (t->kind == FILE_ZERO) {
+            memset(file, 0, (size_t)(n > 0 ? n : 1) * sizeof(float));
+        } else if (t->kind == FILE_COPY) {
             TRY(backend_download_f32(be, file, *t->parts[0]));
         } else {
             float *parts[2] = {NULL, NULL};
@@ -598,6 +638,27 @@ Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opt
         if (model_with_linear_latent_norm(m, &with_norm) != STATUS_OK) return error_context("%s: ", dir);
         Status st = hf_model_export(with_norm, dir, opts);
         model_destroy(with_norm);
+        return st;
+    }
+    if (c->mla.attention_bias && c->mla.q_lora_rank == 0) {
+        /* DeepSeek-V2's q_proj has no bias, its q_a_proj has: write the queries through a bottleneck
+         * that computes what q_proj did. */
+        if (o.dtype == DT_F16)
+            return errorf("%s: f16 cannot hold the scales of the linear-regime q bottleneck that carries this "
+                          "student's q bias (q_a_layernorm's weight exceeds f16's range); export bf16 or f32", dir);
+        Model *with_q = NULL;
+        if (model_with_linear_q_bottleneck(m, &with_q) != STATUS_OK) return error_context("%s: ", dir);
+        Status st = hf_model_export(with_q, dir, opts);
+        model_destroy(with_q);
+        return st;
+    }
+    if (c->rms_norm_eps != EXPORT_RMS_NORM_EPS) {
+        /* The latent norms' epsilon is 1e-6 in HF transformers and rms_norm_eps in vLLM and SGLang:
+         * export with rms_norm_eps = 1e-6 so both read one model. */
+        Model *rescaled = NULL;
+        if (model_with_export_eps(m, &rescaled) != STATUS_OK) return error_context("%s: ", dir);
+        Status st = hf_model_export(rescaled, dir, opts);
+        model_destroy(rescaled);
         return st;
     }
     ModelConfig out = *c;

@@ -1,4 +1,5 @@
-/* Adding a linear-regime kv_a_layernorm to a student for export, and folding it back on import. */
+/* Adding a linear-regime kv_a_layernorm (and, for a q bias, a linear-regime q bottleneck) to a
+ * student for export, and folding them back on import. */
 #include "model/hf/linear_latent_norm.h"
 
 #include <math.h>
@@ -31,17 +32,19 @@ static Status copy_rope(const Model *src, Model *dst) {
     return STATUS_OK;
 }
 
-/* The largest mean(c^2) any input can give the layer's latent c = W a: |a|^2 <= D max g^2 (g the
- * input norm's weight, since RMSNorm's output has |x| <= sqrt(D)), |W a|^2 <= |W|_F^2 |a|^2. */
-static double latent_bound(const float *W, int64_t r, int64_t D, const float *g) {
-    double fro = 0, gmax = 0;
+/* The largest mean(c^2) any input can give the layer's latent c = W a + b: |a|^2 <= D max g^2 (g the
+ * input norm's weight, since RMSNorm's output has |x| <= sqrt(D)), |W a + b| <= |W|_F |a| + |b|. */
+static double latent_bound(const float *W, const float *b, int64_t r, int64_t D, const float *g) {
+    double fro = 0, gmax = 0, bias = 0;
     for (int64_t i = 0; i < r * D; i++) fro += (double)W[i] * W[i];
     for (int64_t d = 0; d < D; d++) gmax = fmax(gmax, fabs((double)g[d]));
-    return fro * (double)D * gmax * gmax / (double)r;
+    for (int64_t i = 0; b && i < r; i++) bias += (double)b[i] * b[i];
+    double norm = sqrt(fro * (double)D) * gmax + sqrt(bias);
+    return norm * norm / (double)r;
 }
 
 typedef struct {
-    float *W, *g, *norm;
+    float *W, *b, *g, *norm;   /* b: the latent's bias, NULL without attention_bias */
 } LayerHost;
 
 static Status layer_host(const Model *m, const Model *with_norm, int l, LayerHost *h) {
@@ -51,6 +54,11 @@ static Status layer_host(const Model *m, const Model *with_norm, int l, LayerHos
     h->g = malloc((size_t)D * sizeof(float));
     h->norm = malloc((size_t)r * sizeof(float));
     if (!h->W || !h->g || !h->norm) return errorf("latent norm: out of memory");
+    if (m->cfg.mla.attention_bias) {
+        h->b = malloc((size_t)r * sizeof(float));
+        if (!h->b) return errorf("latent norm: out of memory");
+        TRY(backend_download_f32(be, h->b, m->layers[l].kv_a_latent_bias));
+    }
     TRY(backend_download_f32(be, h->W, m->layers[l].kv_a_latent));
     TRY(backend_download_f32(be, h->g, m->layers[l].input_norm));
     if (with_norm) TRY(backend_download_f32(be, h->norm, with_norm->layers[l].kv_a_norm));
@@ -59,6 +67,7 @@ static Status layer_host(const Model *m, const Model *with_norm, int l, LayerHos
 
 static void layer_host_free(LayerHost *h) {
     free(h->W);
+    free(h->b);
     free(h->g);
     free(h->norm);
 }
@@ -79,13 +88,15 @@ Status model_with_linear_latent_norm(const Model *m, Model **out) {
         LayerHost h = {0};
         st = layer_host(m, NULL, l, &h);
         if (st == STATUS_OK) {
-            double bound = latent_bound(h.W, r, D, h.g);
+            double bound = latent_bound(h.W, h.b, r, D, h.g);
             /* A power of two, so scaling and folding back are exact in any float format. */
             double s = bound > 0 ? sqrt(2 * LINEAR_NORM_TOLERANCE * eps / bound) : 1.0;
             s = s >= 1 ? 1.0 : ldexp(1.0, (int)floor(log2(s)));
             for (int64_t i = 0; i < r * D; i++) h.W[i] = (float)(s * h.W[i]);
+            for (int64_t i = 0; h.b && i < r; i++) h.b[i] = (float)(s * h.b[i]);
             for (int64_t i = 0; i < r; i++) h.norm[i] = (float)(sqrt(eps) / s);
             st = backend_upload_f32(m->be, n->layers[l].kv_a_latent, h.W);
+            if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent_bias, h.b);
             if (st == STATUS_OK) st = backend_upload_f32(m->be, n->layers[l].kv_a_norm, h.norm);
         }
         layer_host_free(&h);
@@ -112,7 +123,7 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
         if (c->layer_attention[l] != ATTENTION_MLA) continue;
         LayerHost h = {0};
         Status st = layer_host(m, NULL, l, &h);
-        int linear = st == STATUS_OK && latent_bound(h.W, r, D, h.g) <= 2 * 100 * LINEAR_NORM_TOLERANCE * eps;
+        int linear = st == STATUS_OK && latent_bound(h.W, h.b, r, D, h.g) <= 2 * 100 * LINEAR_NORM_TOLERANCE * eps;
         layer_host_free(&h);
         TRY(st);
         if (!linear) return STATUS_OK;
@@ -139,8 +150,10 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
         for (int64_t i = 0; st == STATUS_OK && i < r; i++) {
             double factor = shared ? ldexp(1.0, (int)e) : h.norm[i] / sqrt(eps);
             for (int64_t d = 0; d < D; d++) h.W[i * D + d] = (float)((double)h.W[i * D + d] * factor);
+            if (h.b) h.b[i] = (float)((double)h.b[i] * factor);
         }
         if (st == STATUS_OK) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent, h.W);
+        if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent_bias, h.b);
         layer_host_free(&h);
     }
     if (st != STATUS_OK) {
@@ -148,6 +161,120 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
         return STATUS_ERROR;
     }
     model_weights_changed(n);
+    *out = n;
+    return STATUS_OK;
+}
+
+/* ---- the q bottleneck of a q bias ---- */
+
+/* The power of two that puts a projection whose mean square is at most `bound` into the norm's
+ * linear regime (as for the latent). */
+static double linear_scale(double bound) {
+    double eps = MLA_LATENT_NORM_EPS;
+    double s = bound > 0 ? sqrt(2 * LINEAR_NORM_TOLERANCE * eps / bound) : 1.0;
+    return s >= 1 ? 1.0 : ldexp(1.0, (int)floor(log2(s)));
+}
+
+Status model_with_linear_q_bottleneck(const Model *m, Model **out) {
+    *out = NULL;
+    const ModelConfig *c = &m->cfg;
+    if (c->mla.q_lora_rank != 0 || !c->mla.attention_bias)
+        return errorf("q bottleneck: only for a student with a q_proj bias and no q bottleneck");
+    int64_t D = c->hidden_size, Q = c->num_attention_heads * (c->mla.qk_nope_head_dim + c->mla.qk_rope_head_dim);
+    ModelConfig cfg = *c;
+    cfg.mla.q_lora_rank = Q;
+    Model *n = NULL;
+    TRY(model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype));
+    Status st = copy_params(m, n);
+    if (st == STATUS_OK) st = copy_rope(m, n);
+    float *W = malloc((size_t)(Q * D) * sizeof(float)), *b = malloc((size_t)Q * sizeof(float));
+    float *g = malloc((size_t)D * sizeof(float)), *norm = malloc((size_t)Q * sizeof(float));
+    float *eye = calloc((size_t)(Q * Q), sizeof(float));
+    if (st == STATUS_OK && (!W || !b || !g || !norm || !eye)) st = errorf("q bottleneck: out of memory");
+    for (int64_t i = 0; eye && i < Q; i++) eye[i * Q + i] = 1.0f;
+    for (int l = 0; st == STATUS_OK && l < c->num_hidden_layers; l++) {
+        if (c->layer_attention[l] != ATTENTION_MLA) continue;
+        const LayerWeights *w = &m->layers[l];
+        LayerWeights *v = &n->layers[l];
+        st = backend_download_f32(m->be, W, w->q_proj);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, b, w->q_bias);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, g, w->input_norm);
+        if (st != STATUS_OK) break;
+        double s = linear_scale(latent_bound(W, b, Q, D, g));
+        for (int64_t i = 0; i < Q * D; i++) W[i] = (float)(s * W[i]);
+        for (int64_t i = 0; i < Q; i++) b[i] = (float)(s * b[i]), norm[i] = (float)(sqrt(MLA_LATENT_NORM_EPS) / s);
+        st = backend_upload_f32(m->be, v->q_a_proj, W);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, v->q_a_bias, b);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, v->q_a_norm, norm);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, v->q_b_proj, eye);
+        if (st != STATUS_OK) error_context("layer %d: ", l);
+    }
+    free(W), free(b), free(g), free(norm), free(eye);
+    if (st != STATUS_OK) {
+        model_destroy(n);
+        return STATUS_ERROR;
+    }
+    model_weights_changed(n);
+    *out = n;
+    return STATUS_OK;
+}
+
+Status model_fold_linear_q_bottleneck(const Model *m, Model **out) {
+    *out = NULL;
+    const ModelConfig *c = &m->cfg;
+    int64_t D = c->hidden_size, Q = c->num_attention_heads * (c->mla.qk_nope_head_dim + c->mla.qk_rope_head_dim);
+    if (!c->mla.attention_bias || c->mla.q_lora_rank != Q || model_config_mla_layers(c) == 0) return STATUS_OK;
+    const double eps = MLA_LATENT_NORM_EPS;
+    float *W = malloc((size_t)(Q * D) * sizeof(float)), *b = malloc((size_t)Q * sizeof(float));
+    float *g = malloc((size_t)D * sizeof(float)), *norm = malloc((size_t)Q * sizeof(float));
+    float *eye = malloc((size_t)(Q * Q) * sizeof(float));
+    Status st = W && b && g && norm && eye ? STATUS_OK : errorf("q bottleneck: out of memory");
+    /* Foldable only if every layer is: q_b_proj exactly the identity, the norm provably linear and
+     * one power of two on every channel (what the export wrote). */
+    int foldable = st == STATUS_OK;
+    for (int l = 0; foldable && l < c->num_hidden_layers; l++) {
+        if (c->layer_attention[l] != ATTENTION_MLA) continue;
+        const LayerWeights *w = &m->layers[l];
+        st = backend_download_f32(m->be, eye, w->q_b_proj);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, W, w->q_a_proj);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, b, w->q_a_bias);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, g, w->input_norm);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, norm, w->q_a_norm);
+        if (st != STATUS_OK) break;
+        for (int64_t i = 0; foldable && i < Q * Q; i++) foldable = eye[i] == (i / Q == i % Q ? 1.0f : 0.0f);
+        foldable = foldable && latent_bound(W, b, Q, D, g) <= 2 * 100 * LINEAR_NORM_TOLERANCE * eps;
+        for (int64_t i = 0; foldable && i < Q; i++) foldable = norm[i] == norm[0] && norm[0] > 0;
+        double e = round(log2(norm[0] / sqrt(eps)));
+        foldable = foldable && fabs(norm[0] / sqrt(eps) / ldexp(1.0, (int)e) - 1) < 1e-2;
+    }
+    Model *n = NULL;
+    if (st == STATUS_OK && foldable) {
+        ModelConfig cfg = *c;
+        cfg.mla.q_lora_rank = 0;
+        st = model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype);
+        if (st == STATUS_OK) st = copy_params(m, n);
+        if (st == STATUS_OK) st = copy_rope(m, n);
+    }
+    for (int l = 0; n && st == STATUS_OK && l < c->num_hidden_layers; l++) {
+        if (c->layer_attention[l] != ATTENTION_MLA) continue;
+        const LayerWeights *w = &m->layers[l];
+        st = backend_download_f32(m->be, W, w->q_a_proj);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, b, w->q_a_bias);
+        if (st == STATUS_OK) st = backend_download_f32(m->be, norm, w->q_a_norm);
+        if (st != STATUS_OK) break;
+        /* g / sqrt(eps) is the power of two 1/s the export scaled by: exact. */
+        double factor = ldexp(1.0, (int)round(log2(norm[0] / sqrt(eps))));
+        for (int64_t i = 0; i < Q * D; i++) W[i] = (float)((double)W[i] * factor);
+        for (int64_t i = 0; i < Q; i++) b[i] = (float)((double)b[i] * factor);
+        st = backend_upload_f32(m->be, n->layers[l].q_proj, W);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, n->layers[l].q_bias, b);
+    }
+    free(W), free(b), free(g), free(norm), free(eye);
+    if (st != STATUS_OK) {
+        model_destroy(n);
+        return st;
+    }
+    if (n) model_weights_changed(n);
     *out = n;
     return STATUS_OK;
 }

@@ -1,5 +1,6 @@
-/* The latent RMSNorm DeepSeek-V2's loaders always apply (kv_a_layernorm), written for a student
- * trained without it: a norm kept in its linear regime, so the exported model is the trained one. */
+/* Norms kept in their linear regime, so the exported model is the trained one: the latent RMSNorm
+ * DeepSeek-V2's loaders always apply (kv_a_layernorm) for a student trained without it, and a q
+ * bottleneck for a q bias that DeepSeek-V2's q_proj cannot carry (only q_a_proj has a bias). */
 #pragma once
 
 #include "model/model.h"
@@ -18,3 +19,13 @@ Status model_with_linear_latent_norm(const Model *m, Model **out);
  * linear to LINEAR_NORM_TOLERANCE, *out is a copy without the norm (its weight folded into W_dkv),
  * which trains as the student did; else *out = NULL. */
 Status model_fold_linear_latent_norm(const Model *m, Model **out);
+
+/* A copy of student m (q_lora_rank 0, attention_bias) whose queries go through a q bottleneck of
+ * width H*(dn+dr) that computes what q_proj did: q_a_proj = s W_q with bias s b_q, q_a_layernorm in
+ * its linear regime (weight sqrt(eps)/s, s bounded as above), q_b_proj the identity. */
+Status model_with_linear_q_bottleneck(const Model *m, Model **out);
+
+/* The reverse on import: when every MLA layer's q_b_proj is the identity and its q_a_layernorm
+ * provably linear, *out is a copy with q_lora_rank 0, q_proj and its bias folded from q_a_proj;
+ * else *out = NULL. Only for attention_bias students (what the export above writes). */
+Status model_fold_linear_q_bottleneck(const Model *m, Model **out);
