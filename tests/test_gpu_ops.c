@@ -401,18 +401,57 @@ static void test_attention(int64_t B, int64_t T, int64_t H, int64_t Hk, int64_t 
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
 }
 
-/* The fused LM-head loss. The logits come from different matrix products (1e-6 relative), and
- * softmax, log-sum-exp and the KL sum over V in other orders; the KL of two random distributions is
- * a sum of terms of both signs, which doubles that roundoff: 1e-5 for the sums. The gradient
- * p_s - p_t (and p - onehot) subtracts probabilities of like size, so a few of its elements lose
- * digits: 1e-4 for dh and dw. The count is exact; top-1 agreement may differ only where two logits tie within roundoff. */
+/* A top-k teacher from the teacher's f32 values (host, float64): log-softmax(zt / T) at the k most
+ * likely ids in decreasing order, as a cache holds them; [N, k] each. */
+static void topk_from_teacher(const float *ht, const float *wt, int64_t N, int64_t Dt, int64_t V, float T, int64_t k,
+                              float *logprobs, int32_t *ids) {
+    double *lt = test_alloc((size_t)V * sizeof(double));
+    int32_t *order = test_alloc((size_t)V * sizeof(int32_t));
+    for (int64_t n = 0; n < N; n++) {
+        double m = -INFINITY, sum = 0;
+        for (int64_t v = 0; v < V; v++) {
+            lt[v] = 0;
+            for (int64_t d = 0; d < Dt; d++) lt[v] += (double)wt[v * Dt + d] * ht[n * Dt + d];
+            lt[v] /= T;
+            m = fmax(m, lt[v]);
+        }
+        for (int64_t v = 0; v < V; v++) sum += exp(lt[v] - m);
+        for (int64_t v = 0; v < V; v++) {
+            lt[v] -= m + log(sum);
+            int64_t j = v;
+            while (j > 0 && lt[order[j - 1]] < lt[v]) order[j] = order[j - 1], j--;
+            order[j] = (int32_t)v;
+        }
+        for (int64_t i = 0; i < k; i++) ids[n * k + i] = order[i], logprobs[n * k + i] = (float)lt[order[i]];
+    }
+    free(lt), free(order);
+}
+
+/* The fused LM-head loss, with the teacher's weights (k = 0) or its top-k (k > 0), for the
+ * divergence `kind`. The logits come from different matrix products (1e-6 relative), and softmax,
+ * log-sum-exp and the divergence sum over V in other orders; the divergence of two random
+ * distributions is a sum of terms of both signs, which doubles that roundoff: 1e-5 for the sums. The
+ * gradient (p_s - p_t, p - onehot, and the like) subtracts probabilities of like size, so a few of
+ * its elements lose digits: 1e-4 for dh and dw. The count is exact; top-1 agreement may differ only
+ * where two logits tie within roundoff. */
 static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64_t chunk, float temperature,
-                              int ignore_every) {
+                              int ignore_every, LossKind kind, float beta, int64_t k) {
     Pair h = pair_normal(2, (int64_t[]){N, D}, 1.0f), w = pair_normal(2, (int64_t[]){V, D}, 0.5f);
-    Pair ht = {0}, wt = {0};
+    Pair ht = {0}, wt = {0}, lp = {0}, ids = {0};
     if (Dt) {
         ht = pair_normal(2, (int64_t[]){N, Dt}, 1.0f);
         wt = pair_normal(2, (int64_t[]){V, Dt}, 0.5f);
+    }
+    int32_t *ids_h = NULL;
+    if (k) {
+        lp = pair_new(DT_F32, 2, (int64_t[]){N, k});
+        ids_h = test_alloc((size_t)(N * k) * sizeof(int32_t));
+        topk_from_teacher(ht.init, wt.init, N, Dt, V, temperature, k, lp.init, ids_h);
+        pair_set(&lp, lp.init);
+        ids = pair_new(DT_I32, 2, (int64_t[]){N, k});
+        memcpy(ids.init, ids_h, (size_t)(N * k) * 4);
+        memcpy(ids.c.data, ids_h, (size_t)(N * k) * 4);
+        CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
     }
     int32_t *tg_h = random_ids(N, V, next_stream++);
     for (int64_t n = 0; ignore_every && n < N; n += ignore_every) tg_h[n] = -100;
@@ -420,32 +459,37 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
     Pair dh = pair_new(storage, 2, (int64_t[]){N, D}), dw = pair_normal_f32(2, (int64_t[]){V, D}, 1.0f);
     Tensor none = tensor_none();
     LossConfig cfg = {.kl_weight = 0.7f, .ce_weight = 0.3f, .temperature = temperature, .ignore_index = -100,
-                      .chunk_tokens = chunk};
+                      .chunk_tokens = chunk, .kind = kind, .jsd_beta = beta};
     const float grad_scale = 1.0f / (float)N;
+    char what[96];
+    snprintf(what, sizeof what, "lm_head_loss%s [%s, %s]", k ? "_topk" : "", loss_kind_name(kind),
+             dtype_name(storage));
+#define RUN_LOSS(be, side, sums, c)                                                                              \
+    (k ? be->ops.lm_head_loss_topk(be, sums, dh.side, dw.side, h.side, w.side, lp.side, ids.side, tg.side, c,   \
+                                   grad_scale)                                                                   \
+       : be->ops.lm_head_loss(be, sums, dh.side, dw.side, h.side, w.side, Dt ? ht.side : none,                   \
+                              Dt ? wt.side : none, tg.side, c, grad_scale))
     LossSums first = {0}, sc = {0};
     float *snap[2] = {0};
     for (int run = 0; run < 2; run++) {
         pair_poison(&dh);
         pair_reset(&dw);
         LossSums sg = {0};
-        CHECK_OK(gpu->ops.lm_head_loss(gpu, &sg, dh.g, dw.g, h.g, w.g, Dt ? ht.g : none, Dt ? wt.g : none, tg.g, cfg,
-                                       grad_scale));
+        CHECK_OK(RUN_LOSS(gpu, g, &sg, cfg));
         if (run == 0) {
-            CHECK_OK(cpu->ops.lm_head_loss(cpu, &sc, dh.c, dw.c, h.c, w.c, Dt ? ht.c : none, Dt ? wt.c : none, tg.c,
-                                           cfg, grad_scale));
+            CHECK_OK(RUN_LOSS(cpu, c, &sc, cfg));
             first = sg;
             /* The logits are f32 products of the same (possibly bf16) inputs in both modes. */
             const double st = 1e-5;
-            CHECK(fabs(sg.loss - sc.loss) <= st * fabs(sc.loss), "lm_head_loss loss [%s] gpu %.9g cpu %.9g",
-                  dtype_name(storage), sg.loss, sc.loss);
-            CHECK(fabs(sg.ce - sc.ce) <= st * fabs(sc.ce), "lm_head_loss ce gpu %.9g cpu %.9g", sg.ce, sc.ce);
-            CHECK(fabs(sg.kl - sc.kl) <= st * fabs(sc.kl), "lm_head_loss kl gpu %.9g cpu %.9g", sg.kl, sc.kl);
-            CHECK(sg.counted == sc.counted, "lm_head_loss counted gpu %lld cpu %lld", (long long)sg.counted,
+            CHECK(fabs(sg.loss - sc.loss) <= st * fabs(sc.loss), "%s loss gpu %.9g cpu %.9g", what, sg.loss, sc.loss);
+            CHECK(fabs(sg.ce - sc.ce) <= st * fabs(sc.ce), "%s ce gpu %.9g cpu %.9g", what, sg.ce, sc.ce);
+            CHECK(fabs(sg.kl - sc.kl) <= st * fabs(sc.kl), "%s kl gpu %.9g cpu %.9g", what, sg.kl, sc.kl);
+            CHECK(sg.counted == sc.counted, "%s counted gpu %lld cpu %lld", what, (long long)sg.counted,
                   (long long)sc.counted);
-            CHECK(llabs(sg.top1_agree - sc.top1_agree) <= 1, "lm_head_loss top1_agree gpu %lld cpu %lld",
+            CHECK(llabs(sg.top1_agree - sc.top1_agree) <= 1, "%s top1_agree gpu %lld cpu %lld", what,
                   (long long)sg.top1_agree, (long long)sc.top1_agree);
         } else {
-            CHECK(memcmp(&sg, &first, sizeof sg) == 0, "lm_head_loss sums: two runs give the same bits");
+            CHECK(memcmp(&sg, &first, sizeof sg) == 0, "%s sums: two runs give the same bits", what);
         }
         compare("lm_head_loss dh", &dh, 1e-4, &snap[0]);
         compare("lm_head_loss dw", &dw, 1e-4, &snap[1]);
@@ -457,30 +501,67 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
     int32_t keep = tg_h[N - 1];
     tg_h[N - 1] = (int32_t)V;
     CHECK_OK(gpu->upload(gpu, tg.g, tg_h));
-    CHECK_ERR(gpu->ops.lm_head_loss(gpu, &s, dh.g, dw.g, h.g, w.g, Dt ? ht.g : none, Dt ? wt.g : none, tg.g, cfg,
-                                    grad_scale), "is outside the vocabulary");
+    CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), "is outside the vocabulary");
     tg_h[N - 1] = -100;
     CHECK_OK(gpu->upload(gpu, tg.g, tg_h));
     float *hn = test_alloc((size_t)(N * D) * 4);
     memcpy(hn, h.init, (size_t)(N * D) * 4);
     hn[(N - 1) * D] = NAN;
     CHECK_OK(backend_upload_f32(gpu, h.g, hn));
-    char needle[96];
+    char needle[128];
     snprintf(needle, sizeof needle, "the hidden state of token %lld (ignored) is not finite", (long long)(N - 1));
-    CHECK_ERR(gpu->ops.lm_head_loss(gpu, &s, dh.g, dw.g, h.g, w.g, Dt ? ht.g : none, Dt ? wt.g : none, tg.g, cfg,
-                                    grad_scale), needle);
+    CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), needle);
     tg_h[N - 1] = keep;
     CHECK_OK(gpu->upload(gpu, tg.g, tg_h));
     snprintf(needle, sizeof needle, "the student logits of token %lld are not finite", (long long)(N - 1));
-    CHECK_ERR(gpu->ops.lm_head_loss(gpu, &s, dh.g, dw.g, h.g, w.g, Dt ? ht.g : none, Dt ? wt.g : none, tg.g, cfg,
-                                    grad_scale), needle);
+    CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), needle);
+    CHECK_OK(backend_upload_f32(gpu, h.g, h.init));
+    /* The configs and top-k teachers the CPU refuses, with its words. */
+    LossConfig bad = cfg;
+    bad.kind = (LossKind)7;
+    CHECK_ERR(RUN_LOSS(gpu, g, &s, bad), "unknown loss kind 7");
+    bad = cfg, bad.kind = LOSS_JSD, bad.jsd_beta = 1.0f;
+    CHECK_ERR(RUN_LOSS(gpu, g, &s, bad), "jsd_beta must lie in (0, 1)");
+    const int64_t last = N - 1;
+    if (k >= 2 && tg_h[last] != -100) {
+        const struct {
+            int32_t id0, id1;
+            float lp0;
+            const char *fmt;
+        } faults[] = {{(int32_t)V, ids_h[last * k + 1], lp.init[last * k], "token %lld (position 0) is outside the vocabulary"},
+                      {ids_h[last * k], ids_h[last * k], lp.init[last * k], "token %lld lists id %d twice (positions 0 and 1)"},
+                      {ids_h[last * k], ids_h[last * k + 1], NAN, "teacher_logprobs of token %lld (position 0) is nan"},
+                      {ids_h[last * k], ids_h[last * k + 1], 0.5f, "teacher_logprobs of token %lld hold a probability mass"}};
+        for (int f = 0; f < 4; f++) {
+            int32_t *bad_ids = test_alloc((size_t)(N * k) * 4);
+            float *bad_lp = test_alloc((size_t)(N * k) * 4);
+            memcpy(bad_ids, ids_h, (size_t)(N * k) * 4);
+            memcpy(bad_lp, lp.init, (size_t)(N * k) * 4);
+            bad_ids[last * k] = faults[f].id0, bad_ids[last * k + 1] = faults[f].id1, bad_lp[last * k] = faults[f].lp0;
+            CHECK_OK(gpu->upload(gpu, ids.g, bad_ids));
+            CHECK_OK(gpu->upload(gpu, lp.g, bad_lp));
+            snprintf(needle, sizeof needle, faults[f].fmt, (long long)last, faults[f].id0);
+            CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), needle);
+            free(bad_ids), free(bad_lp);
+        }
+        CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
+        CHECK_OK(gpu->upload(gpu, lp.g, lp.init));
+    }
+    CHECK(s.counted == 0 && s.loss == 0, "%s: failed calls must leave the sums as they were", what);
+    CHECK_OK(RUN_LOSS(gpu, g, &s, cfg));
+#undef RUN_LOSS
     free(hn);
     free(tg_h);
+    free(ids_h);
     Pair *all[] = {&h, &w, &tg, &dh, &dw};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) pair_free(all[i]);
     if (Dt) {
         pair_free(&ht);
         pair_free(&wt);
+    }
+    if (k) {
+        pair_free(&lp);
+        pair_free(&ids);
     }
 }
 
@@ -530,10 +611,17 @@ int main(void) {
         test_attention(1, 40, 2, 2, 128, 64, 128, 15); /* DeepSeek-V2's widths: q/k 192 (128 + 64), v 128 */
         test_attention(1, 70, 2, 1, 32, 16, 200, 15); /* v 200: the tensor-core forward's widest register budget */
 
-        /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th */
-        test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0);
-        test_lm_head_loss(70, 19, 301, 23, 16, 1.5f, 9);
-        test_lm_head_loss(33, 21, 1000, 0, 0, 1.0f, 5);
+        /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th,
+         * divergence, jsd beta, teacher top-k (0: the teacher's weights) */
+        test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0, LOSS_FORWARD_KL, 0, 0);
+        test_lm_head_loss(70, 19, 301, 23, 16, 1.5f, 9, LOSS_FORWARD_KL, 0, 0);
+        test_lm_head_loss(33, 21, 1000, 0, 0, 1.0f, 5, LOSS_FORWARD_KL, 0, 0);
+        test_lm_head_loss(70, 19, 301, 23, 16, 1.5f, 9, LOSS_REVERSE_KL, 0, 0);
+        test_lm_head_loss(45, 17, 263, 29, 0, 2.0f, 7, LOSS_JSD, 0.3f, 0);
+        test_lm_head_loss(45, 17, 263, 29, 20, 2.0f, 7, LOSS_FORWARD_KL, 0, 40);
+        test_lm_head_loss(45, 17, 263, 29, 0, 1.0f, 7, LOSS_REVERSE_KL, 0, 5);
+        test_lm_head_loss(1, 11, 29, 13, 0, 2.0f, 0, LOSS_JSD, 0.7f, 29);      /* k = V: no tail */
+        test_lm_head_loss(33, 21, 1000, 15, 8, 1.5f, 5, LOSS_JSD, 0.5f, 300); /* k wider than a block */
     }
 
     backend_destroy(gpu);

@@ -1,5 +1,6 @@
 /* The LM head fused with the distillation loss on the CPU: student and teacher logits exist one
- * chunk of tokens at a time, turned row by row into KL + CE sums and the logits' gradient in place. */
+ * chunk of tokens at a time, turned row by row into divergence + CE sums and the logits' gradient
+ * in place; the teacher is its head's logits, or its cached top-k (lm_head_loss_topk.c's rows). */
 #include "cpu_ops.h"
 #include "lm_head_loss_rows.h"
 #include "vector_math.h"

@@ -1,8 +1,10 @@
 /* The LM head fused with the distillation loss on the GPU: per chunk of tokens, cuBLAS forms the
- * student and teacher logits in f32, one block per token turns its row into KL + CE terms and the
- * logits' gradient, and cuBLAS takes that gradient back to dh and dw. With bf16 storage the
- * gradient is written rounded to bf16 for those two products (as autocast does), dw accumulating
- * in f32. Per-token terms are summed on the host in token order, as on the CPU. */
+ * student's (and a weight-given teacher's) logits in f32, one block per token turns its row into the
+ * divergence + CE terms and the logits' gradient, and cuBLAS takes that gradient back to dh and dw.
+ * The teacher is its hidden states and head (lm_head_loss) or its cached top-k (lm_head_loss_topk).
+ * With bf16 storage the gradient is written rounded to bf16 for those two products (as autocast
+ * does), dw accumulating in f32. Per-token terms are summed on the host in token order, as on the
+ * CPU. */
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -11,24 +13,51 @@
 #include "block_reduce.cuh"
 #include "cuda_ops.h"
 #include "cuda_state.h"
+#include "model/ops/loss_divergence.h"
 #include "storage.cuh"
 
-/* Default budget for the chunk buffers (student and teacher together): a few hundred tokens at a
- * 128k vocabulary, enough rows for cuBLAS to run near its peak. */
-static const int64_t LOSS_CHUNK_BYTES = 256ll << 20;
+/* The automatic chunk (loss.chunk_tokens = 0) is sized by traffic, within a memory budget: each
+ * chunk reads the heads (w for the logits and again for dh, wt for the teacher's logits) and
+ * reads and writes all of the f32 dw, whatever its token count, so the chunk is made large enough
+ * that this weight traffic is at most the bytes of its own logits buffers. The buffers stay between
+ * 256 MiB (enough rows for cuBLAS to run near its peak) and LOSS_CHUNK_BYTES_MAX. bench_1b
+ * (V = 128256, D = Dt = 2048, bf16, 8192 tokens) then runs 5 chunks of 1674 tokens, where a fixed
+ * 256 MiB budget would run 40 of 209: dw traffic 10.5 GB a step instead of 84 GB. */
+static const int64_t LOSS_CHUNK_BYTES_MIN = 256ll << 20;
+static const int64_t LOSS_CHUNK_BYTES_MAX = 2048ll << 20;
 
-/* What went wrong in a row; FAULT_IGNORED_HIDDEN is checked first, before any logits exist. */
-enum { FAULT_NONE, FAULT_STUDENT, FAULT_TEACHER, FAULT_LOSS, FAULT_IGNORED_HIDDEN };
+/* A teacher top-k row may hold this much more than probability 1 (the rounding of f32 or f16
+ * log-probs), the CPU's limit. */
+#define TEACHER_MASS_SLACK 1e-2f
 
+/* What went wrong in a row. FAULT_IGNORED_HIDDEN and the teacher-row faults (FAULT_ID_RANGE ..
+ * FAULT_TEACHER_MASS) are found before any logits exist. */
+enum {
+    FAULT_NONE,
+    FAULT_STUDENT,
+    FAULT_TEACHER,
+    FAULT_LOSS,
+    FAULT_IGNORED_HIDDEN,
+    FAULT_ID_RANGE,
+    FAULT_ID_DUPLICATE,
+    FAULT_LOGPROB,
+    FAULT_TEACHER_MASS
+};
+
+/* One token's terms, or its fault: `at`, `id` and `other` say where in a teacher row (the position,
+ * the id there, and the earlier position of a duplicate); `loss` carries the bad log-prob or the
+ * row's mass. */
 typedef struct {
     float loss, kl, ce;
-    int32_t counted, top1_agree, fault;
+    int32_t counted, top1_agree, fault, id;
+    int64_t at, other;
 } RowRecord;
 
 typedef struct {
     float kl_weight, ce_weight, temperature, grad_scale;
     int32_t ignore_index;
     int grad_wanted;
+    Divergence div;
 } RowParams;
 
 __device__ static int is_finite(float x) { return fabsf(x) <= FLT_MAX; }
@@ -45,7 +74,71 @@ __global__ void loss_records_init(RowRecord *rec, const S *h, const int32_t *tar
             for (int64_t d = threadIdx.x; d < D; d += blockDim.x) bad |= !is_finite(to_f32(h[n * D + d]));
         bad = block_sum(bad, shared);
         if (threadIdx.x == 0) {
-            RowRecord r = {0.0f, 0.0f, 0.0f, 0, 0, bad ? FAULT_IGNORED_HIDDEN : FAULT_NONE};
+            RowRecord r = {0.0f, 0.0f, 0.0f, 0, 0, bad ? FAULT_IGNORED_HIDDEN : FAULT_NONE, 0, 0, 0};
+            rec[n] = r;
+        }
+    }
+}
+
+/* Smallest v over the block; every thread gets it. */
+__device__ static long long block_min(long long v, long long *shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int stride = REDUCE_BLOCK_THREADS / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride && shared[threadIdx.x + stride] < shared[threadIdx.x])
+            shared[threadIdx.x] = shared[threadIdx.x + stride];
+        __syncthreads();
+    }
+    long long m = shared[0];
+    __syncthreads();
+    return m;
+}
+
+/* The CPU's checks of a top-k teacher's rows, for counted tokens (one block per token): at the
+ * lowest position with a fault, an id outside [0, V), an id seen earlier in the row, or a log-prob
+ * that is not finite; else a total mass above 1. Runs after loss_records_init. */
+__global__ void topk_teacher_check(RowRecord *rec, const float *logprobs, const int32_t *ids, const int32_t *targets,
+                                   int64_t N, int64_t k, int64_t V, int32_t ignore_index) {
+    __shared__ long long keys[REDUCE_BLOCK_THREADS];
+    __shared__ float fs[REDUCE_BLOCK_THREADS];
+    for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+        const int32_t target = targets[n];
+        if (target == ignore_index) continue;
+        const int32_t *row = ids + n * k;
+        const float *lp = logprobs + n * k;
+        long long key = LLONG_MAX; /* position * 8 + fault: the lowest position wins */
+        float mass = 0.0f;
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+            const int32_t id = row[i];
+            int fault = FAULT_NONE;
+            if (id < 0 || id >= V) {
+                fault = FAULT_ID_RANGE;
+            } else {
+                for (int64_t j = 0; j < i && fault == FAULT_NONE; j++)
+                    if (row[j] == id) fault = FAULT_ID_DUPLICATE;
+                if (fault == FAULT_NONE && !is_finite(lp[i])) fault = FAULT_LOGPROB;
+            }
+            if (fault != FAULT_NONE && key == LLONG_MAX) key = (long long)i * 8 + fault;
+            if (is_finite(lp[i])) mass += expf(lp[i]);
+        }
+        key = block_min(key, keys);
+        mass = block_sum(mass, fs);
+        if (threadIdx.x == 0) {
+            RowRecord r = rec[n];
+            if (key != LLONG_MAX) {
+                r.at = key / 8;
+                r.fault = (int32_t)(key % 8);
+                r.id = row[r.at];
+                if (r.fault == FAULT_ID_DUPLICATE) {
+                    int64_t first = 0;
+                    while (row[first] != row[r.at]) first++;
+                    r.other = first;
+                }
+                if (r.fault == FAULT_LOGPROB) r.loss = lp[r.at];
+            } else if (mass > 1.0f + TEACHER_MASS_SLACK) {
+                r.fault = FAULT_TEACHER_MASS;
+                r.loss = mass;
+            }
             rec[n] = r;
         }
     }
@@ -76,6 +169,13 @@ __device__ static float row_exp_sum(const float *x, int64_t V, float max, float 
     return block_sum(s, fs);
 }
 
+/* A row of dz zeroed: an ignored token, or a row whose fault is already recorded. */
+template <typename G>
+__device__ static void row_zero(G *dzr, int64_t V, int grad_wanted) {
+    if (grad_wanted)
+        for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dzr[v] = from_f32<G>(0.0f);
+}
+
 /* One block per token of the chunk: its loss terms into rec[n0 + i] and, when wanted, dz's row set
  * to d(grad_scale * loss)/dz (dz may be z itself: each thread reads its elements before writing
  * them). zt is NULL without a teacher. */
@@ -93,12 +193,11 @@ __global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const 
     /* A target outside the vocabulary is reported by the queued range check; the row is then
      * treated as ignored rather than read out of bounds. */
     if (target == p.ignore_index || target < 0 || target >= V) {
-        if (p.grad_wanted)
-            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) dzr[v] = from_f32<G>(0.0f);
+        row_zero(dzr, V, p.grad_wanted);
         return;
     }
     const float T = p.temperature;
-    RowRecord r = {0.0f, 0.0f, 0.0f, 1, 0, FAULT_NONE};
+    RowRecord r = {0.0f, 0.0f, 0.0f, 1, 0, FAULT_NONE, 0, 0, 0};
     /* Read before the first barrier: after the last one, the thread owning it overwrites it. */
     const float z_target = zr[target];
 
@@ -114,10 +213,10 @@ __global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const 
     /* Everything below works on max-shifted logits, so log p = (z - max)/T - log_sum. */
     const float sum1 = row_exp_sum(zr, V, z_max, 1.0f, fs);
     const float sum_t = T == 1.0f ? sum1 : row_exp_sum(zr, V, z_max, T, fs);
-    const float log_sum_t = logf(sum_t);
+    const float log_sum_t = logf(sum_t), inv_sum_t = 1.0f / sum_t;
     r.ce = logf(sum1) - (z_target - z_max);
 
-    float zt_max = 0.0f, sum_teacher = 1.0f;
+    float zt_max = 0.0f, log_sum_teacher = 0.0f, inv_sum_teacher = 1.0f, h_sum = 0.0f;
     if (ztr) {
         long long zt_argmax;
         row_max(ztr, V, fs, ls, is, &zt_max, &zt_argmax, &finite);
@@ -127,15 +226,19 @@ __global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const 
             return;
         }
         r.top1_agree = z_argmax == zt_argmax;
-        sum_teacher = row_exp_sum(ztr, V, zt_max, T, fs);
-        const float log_sum_teacher = logf(sum_teacher), inv_sum_teacher = 1.0f / sum_teacher;
-        float kl = 0.0f;
+        const float sum_teacher = row_exp_sum(ztr, V, zt_max, T, fs);
+        log_sum_teacher = logf(sum_teacher);
+        inv_sum_teacher = 1.0f / sum_teacher;
+        float kl = 0.0f, hs = 0.0f;
         for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-            float log_pt = (ztr[v] - zt_max) / T - log_sum_teacher;
-            float log_ps = (zr[v] - z_max) / T - log_sum_t;
-            kl += expf((ztr[v] - zt_max) / T) * inv_sum_teacher * (log_pt - log_ps);
+            const float ut = (ztr[v] - zt_max) / T, us = (zr[v] - z_max) / T;
+            const DivergenceTerm d = divergence_term(p.div, expf(us) * inv_sum_t, us - log_sum_t,
+                                                     expf(ut) * inv_sum_teacher, ut - log_sum_teacher);
+            kl += d.term;
+            hs += d.h;
         }
         r.kl = block_sum(kl, fs);
+        h_sum = block_sum(hs, fs);
         r.loss = p.kl_weight * T * T * r.kl + p.ce_weight * r.ce;
     } else {
         r.loss = p.ce_weight * r.ce;
@@ -148,30 +251,161 @@ __global__ void lm_head_loss_rows(const float *z, G *dz, const float *zt, const 
     if (threadIdx.x == 0) rec[n] = r;
     if (!p.grad_wanted) return;
 
-    /* d(T^2 KL)/dz = T (p_s^T - p_t^T); d CE/dz = softmax(z) - onehot(target). Each thread reads and
-     * writes only its own elements, so the row is overwritten without a barrier. */
+    /* d(T^2 D)/dz = T (h_v - p_v sum h) (loss_divergence.h); d CE/dz = softmax(z) - onehot(target).
+     * Each thread reads and writes only its own elements, so the row is overwritten without a
+     * barrier. */
     const float g_kl = p.grad_scale * p.kl_weight * T, g_ce = p.grad_scale * p.ce_weight;
-    const float inv_sum1 = 1.0f / sum1, inv_sum_t = 1.0f / sum_t, inv_sum_teacher = 1.0f / sum_teacher;
+    const float inv_sum1 = 1.0f / sum1;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-        float zv = zr[v];
+        const float zv = zr[v];
         float g = g_ce * (expf(zv - z_max) * inv_sum1);
-        if (ztr) g += g_kl * (expf((zv - z_max) / T) * inv_sum_t - expf((ztr[v] - zt_max) / T) * inv_sum_teacher);
+        if (ztr) {
+            const float ut = (ztr[v] - zt_max) / T, us = (zv - z_max) / T, ps = expf(us) * inv_sum_t;
+            const DivergenceTerm d =
+                divergence_term(p.div, ps, us - log_sum_t, expf(ut) * inv_sum_teacher, ut - log_sum_teacher);
+            g += g_kl * (d.h - ps * h_sum);
+        }
         if (v == target) g -= g_ce;
         dzr[v] = from_f32<G>(g);
     }
 }
 
-static Status row_fault_error(int fault, int64_t token) {
-    switch (fault) {
+/* One block per token of the chunk, the teacher given by its top-k (logprobs, ids: [N, k]): the
+ * divergence over the k ids and, when k < V, a tail outcome. The student's tail is summed over the
+ * tokens outside the top-k, found by masking the ids' logits to -inf in z after saving them
+ * (saved: [chunk, k]); the teacher's is -expm1(logsumexp) in double, floored. Faulty teacher rows
+ * (topk_teacher_check) are skipped. */
+template <typename G>
+__global__ void lm_head_loss_topk_rows(float *z, G *dz, float *saved, const float *logprobs, const int32_t *ids,
+                                       int64_t k, const int32_t *targets, RowRecord *rec, int64_t n0, int64_t V,
+                                       RowParams p) {
+    __shared__ float fs[REDUCE_BLOCK_THREADS];
+    __shared__ long long ls[REDUCE_BLOCK_THREADS];
+    __shared__ int is[REDUCE_BLOCK_THREADS];
+    __shared__ double ds[REDUCE_BLOCK_THREADS];
+    const int64_t i = blockIdx.x, n = n0 + i;
+    float *zr = z + i * V, *sv = saved + i * k;
+    G *dzr = dz + i * V;
+    const float *lp = logprobs + n * k;
+    const int32_t *idr = ids + n * k;
+    const int32_t target = targets[n];
+    if (target == p.ignore_index || target < 0 || target >= V || rec[n].fault != FAULT_NONE) {
+        row_zero(dzr, V, p.grad_wanted);
+        return;
+    }
+    const float T = p.temperature;
+    RowRecord r = {0.0f, 0.0f, 0.0f, 1, 0, FAULT_NONE, 0, 0, 0};
+    const float z_target = zr[target];
+
+    float z_max;
+    long long z_argmax;
+    int finite;
+    row_max(zr, V, fs, ls, is, &z_max, &z_argmax, &finite);
+    if (!finite) {
+        r.fault = FAULT_STUDENT;
+        if (threadIdx.x == 0) rec[n] = r;
+        return;
+    }
+    const float sum1 = row_exp_sum(zr, V, z_max, 1.0f, fs);
+    const float sum_t = T == 1.0f ? sum1 : row_exp_sum(zr, V, z_max, T, fs);
+    const float log_sum_t = logf(sum_t), inv_sum_t = 1.0f / sum_t;
+    r.ce = logf(sum1) - (z_target - z_max);
+
+    /* the teacher's argmax (lowest position on ties) and max log-prob */
+    float lp_max = -INFINITY;
+    long long best = LLONG_MAX;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
+        if (lp[j] > lp_max) lp_max = lp[j], best = j;
+    block_max_argmax(lp_max, best, fs, ls, &lp_max, &best);
+    r.top1_agree = idr[best] == z_argmax;
+
+    /* save the ids' logits, then mask them: the tail is what stays finite */
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) sv[j] = zr[idr[j]];
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) zr[idr[j]] = -INFINITY;
+    __syncthreads();
+
+    const int has_tail = k < V;
+    float tail_max = 0.0f, tail_sum = 1.0f, h_tail = 0.0f, kl_tail = 0.0f;
+    if (has_tail) {
+        float m = -INFINITY;
+        long long unused = 0;
+        for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, zr[v]);
+        block_max_argmax(m, 0, fs, ls, &tail_max, &unused);
+        tail_sum = row_exp_sum(zr, V, tail_max, T, fs);
+        const float log_p_tail = (tail_max - z_max) / T + logf(tail_sum) - log_sum_t;
+        double s = 0.0;
+        for (int64_t j = threadIdx.x; j < k; j += blockDim.x) s += exp((double)lp[j] - (double)lp_max);
+        s = block_sum(s, ds);
+        double q_tail = -expm1((double)lp_max + log(s));
+        q_tail = q_tail > LOSS_TEACHER_TAIL_MIN ? q_tail : LOSS_TEACHER_TAIL_MIN;
+        const DivergenceTerm d = divergence_term(p.div, expf(log_p_tail), log_p_tail, (float)q_tail, (float)log(q_tail));
+        kl_tail = d.term;
+        h_tail = d.h;
+    }
+    float kl = 0.0f, hs = 0.0f;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+        const float us = (sv[j] - z_max) / T;
+        const DivergenceTerm d = divergence_term(p.div, expf(us) * inv_sum_t, us - log_sum_t, expf(lp[j]), lp[j]);
+        kl += d.term;
+        hs += d.h;
+    }
+    r.kl = kl_tail + block_sum(kl, fs);
+    const float h_sum = h_tail + block_sum(hs, fs);
+    r.loss = p.kl_weight * T * T * r.kl + p.ce_weight * r.ce;
+    if (!is_finite(r.loss)) {
+        r.fault = FAULT_LOSS;
+        if (threadIdx.x == 0) rec[n] = r;
+        return;
+    }
+    if (threadIdx.x == 0) rec[n] = r;
+    if (!p.grad_wanted) return;
+
+    /* dD/du_v = (p_v / P_o(v)) h_o(v) - p_v sum h: the tail's tokens (those still finite in z),
+     * then, after a barrier (dz may be z, and the ids' gradient would unmask them), the ids. */
+    const float g_kl = p.grad_scale * p.kl_weight * T, g_ce = p.grad_scale * p.ce_weight;
+    const float inv_sum1 = 1.0f / sum1, inv_tail_sum = 1.0f / tail_sum;
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+        const float zv = zr[v];
+        if (zv == -INFINITY) continue;
+        float g = g_ce * (expf(zv - z_max) * inv_sum1) +
+                  g_kl * (expf((zv - tail_max) / T) * inv_tail_sum * h_tail - expf((zv - z_max) / T) * inv_sum_t * h_sum);
+        if (v == target) g -= g_ce;
+        dzr[v] = from_f32<G>(g);
+    }
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+        const float us = (sv[j] - z_max) / T, ps = expf(us) * inv_sum_t;
+        const DivergenceTerm d = divergence_term(p.div, ps, us - log_sum_t, expf(lp[j]), lp[j]);
+        float g = g_ce * (expf(sv[j] - z_max) * inv_sum1) + g_kl * (d.h - ps * h_sum);
+        if (idr[j] == target) g -= g_ce;
+        dzr[idr[j]] = from_f32<G>(g);
+    }
+}
+
+static Status row_fault_error(const char *op, const RowRecord *r, int64_t token, int64_t V) {
+    switch (r->fault) {
     case FAULT_STUDENT:
-        return errorf("lm_head_loss: the student logits of token %lld are not finite (NaN or Inf)", (long long)token);
+        return errorf("%s: the student logits of token %lld are not finite (NaN or Inf)", op, (long long)token);
     case FAULT_TEACHER:
-        return errorf("lm_head_loss: the teacher logits of token %lld are not finite (NaN or Inf)", (long long)token);
+        return errorf("%s: the teacher logits of token %lld are not finite (NaN or Inf)", op, (long long)token);
     case FAULT_LOSS:
-        return errorf("lm_head_loss: the loss of token %lld is not finite (NaN or Inf)", (long long)token);
+        return errorf("%s: the loss of token %lld is not finite (NaN or Inf)", op, (long long)token);
     case FAULT_IGNORED_HIDDEN:
-        return errorf("lm_head_loss: the hidden state of token %lld (ignored) is not finite (NaN or Inf)",
+        return errorf("%s: the hidden state of token %lld (ignored) is not finite (NaN or Inf)", op,
                       (long long)token);
+    case FAULT_ID_RANGE:
+        return errorf("%s: teacher_ids: id %d of token %lld (position %lld) is outside the vocabulary [0, %lld)", op,
+                      r->id, (long long)token, (long long)r->at, (long long)V);
+    case FAULT_ID_DUPLICATE:
+        return errorf("%s: teacher_ids: token %lld lists id %d twice (positions %lld and %lld); the top-k ids "
+                      "must be distinct", op, (long long)token, r->id, (long long)r->other, (long long)r->at);
+    case FAULT_LOGPROB:
+        return errorf("%s: teacher_logprobs of token %lld (position %lld) is %g: log-probs must be finite", op,
+                      (long long)token, (long long)r->at, r->loss);
+    case FAULT_TEACHER_MASS:
+        return errorf("%s: teacher_logprobs of token %lld hold a probability mass of %.6g > 1: they are not "
+                      "log-probs normalised over the vocabulary", op, (long long)token, r->loss);
     }
     return STATUS_OK;
 }
@@ -181,102 +415,120 @@ static Status report_bad_target(const CudaIndexCheck *c, int64_t at, int32_t val
                   c->op, value, (long long)at, (long long)c->limit, c->skip);
 }
 
-/* The CPU's checks and messages; the targets' range is checked on the device, and its verdict read
- * with the per-token records. */
-static Status check_arguments(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
-                              Tensor wt, Tensor targets, LossConfig cfg, float grad_scale) {
-    const char *op = "lm_head_loss";
+/* The student's side, common to both teacher sources, with the CPU's checks and messages; *dt is
+ * the storage dtype of the call, noted over the student's tensors and `extra` (the teacher's). */
+static Status check_student(const char *op, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
+                            Tensor wt, Tensor targets, LossConfig cfg, float grad_scale, DType *dt) {
     if (sums == NULL) return errorf("%s: sums is missing", op);
-    DType dt = DT_F32;
+    *dt = DT_F32;
     StorageArg args[] = {{"dh", dh}, {"h", h}, {"w", w}, {"ht", ht}, {"wt", wt}};
-    TRY(storage_dtype(op, args, 5, &dt));
-    TRY(tensor_check_dims(op, "h", h, dt, 2, -1, -1));
+    TRY(storage_dtype(op, args, 5, dt));
+    TRY(tensor_check_dims(op, "h", h, *dt, 2, -1, -1));
     int64_t N = h.shape[0], D = h.shape[1];
-    TRY(tensor_check_dims(op, "w", w, dt, 2, -1, D));
+    TRY(tensor_check_dims(op, "w", w, *dt, 2, -1, D));
     int64_t V = w.shape[0];
     TRY(tensor_check_dims(op, "targets", targets, DT_I32, 1, N));
-    if (tensor_present(dh)) TRY(tensor_check_dims(op, "dh", dh, dt, 2, N, D));
+    if (tensor_present(dh)) TRY(tensor_check_dims(op, "dh", dh, *dt, 2, N, D));
     if (tensor_present(dw)) TRY(tensor_check_dims(op, "dw", dw, DT_F32, 2, V, D));
-    int64_t Dt = 1;
-    if (tensor_present(ht)) {
-        TRY(tensor_check_dims(op, "ht", ht, dt, 2, N, -1));
-        Dt = ht.shape[1];
-        TRY(tensor_check_dims(op, "wt", wt, dt, 2, V, Dt));
-    } else if (tensor_present(wt)) {
-        return errorf("%s: wt is given but ht is missing (both or neither: no teacher)", op);
-    }
-    if (V < 1 || D < 1 || Dt < 1)
-        return errorf("%s: vocabulary size %lld, hidden size %lld, teacher hidden size %lld: each must be >= 1", op,
-                      (long long)V, (long long)D, (long long)Dt);
-    if (V > INT_MAX || D > INT_MAX || Dt > INT_MAX)
-        return errorf("%s: vocabulary size %lld or hidden size %lld/%lld exceeds BLAS's int range", op, (long long)V,
-                      (long long)D, (long long)Dt);
-    if (!(cfg.temperature > 0) || !isfinite(cfg.temperature))
-        return errorf("%s: temperature must be finite and > 0, got %g", op, cfg.temperature);
-    if (!(cfg.kl_weight >= 0) || !isfinite(cfg.kl_weight))
-        return errorf("%s: kl_weight must be finite and >= 0, got %g", op, cfg.kl_weight);
-    if (!(cfg.ce_weight >= 0) || !isfinite(cfg.ce_weight))
-        return errorf("%s: ce_weight must be finite and >= 0, got %g", op, cfg.ce_weight);
-    if (!isfinite(grad_scale)) return errorf("%s: grad_scale must be finite, got %g", op, grad_scale);
-    if (cfg.chunk_tokens < 0)
-        return errorf("%s: chunk_tokens must be >= 0 (0 = default), got %lld", op, (long long)cfg.chunk_tokens);
-    return cuda_check_indices(be, op, targets, V, 1, cfg.ignore_index, report_bad_target);
+    if (V < 1 || D < 1)
+        return errorf("%s: vocabulary size %lld, hidden size %lld: each must be >= 1", op, (long long)V, (long long)D);
+    if (V > INT_MAX || D > INT_MAX)
+        return errorf("%s: vocabulary size %lld or hidden size %lld exceeds BLAS's int range", op, (long long)V,
+                      (long long)D);
+    return loss_config_check(op, cfg, grad_scale);
 }
 
-Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht, Tensor wt,
-                         Tensor targets, LossConfig cfg, float grad_scale) {
-    const char *op = "lm_head_loss";
-    TRY(check_arguments(be, sums, dh, dw, h, w, ht, wt, targets, cfg, grad_scale));
-    const int64_t N = h.shape[0], D = h.shape[1], V = w.shape[0];
-    const int teacher = tensor_present(ht);
-    const int64_t Dt = teacher ? ht.shape[1] : 0;
-    if (N == 0) return STATUS_OK;
-    CudaState *st = cuda_state(be);
-
-    const DType dt = h.dtype;
-    const int grad_wanted = tensor_present(dh) || tensor_present(dw);
-    /* Logits rows are f32; with bf16 storage the gradient has a bf16 buffer of its own. */
-    const int64_t grad16 = dt == DT_BF16 && grad_wanted;
-    const int64_t row_bytes = (teacher ? 2 : 1) * V * (int64_t)sizeof(float) + (grad16 ? V * 2 : 0);
-    int64_t chunk = cfg.chunk_tokens > 0 ? cfg.chunk_tokens : LOSS_CHUNK_BYTES / row_bytes;
+/* Tokens per chunk: cfg.chunk_tokens, or the automatic size (LOSS_CHUNK_BYTES_MIN/MAX above) from
+ * the bytes a token's rows take (row_bytes) and the weight bytes each chunk moves. */
+static int64_t chunk_tokens(LossConfig cfg, int64_t N, int64_t row_bytes, int64_t weight_bytes) {
+    int64_t chunk = cfg.chunk_tokens;
+    if (chunk == 0) {
+        chunk = (weight_bytes + row_bytes - 1) / row_bytes;
+        const int64_t lo = LOSS_CHUNK_BYTES_MIN / row_bytes, hi = LOSS_CHUNK_BYTES_MAX / row_bytes;
+        chunk = chunk < lo ? lo : chunk > hi ? hi : chunk;
+    }
     if (chunk < 1) chunk = 1;
     if (chunk > N) chunk = N;
     if (chunk > INT_MAX) chunk = INT_MAX;
+    return chunk;
+}
+
+/* Where the teacher's distribution comes from: hidden states and head (ht, wt), its top-k
+ * (logprobs, ids, k > 0), or nothing (CE only). */
+typedef struct {
+    Tensor ht, wt;
+    const float *logprobs;
+    const int32_t *ids;
+    int64_t k;
+} TeacherSource;
+
+/* Both ops after their checks: the chunk loop, then the records read back and summed. */
+static Status loss_chunks(Backend *be, const char *op, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
+                          TeacherSource teacher, Tensor targets, LossConfig cfg, float grad_scale, DType dt) {
+    const int64_t N = h.shape[0], D = h.shape[1], V = w.shape[0], k = teacher.k;
+    const int weights_teacher = tensor_present(teacher.ht);
+    const int64_t Dt = weights_teacher ? teacher.ht.shape[1] : 0;
+    if (N == 0) return STATUS_OK;
+    CudaState *st = cuda_state(be);
+
+    const int grad_wanted = tensor_present(dh) || tensor_present(dw);
+    const size_t es = dtype_size(dt);
+    /* Logits rows are f32; with bf16 storage the gradient has a bf16 buffer of its own. */
+    const int64_t grad16 = dt == DT_BF16 && grad_wanted;
+    const int64_t row_bytes = (weights_teacher ? 2 : 1) * V * (int64_t)sizeof(float) + (grad16 ? V * 2 : 0) +
+                              k * (int64_t)sizeof(float);
+    const int64_t weight_bytes = V * D * (int64_t)es * (tensor_present(dh) ? 2 : 1) + V * Dt * (int64_t)es +
+                                 (tensor_present(dw) ? 2 * V * D * (int64_t)sizeof(float) : 0);
+    const int64_t chunk = chunk_tokens(cfg, N, row_bytes, weight_bytes);
     const size_t chunk_bytes = (size_t)chunk * (size_t)V * sizeof(float), rec_bytes = (size_t)N * sizeof(RowRecord);
     const size_t grad16_bytes = grad16 ? (size_t)chunk * (size_t)V * sizeof(bf16) : 0;
+    const size_t saved_bytes = (size_t)chunk * (size_t)k * sizeof(float);
     size_t total = 0;
     cuda_scratch_size(&total, chunk_bytes);
-    if (teacher) cuda_scratch_size(&total, chunk_bytes);
+    if (weights_teacher) cuda_scratch_size(&total, chunk_bytes);
     cuda_scratch_size(&total, rec_bytes);
     if (grad16) cuda_scratch_size(&total, grad16_bytes);
+    if (k) cuda_scratch_size(&total, saved_bytes);
     void *base;
     TRY(cuda_scratch(be, total, &base));
     char *cursor = (char *)base;
-    float *z = (float *)cuda_scratch_take(&cursor, chunk_bytes);                     /* [chunk, V] */
-    float *zt = teacher ? (float *)cuda_scratch_take(&cursor, chunk_bytes) : NULL;   /* [chunk, V] */
-    RowRecord *rec = (RowRecord *)cuda_scratch_take(&cursor, rec_bytes);             /* [N] */
-    bf16 *dz16 = grad16 ? (bf16 *)cuda_scratch_take(&cursor, grad16_bytes) : NULL;   /* [chunk, V] */
+    float *z = (float *)cuda_scratch_take(&cursor, chunk_bytes);                             /* [chunk, V] */
+    float *zt = weights_teacher ? (float *)cuda_scratch_take(&cursor, chunk_bytes) : NULL;   /* [chunk, V] */
+    RowRecord *rec = (RowRecord *)cuda_scratch_take(&cursor, rec_bytes);                     /* [N] */
+    bf16 *dz16 = grad16 ? (bf16 *)cuda_scratch_take(&cursor, grad16_bytes) : NULL;           /* [chunk, V] */
+    float *saved = k ? (float *)cuda_scratch_take(&cursor, saved_bytes) : NULL;              /* [chunk, k] */
 
-    const size_t es = dtype_size(dt);
-    const char *hp = (const char *)h.data, *htp = teacher ? (const char *)ht.data : NULL;
+    const char *hp = (const char *)h.data, *htp = weights_teacher ? (const char *)teacher.ht.data : NULL;
     const int32_t *tg = tensor_i32(targets);
-    RowParams params = {cfg.kl_weight, cfg.ce_weight, cfg.temperature, grad_scale, cfg.ignore_index, grad_wanted};
+    RowParams params = {cfg.kl_weight, cfg.ce_weight, cfg.temperature, grad_scale, cfg.ignore_index, grad_wanted,
+                        divergence_of(cfg)};
 
     const int init_blocks = (int)(N < 65535 * 8 ? N : 65535 * 8);
     WITH_STORAGE(dt, S,
                  loss_records_init<<<init_blocks, REDUCE_BLOCK_THREADS, 0, st->stream>>>(
                      rec, (const S *)h.data, tg, N, D, cfg.ignore_index));
     CUDA_TRY_LAUNCH();
+    if (k) {
+        topk_teacher_check<<<init_blocks, REDUCE_BLOCK_THREADS, 0, st->stream>>>(rec, teacher.logprobs, teacher.ids,
+                                                                                tg, N, k, V, cfg.ignore_index);
+        CUDA_TRY_LAUNCH();
+    }
     /* the gradient's buffer and dtype: z itself (f32), or dz16 */
     void *dz = grad16 ? (void *)dz16 : (void *)z;
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t rows = N - n0 < chunk ? N - n0 : chunk;
         /* z[rows, V] = h[rows, D] w[V, D]^T, zt likewise from the teacher, in f32 */
         TRY(cuda_gemm(be, op, 0, 1, rows, V, D, 1.0f, hp + n0 * D * es, D, w.data, D, dt, 0.0f, z, V, DT_F32, NULL));
-        if (teacher)
-            TRY(cuda_gemm(be, op, 0, 1, rows, V, Dt, 1.0f, htp + n0 * Dt * es, Dt, wt.data, Dt, dt, 0.0f, zt, V,
-                          DT_F32, NULL));
-        if (grad16)
+        if (weights_teacher)
+            TRY(cuda_gemm(be, op, 0, 1, rows, V, Dt, 1.0f, htp + n0 * Dt * es, Dt, teacher.wt.data, Dt, dt, 0.0f, zt,
+                          V, DT_F32, NULL));
+        if (k && grad16)
+            lm_head_loss_topk_rows<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(
+                z, dz16, saved, teacher.logprobs, teacher.ids, k, tg, rec, n0, V, params);
+        else if (k)
+            lm_head_loss_topk_rows<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(
+                z, z, saved, teacher.logprobs, teacher.ids, k, tg, rec, n0, V, params);
+        else if (grad16)
             lm_head_loss_rows<<<(unsigned)rows, REDUCE_BLOCK_THREADS, 0, st->stream>>>(z, dz16, zt, tg, rec, n0, V,
                                                                                       params);
         else
@@ -302,14 +554,18 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
         free(host);
         return errorf("%s: copying the per-token records to the host failed: %s", op, cudaGetErrorString(err));
     }
+    /* The faults in the CPU's order: the teacher's rows, the ignored tokens' hidden states, then
+     * the rows' own, each in token order. */
     Status status = STATUS_OK;
     for (int64_t n = 0; n < N && status == STATUS_OK; n++)
-        if (host[n].fault == FAULT_IGNORED_HIDDEN) status = row_fault_error(host[n].fault, n);
+        if (host[n].fault >= FAULT_ID_RANGE) status = row_fault_error(op, &host[n], n, V);
+    for (int64_t n = 0; n < N && status == STATUS_OK; n++)
+        if (host[n].fault == FAULT_IGNORED_HIDDEN) status = row_fault_error(op, &host[n], n, V);
     /* in token order, the CPU's order, so the double sums do not depend on the chunking */
     LossSums call_total = {0, 0, 0, 0, 0};
     for (int64_t n = 0; n < N && status == STATUS_OK; n++) {
         if (host[n].fault != FAULT_NONE) {
-            status = row_fault_error(host[n].fault, n);
+            status = row_fault_error(op, &host[n], n, V);
             break;
         }
         call_total.loss += host[n].loss;
@@ -328,10 +584,40 @@ Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tens
     return STATUS_OK;
 }
 
+Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht, Tensor wt,
+                         Tensor targets, LossConfig cfg, float grad_scale) {
+    const char *op = "lm_head_loss";
+    DType dt;
+    TRY(check_student(op, sums, dh, dw, h, w, ht, wt, targets, cfg, grad_scale, &dt));
+    const int64_t N = h.shape[0], V = w.shape[0];
+    if (tensor_present(ht)) {
+        TRY(tensor_check_dims(op, "ht", ht, dt, 2, N, -1));
+        const int64_t Dt = ht.shape[1];
+        TRY(tensor_check_dims(op, "wt", wt, dt, 2, V, Dt));
+        if (Dt < 1) return errorf("%s: teacher hidden size %lld must be >= 1", op, (long long)Dt);
+        if (Dt > INT_MAX) return errorf("%s: teacher hidden size %lld exceeds BLAS's int range", op, (long long)Dt);
+    } else if (tensor_present(wt)) {
+        return errorf("%s: wt is given but ht is missing (both or neither: no teacher)", op);
+    }
+    TRY(cuda_check_indices(be, op, targets, V, 1, cfg.ignore_index, report_bad_target));
+    TeacherSource teacher = {ht, wt, NULL, NULL, 0};
+    return loss_chunks(be, op, sums, dh, dw, h, w, teacher, targets, cfg, grad_scale, dt);
+}
+
 Status cuda_lm_head_loss_topk(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w,
                               Tensor teacher_logprobs, Tensor teacher_ids, Tensor targets, LossConfig cfg,
                               float grad_scale) {
-    (void)be, (void)sums, (void)dh, (void)dw, (void)h, (void)w, (void)teacher_logprobs, (void)teacher_ids;
-    (void)targets, (void)cfg, (void)grad_scale;
-    return errorf("lm_head_loss_topk: not available on the cuda backend of this build");
+    const char *op = "lm_head_loss_topk";
+    DType dt;
+    TRY(check_student(op, sums, dh, dw, h, w, tensor_none(), tensor_none(), targets, cfg, grad_scale, &dt));
+    const int64_t N = h.shape[0], V = w.shape[0];
+    TRY(tensor_check_dims(op, "teacher_logprobs", teacher_logprobs, DT_F32, 2, N, -1));
+    const int64_t k = teacher_logprobs.shape[1];
+    TRY(tensor_check_dims(op, "teacher_ids", teacher_ids, DT_I32, 2, N, k));
+    if (k < 1 || k > V)
+        return errorf("%s: teacher top-k of %lld ids per token: k must lie in [1, vocabulary size %lld]", op,
+                      (long long)k, (long long)V);
+    TRY(cuda_check_indices(be, op, targets, V, 1, cfg.ignore_index, report_bad_target));
+    TeacherSource teacher = {tensor_none(), tensor_none(), tensor_f32(teacher_logprobs), tensor_i32(teacher_ids), k};
+    return loss_chunks(be, op, sums, dh, dw, h, w, teacher, targets, cfg, grad_scale, dt);
 }
