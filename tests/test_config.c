@@ -51,7 +51,8 @@ static void make_inline_everything(void) {
              "     \"rope_select\": \"uniform\", \"latent_norm\": false, \"drop_biases\": true,"
              "     \"calibration_tokens\": 100, \"allow_rebase\": true}},"
              " \"data\": {\"train\": [\"a.h5\", \"b/*.h5\"], \"seq_len\": 64},"
-             " \"loss\": {\"kl_weight\": 1, \"ce_weight\": 0.25, \"temperature\": 2.5},"
+             " \"loss\": {\"kl_weight\": 1, \"ce_weight\": 0.25, \"temperature\": 2.5, \"kind\": \"jsd\","
+             "   \"jsd_beta\": 0.25, \"chunk_tokens\": 64},"
              " \"optim\": {\"lr\": 3e-4, \"warmup_steps\": 5, \"schedule\": \"linear\", \"weight_decay\": 0,"
              "   \"beta1\": 0, \"beta2\": 0.999, \"eps\": 1e-6, \"grad_clip\": 0, \"decay_norms_and_embeddings\": true},"
              " \"train\": {\"micro_batch\": 2, \"global_batch\": 8, \"max_steps\": 3},"
@@ -132,7 +133,8 @@ static void check_same(const Config *a, const Config *b, const char *what) {
               a->data.seq_len == b->data.seq_len,
           "%s: data", what);
     CHECK(a->loss.kl_weight == b->loss.kl_weight && a->loss.ce_weight == b->loss.ce_weight &&
-              a->loss.temperature == b->loss.temperature,
+              a->loss.temperature == b->loss.temperature && a->loss.kind == b->loss.kind &&
+              a->loss.jsd_beta == b->loss.jsd_beta && a->loss.chunk_tokens == b->loss.chunk_tokens,
           "%s: loss", what);
     CHECK(a->optim.lr == b->optim.lr && a->optim.min_lr == b->optim.min_lr &&
               a->optim.warmup_steps == b->optim.warmup_steps && a->optim.schedule == b->optim.schedule &&
@@ -243,6 +245,14 @@ static void test_errors(void) {
                    "t.json: optim.lr: expected a number, got a string");
     EXPECT_MESSAGE(parse(c, edited(D, "\"temperature\": 1.0", "\"temperature\": 0")),
                    "t.json: loss.temperature: must be > 0, got 0");
+    EXPECT_MESSAGE(parse(c, edited(D, "\"temperature\": 1.0", "\"temperature\": 1.0, \"kind\": \"js\"")),
+                   "t.json: loss.kind: expected \"forward_kl\", \"reverse_kl\" or \"jsd\", got \"js\" (did you mean \"jsd\"?)");
+    EXPECT_MESSAGE(parse(c, edited(D, "\"temperature\": 1.0", "\"temperature\": 1.0, \"jsd_beta\": 1")),
+                   "t.json: loss.jsd_beta: must be in (0, 1), got 1");
+    EXPECT_MESSAGE(parse(c, edited(D, "\"temperature\": 1.0", "\"temperature\": 1.0, \"jsd_beta\": 0")),
+                   "t.json: loss.jsd_beta: must be in (0, 1), got 0");
+    EXPECT_MESSAGE(parse(c, edited(D, "\"temperature\": 1.0", "\"temperature\": 1.0, \"chunk_tokens\": -1")),
+                   "t.json: loss.chunk_tokens: must be >= 0, got -1");
     EXPECT_MESSAGE(parse(c, edited(D, "\"max_steps\": 7000", "\"max_steps\": 10.5")),
                    "t.json: train.max_steps: expected an integer, got 10.5");
     EXPECT_MESSAGE(parse(c, edited(D, "\"max_steps\": 7000", "\"max_steps\": true")),
@@ -452,7 +462,7 @@ static void test_effective(void) {
     Config *c = new_config();
     char *text = NULL;
     if (CHECK_OK(parse(c, MINIMAL)) && CHECK_OK(config_effective_json(c, &text))) {
-        CHECK(strstr(text, "\"temperature\": 1.0\n") && strstr(text, "\"max_steps\": 1000") &&
+        CHECK(strstr(text, "\"temperature\": 1.0,\n") && strstr(text, "\"kind\": \"forward_kl\",\n") && strstr(text, "\"max_steps\": 1000") &&
                   strstr(text, "\"train\": []") && strstr(text, "\"kl_weight\": 0.0,") &&
                   strstr(text, "\"global_batch\": 1,") && !strstr(text, "\"teacher\"") && !strstr(text, "\"mla\""),
               "effective config of the minimal one:\n%s", text);

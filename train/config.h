@@ -29,6 +29,8 @@ typedef enum {
     CONFIG_ROPE_SELECT_ROROPE_FREE,
 } ConfigRopeSelect;
 typedef enum { CONFIG_LATENT_BASIS_ACTIVATIONS = 0, CONFIG_LATENT_BASIS_WEIGHTS } ConfigLatentBasis;
+/* loss.kind, in core/backend.h's LossKind order */
+typedef enum { CONFIG_LOSS_FORWARD_KL = 0, CONFIG_LOSS_REVERSE_KL, CONFIG_LOSS_JSD } ConfigLossKind;
 typedef enum { CONFIG_SCHEDULE_COSINE = 0, CONFIG_SCHEDULE_LINEAR, CONFIG_SCHEDULE_CONSTANT } ConfigSchedule;
 /* What the student keeps for backward: every activation, or each layer's input only (the layer's
  * forward runs again in backward). */
@@ -114,6 +116,9 @@ typedef struct {
         double kl_weight;
         double ce_weight;
         double temperature;
+        ConfigLossKind kind;
+        double jsd_beta;          /* read with kind = jsd only */
+        int64_t chunk_tokens;     /* tokens per logits chunk of the fused head; 0 = the backend's choice */
     } loss;
 
     struct {

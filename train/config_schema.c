@@ -17,6 +17,7 @@ static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm"
 static const char *const LATENT_BASIS_NAMES[] = {"activations", "weights", NULL};
 static const char *const SCHEDULE_NAMES[] = {"cosine", "linear", "constant", NULL};
 static const char *const RECOMPUTE_NAMES[] = {"none", "layers", "mlp", NULL};
+static const char *const LOSS_KIND_NAMES[] = {"forward_kl", "reverse_kl", "jsd", NULL};
 
 const char *config_device_name(ConfigDevice d) { return DEVICE_NAMES[d]; }
 const char *config_mla_init_name(ConfigMlaInit m) { return MLA_INIT_NAMES[m]; }
@@ -98,6 +99,9 @@ const KeySpec CONFIG_KEYS[] = {
     NUMBER("loss.kl_weight", loss.kl_weight, 0.5, 0, INFINITY, 0),
     NUMBER("loss.ce_weight", loss.ce_weight, 0.5, 0, INFINITY, 0),
     NUMBER("loss.temperature", loss.temperature, 1.0, 0, INFINITY, KEY_LO_OPEN),
+    ENUM("loss.kind", loss.kind, LOSS_KIND_NAMES, CONFIG_LOSS_FORWARD_KL),
+    NUMBER("loss.jsd_beta", loss.jsd_beta, 0.5, 0, 1, KEY_LO_OPEN | KEY_HI_OPEN),
+    INT("loss.chunk_tokens", loss.chunk_tokens, 0, 0, ANY_INT, 0),
 
     OBJECT("optim"),
     NUMBER("optim.lr", optim.lr, 1e-4, 0, INFINITY, KEY_LO_OPEN),

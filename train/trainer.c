@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "train/cached_teacher.h"
 #include "train/checkpoint.h"
+#include "train/config_loss.h"
 #include "train/grad_sync.h"
 #include "train/grad_sync_overlap.h"
 #include "train/models.h"
@@ -296,8 +297,7 @@ Status trainer_step(Trainer *t, StepRecord *r) {
     /* Every target of a window is a real next token, so the step counts B*T tokens per window;
      * across ranks this is the global batch. */
     int64_t counted = cfg->train.global_batch * t->T;
-    LossConfig lc = {.kl_weight = (float)cfg->loss.kl_weight, .ce_weight = (float)cfg->loss.ce_weight,
-                     .temperature = (float)cfg->loss.temperature, .ignore_index = -100, .chunk_tokens = 0};
+    LossConfig lc = config_loss(cfg);
     LossSums sums = {0};
     TRY(model_zero_grads(t->student));
     GradSync sync = grad_sync_start(t->comm, t->student, cfg->dist.overlap && !t->zero1);
