@@ -40,7 +40,7 @@ Café, naïve, résumé, façade, coöperate; Größe, Straße; año, niño; ça
 日本語のテキスト、中文文本和한국어 텍스트. Emoji 👍 and 🙂 in text. العربية עברית हिन्दी ไทย
 The hidden state of a transformer is a vector; attention mixes the vectors of earlier tokens,
 and the latent attention of DeepSeek caches a small vector per token instead of keys and values.
-"""
+""" + "Mongolian \u180eseparators \u180ebetween \u180ewords. " * 12
 
 TEXTS = [
     "Hello world",
@@ -68,6 +68,7 @@ TEXTS = [
     "a <mask> b, x  <mask>, [SEP]   y, word words sword word. <ab <abc> <abcd",
     "def f(x):\n    return x**2 + 1  # comment\n\tprint(\"done\")\n",
     "nbsp\u00a0here, ideographic\u3000space, zwj\u200d, em\u2003space, nel\u0085line, ls\u2028ps\u2029, mvs\u180eend",
+    "as \u180eie, x \u180e\u180e y \u180e",  # U+180E is not White_Space (PCRE2's own \s says it is)
     "supercalifragilistic is a longword, and antidisestablishment too",
     "▁already ▁metaspace▁text and <0x41> byte names",
     "ab" * 200,
@@ -81,7 +82,7 @@ def fuzz_texts(n, seed=5):
     """Random strings over an alphabet chosen to hit the pre-tokenizers' edges."""
     alphabet = (list("abcXYZ019 '\n\t.,!-_<>|") + ["  ", "\r\n", "'s", "'LL", "é", "e\u0301", "ß", "Ω", "日本",
                 "中", "한", "👍", "🏽", "\u200d", "\u00a0", "\u3000", "▁", "<s>", "</s>", "<|im_end|>", "<|",
-                "|>", "<0x41>", "١٢٣", "½", "Ⅻ"])
+                "|>", "<0x41>", "١٢٣", "½", "Ⅻ", "\u180e", "\u2028", "\u0085", "ſ", "İ", "\ufeff"])
     rng = random.Random(seed)
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
 

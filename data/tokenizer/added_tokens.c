@@ -7,9 +7,9 @@
 
 #include "data/tokenizer/tokenizer_parts.h"
 
-/* Rust regex's \w: Alphabetic, marks, decimal digits, connector punctuation, joiners (the
- * circled letters are the Alphabetic symbols outside L and M). */
-static const char WORD_CHAR[] = "[\\p{L}\\p{Nl}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\x{24B6}-\\x{24E9}]";
+/* Rust regex's \w (regex_compile gives \w that meaning: Alphabetic, marks, decimal digits,
+ * connector punctuation, joiners). */
+static const char WORD_CHAR[] = "\\w";
 
 static Status trie_add(AddedTrie *t, const char *s, size_t len, int32_t token, const AddedVocab *av) {
     int32_t *link = &t->root[(unsigned char)s[0]];

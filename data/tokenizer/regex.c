@@ -1,11 +1,14 @@
 /* PCRE2 (8-bit, UTF + UCP, JIT where available) behind the tokenizer's Split, Replace and
  * ByteLevel patterns. Oniguruma and PCRE2 share Perl's leftmost-first semantics for these patterns;
- * what differs is the iteration after an empty match, which follows Oniguruma here. */
+ * what differs is the iteration after an empty match and the Unicode meaning of \s and \w, both
+ * made Oniguruma's here. */
 #include "data/tokenizer/regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "data/tokenizer/unicode.h"
 
@@ -18,12 +21,73 @@ struct RegexScratch {
     pcre2_match_data *md;
 };
 
+/* Oniguruma's \s is Unicode's White_Space, where PCRE2's also takes U+180E; its \w is Alphabetic,
+ * marks, decimal digits, connector punctuation and joiners, where PCRE2 10.42's is letters, numbers
+ * and '_'. The pattern is rewritten with the properties themselves (\W inside a class is left). */
+static const char WORD_PROPERTIES[] = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}";
+
+static char *with_oniguruma_classes(const char *p, size_t n, size_t *out_len) {
+    size_t cap = n * 40 + 128, k = 0; /* each \w grows 36-fold */
+    char *o = malloc(cap);
+    if (!o) return NULL;
+    int in_class = 0, quoted = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (quoted) {
+            if (c == '\\' && i + 1 < n && p[i + 1] == 'E') quoted = 0;
+        } else if (c == '\\' && i + 1 < n) {
+            char e = p[i + 1];
+            const char *rep = NULL;
+            char buf[128];
+            if (e == 's') rep = "\\p{White_Space}";
+            else if (e == 'S') rep = "\\P{White_Space}";
+            else if (e == 'w') {
+                snprintf(buf, sizeof buf, in_class ? "%s" : "[%s]", WORD_PROPERTIES);
+                rep = buf;
+            } else if (e == 'W' && !in_class) {
+                snprintf(buf, sizeof buf, "[^%s]", WORD_PROPERTIES);
+                rep = buf;
+            } else if (e == 'Q') {
+                quoted = 1;
+            }
+            if (rep) {
+                size_t rl = strlen(rep);
+                memcpy(o + k, rep, rl);
+                k += rl;
+                i++;
+                continue;
+            }
+            o[k++] = c;
+            c = p[++i];
+        } else if (c == '[' && !in_class) {
+            in_class = 1;
+            o[k++] = c;
+            /* A ']' right after '[' or '[^' is a literal member. */
+            if (i + 1 < n && p[i + 1] == '^') o[k++] = p[++i];
+            if (i + 1 < n && p[i + 1] == ']') o[k++] = p[++i];
+            continue;
+        } else if (c == '[' && in_class) {
+            in_class++;
+        } else if (c == ']' && in_class) {
+            in_class--;
+        }
+        o[k++] = c;
+    }
+    *out_len = k;
+    return o;
+}
+
 Status regex_compile(const char *pattern, size_t len, int literal, Regex **out) {
     *out = NULL;
     int err = 0;
     PCRE2_SIZE at = 0;
     uint32_t options = PCRE2_UTF | PCRE2_NO_UTF_CHECK | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)pattern, len, options, &err, &at, NULL);
+    size_t rewritten_len = len;
+    char *rewritten = literal ? NULL : with_oniguruma_classes(pattern, len, &rewritten_len);
+    if (!literal && !rewritten) return errorf("out of memory compiling a regex");
+    pcre2_code *code =
+        pcre2_compile((PCRE2_SPTR)(literal ? pattern : rewritten), rewritten_len, options, &err, &at, NULL);
+    free(rewritten);
     if (!code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
