@@ -14,8 +14,8 @@
 #include "data/tokenizer/tokenizer.h"
 #include "harness.h"
 
-static const char *const FAMILIES[] = {"gpt2", "added_options", "llama3", "qwen2", "smollm",
-                                       "llama2", "mistral_metaspace", "split_behaviors"};
+static const char *const FAMILIES[] = {"gpt2",   "added_options",     "llama3",          "qwen2",     "smollm",
+                                       "llama2", "mistral_metaspace", "split_behaviors", "unk_fused", "unk_separate"};
 
 /* The fixtures sit beside this source file; CMake compiles it by its absolute path. */
 static void fixture_path(char *buf, size_t n, const char *family, const char *file) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes the tokenizer fixtures of tests/test_tokenizer.c: small tokenizer.json files in the layouts
 of GPT-2, Llama 3, Qwen2, SmolLM (byte-level BPE) and Llama 2 / Mistral (BPE with byte fallback),
-trained here on a built-in text with HF `tokenizers`, plus the texts and the ids and decoded strings
-HF tokenizers gives for them.
+plus added tokens of every option, every split behavior and BPE with an unknown token, trained here
+on a built-in text with HF `tokenizers`, and the ids and decoded strings HF tokenizers gives for a
+set of texts (Unicode, digits, whitespace runs, special tokens, random mixtures).
 
 Run by hand (not in CI), from the repository root:
     python3 -m venv /tmp/tk-venv && /tmp/tk-venv/bin/pip install tokenizers
@@ -71,10 +72,10 @@ TEXTS = [
     "as \u180eie, x \u180e\u180e y \u180e",  # U+180E is not White_Space (PCRE2's own \s says it is)
     "supercalifragilistic is a longword, and antidisestablishment too",
     "▁already ▁metaspace▁text and <0x41> byte names",
-    "ab" * 200,
-    "1234567890" * 30,
+    "ab" * 140,
+    "1234567890" * 10,
     " " * 300 + "x",
-    "!!!???...,,,;;;" * 10,
+    "!!!???...,,,;;;" * 6,
 ]
 
 
@@ -215,6 +216,21 @@ def sentencepiece_model():
     return d
 
 
+def unk(fuse):
+    """BPE with an unknown token and no byte fallback: characters outside the vocabulary become
+    <unk>, one per character or fused per run."""
+    d = train(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True), 200, limit_alphabet=40)
+    trained = sorted(d["model"]["vocab"].items(), key=lambda kv: kv[1])
+    vocab = {"<unk>": 0}
+    for t, _ in trained:
+        vocab.setdefault(t, len(vocab))
+    d["model"].update(vocab=vocab, unk_token="<unk>", byte_fallback=False, fuse_unk=fuse)
+    d["added_tokens"] = [added(0, "<unk>")]
+    d["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    d["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}
+    return d, False
+
+
 def template(prefix, suffix, vocab):
     items = [{"SpecialToken": {"id": t, "type_id": 0}} for t in prefix] + [{"Sequence": {"id": "A", "type_id": 0}}] + \
             [{"SpecialToken": {"id": t, "type_id": 0}} for t in suffix]
@@ -268,11 +284,12 @@ def split_behaviors():
 
 
 FAMILIES = {"gpt2": gpt2, "added_options": added_options, "llama3": llama3, "qwen2": qwen2, "smollm": smollm,
-            "llama2": llama2, "mistral_metaspace": mistral_metaspace, "split_behaviors": split_behaviors}
+            "llama2": llama2, "mistral_metaspace": mistral_metaspace, "split_behaviors": split_behaviors,
+            "unk_fused": lambda: unk(True), "unk_separate": lambda: unk(False)}
 
 
 def main(out_dir):
-    texts = TEXTS + fuzz_texts(24)
+    texts = TEXTS + fuzz_texts(20)
     for name, make in FAMILIES.items():
         d, roundtrip = make()
         d["version"] = "1.0"

@@ -392,10 +392,16 @@ static Status reserve_symbols(EncodeScratch *sc, size_t n) {
         sc->symbols = s;
         sc->symbols_cap = cap;
     }
-    if (3 * n > sc->heap_cap) {
-        size_t cap = 3 * n < 768 ? 768 : 3 * n;
+    return STATUS_OK;
+}
+
+/* The queue holds at most the first pairs and two per merge: under 3 entries per symbol. */
+static Status reserve_heap(EncodeScratch *sc, size_t n_symbols) {
+    size_t need = 3 * n_symbols;
+    if (need > sc->heap_cap) {
+        size_t cap = need < 768 ? 768 : need;
         BpeCandidate *h = realloc(sc->heap, cap * sizeof *h);
-        if (!h) return errorf("out of memory for a word of %zu symbols", n);
+        if (!h) return errorf("out of memory for a word of %zu symbols", n_symbols);
         sc->heap = h;
         sc->heap_cap = cap;
     }
@@ -418,8 +424,8 @@ static int32_t char_id(const Bpe *m, const char *ch, size_t cl) {
 /* HF's BPE::merge_word: one symbol per character, unknown characters through byte fallback or
  * the unk token (fused when fuse_unk) or dropped, then the merges. */
 static Status word_symbols(const Bpe *m, const char *s, size_t n, EncodeScratch *sc, size_t *n_sym) {
-    /* Byte fallback can give a 4-byte character 4 symbols, a byte-level character 2 each. */
-    TRY(reserve_symbols(sc, 4 * n + 1));
+    /* A symbol per byte at most, except byte fallback of a byte-level character (2 bytes of UTF-8). */
+    TRY(reserve_symbols(sc, (m->byte_level && m->byte_fallback ? 2 * n : n) + 1));
     size_t k = 0;
     int32_t unk_id = -1;
     uint32_t unk_len = 0;
@@ -488,7 +494,10 @@ Status bpe_encode_word(const Bpe *m, const char *s, size_t n, EncodeScratch *sc,
     }
     size_t k;
     TRY(word_symbols(m, s, n, sc, &k));
-    if (k > 1) merge_symbols(m, sc, k);
+    if (k > 1) {
+        TRY(reserve_heap(sc, k));
+        merge_symbols(m, sc, k);
+    }
     size_t first = out->n;
     for (int32_t i = k ? 0 : -1; i >= 0; i = sc->symbols[i].next)
         if (sc->symbols[i].len) TRY(ids_push(out, sc->symbols[i].id));
