@@ -117,6 +117,13 @@ typedef struct {
     Status (*attention_backward)(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv,
                                  Tensor dout, Tensor out, Tensor lse, Tensor q, Tensor k,
                                  Tensor k_shared, Tensor v, float scale);
+    /* Decoding: one new token's attention over the first n cached tokens, GQA and absorbed MLA alike:
+     *   q [H, Dk + Ds], k [n, Hk, Dk], k_shared [n, Ds] (optional), v [n, Hk, Dv], out [H, Dv];
+     *   out[h] = sum_j softmax_j(scale * q[h] . [k[j, g(h)] ; k_shared[j]]) v[j, g(h)], g(h) = h / (H / Hk).
+     * Absorbed MLA passes its cached latents as both k and v (Hk = 1) and its rope keys as k_shared.
+     * Forward only (no lse). */
+    Status (*attention_decode)(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v,
+                               float scale);
 
     /* out[N, F] = silu(gate) * up. */
     Status (*swiglu_forward)(Backend *be, Tensor out, Tensor gate, Tensor up);
@@ -203,6 +210,14 @@ Status backend_download_f32(Backend *be, float *dst, Tensor src);
  * Every present storage argument of one call must be f32 or bf16, and all alike; *noted counts
  * those seen (start at 0), *dt is their dtype. The error names the op and the argument. */
 Status storage_dtype_note(const char *op, const char *name, Tensor t, int *noted, DType *dt);
+
+/* For the backends' attention_decode: the shapes of its arguments against each other (storage dtype
+ * dt for all), into dims; errors name the op and the argument. */
+typedef struct {
+    int64_t H, n, Hk, Dk, Ds, Dv;
+} DecodeDims;
+Status attention_decode_check(Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale, DType dt,
+                              DecodeDims *dims);
 
 /* Errors unless every op of the table is present, listing the ones this backend lacks. */
 Status backend_check_ops(const Backend *be);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "infer/decode_attention.h"
 #include "model/layers.h"
 
 enum { DECODER_MAX_OWNED = 16 };
@@ -290,13 +289,14 @@ static Status gqa_step(Decoder *d, int l, LayerCache *c, int64_t t) {
     TRY(op->linear_forward(be, v_row, c->a, w->v_proj, w->v_bias));
     TRY(op->rope_forward(be, reshape3(q, 1, H, hd), 0, m->rope_cos, m->rope_sin, d->pos));
     TRY(op->rope_forward(be, reshape3(k_row, 1, K, hd), 0, m->rope_cos, m->rope_sin, d->pos));
-    TRY(decode_attention(be, reshape2(attn, H, hd), reshape2(q, H, hd), kv_cache_rows(lk->k, t + 1, K), tensor_none(),
-                         kv_cache_rows(lk->v, t + 1, K), 1.0f / sqrtf((float)hd)));
+    TRY(op->attention_decode(be, reshape2(attn, H, hd), reshape2(q, H, hd), kv_cache_rows(lk->k, t + 1, K),
+                             tensor_none(), kv_cache_rows(lk->v, t + 1, K), 1.0f / sqrtf((float)hd)));
     TRY(op->linear_residual_forward(be, c->h, attn, w->o_proj, c->x));
     return STATUS_OK;
 }
 
-/* The query of an MLA layer, [1, H*(dn+dr)] with RoPE on each head's last dr dims, as forward. */
+/* The query of an MLA layer, [1, H*(dn+dr)] with RoPE on each head's last dr dims, as forward
+ * (biases, where the student kept a Qwen2 teacher's, before the absorption: W_uk^T (q_nope + b)). */
 static Status mla_query(Decoder *d, const LayerWeights *w, LayerCache *c, Tensor q, int l) {
     Model *m = d->m;
     Backend *be = d->be;
@@ -304,11 +304,11 @@ static Status mla_query(Decoder *d, const LayerWeights *w, LayerCache *c, Tensor
     const MlaDims *a = &m->cfg.mla;
     const int64_t H = m->cfg.num_attention_heads, dq = a->qk_nope_head_dim + a->qk_rope_head_dim;
     if (a->q_lora_rank > 0) {
-        TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, tensor_none()));
+        TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
         TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
         TRY(op->linear_forward(be, q, c->q_a_n, w->q_b_proj, tensor_none()));
     } else {
-        TRY(op->linear_forward(be, q, c->a, w->q_proj, tensor_none()));
+        TRY(op->linear_forward(be, q, c->a, w->q_proj, w->q_bias));
     }
     return op->rope_forward(be, reshape3(q, 1, H, dq), a->qk_nope_head_dim, m->mla_cos[l], m->mla_sin[l], d->pos);
 }
@@ -327,9 +327,10 @@ static Status mla_absorbed_attention(Decoder *d, int l, LayerCache *c, Tensor q,
             TRY(op->linear_forward(be, view_at(d->q_lat, h * (r + dr), 2, (int64_t[]){1, r}),
                                    view_at(q, h * dq, 2, (int64_t[]){1, dn}),
                                    view_at(ab->uk_t, h * r * dn, 2, (int64_t[]){r, dn}), tensor_none()));
-        TRY(op->cast(be, view_at(d->q_lat, h * (r + dr) + r, 1, (int64_t[]){dr}), view_at(q, h * dq + dn, 1, (int64_t[]){dr})));
+        TRY(op->cast(be, view_at(d->q_lat, h * (r + dr) + r, 1, (int64_t[]){dr}),
+                     view_at(q, h * dq + dn, 1, (int64_t[]){dr})));
     }
-    TRY(decode_attention(be, d->attn_lat, d->q_lat, latent, rope_keys, latent, 1.0f / sqrtf((float)dq)));
+    TRY(op->attention_decode(be, d->attn_lat, d->q_lat, latent, rope_keys, latent, 1.0f / sqrtf((float)dq)));
     return op->linear_residual_forward(be, c->h, reshape2(d->attn_lat, 1, H * r), ab->o_abs, c->x);
 }
 
@@ -347,8 +348,8 @@ static Status mla_expanded_attention(Decoder *d, const LayerWeights *w, LayerCac
     if (dn > 0) TRY(op->linear_forward(be, k, lat2, w->kv_b_k, tensor_none()));
     TRY(op->linear_forward(be, v, lat2, w->kv_b_v, tensor_none()));
     Tensor attn = reshape2(c->attn, 1, H * dv);
-    TRY(decode_attention(be, reshape2(attn, H, dv), reshape2(q, H, dq), reshape3(k, n, H, dn), rope_keys,
-                         reshape3(v, n, H, dv), 1.0f / sqrtf((float)dq)));
+    TRY(op->attention_decode(be, reshape2(attn, H, dv), reshape2(q, H, dq), reshape3(k, n, H, dn), rope_keys,
+                             reshape3(v, n, H, dv), 1.0f / sqrtf((float)dq)));
     return op->linear_residual_forward(be, c->h, attn, w->o_proj, c->x);
 }
 
@@ -369,12 +370,12 @@ static Status mla_step(Decoder *d, int l, LayerCache *c, int64_t t) {
     /* This token's latent and rope key go straight into the cache. */
     if (a->latent_norm) {
         Tensor lat = reshape2(c->c, 1, r);
-        TRY(op->linear_forward(be, lat, c->a, w->kv_a_latent, tensor_none()));
+        TRY(op->linear_forward(be, lat, c->a, w->kv_a_latent, w->kv_a_latent_bias));
         TRY(op->rmsnorm_forward(be, latent_row, c->c_rstd, lat, w->kv_a_norm, MLA_LATENT_NORM_EPS));
     } else {
-        TRY(op->linear_forward(be, latent_row, c->a, w->kv_a_latent, tensor_none()));
+        TRY(op->linear_forward(be, latent_row, c->a, w->kv_a_latent, w->kv_a_latent_bias));
     }
-    TRY(op->linear_forward(be, rope_row, c->a, w->kv_a_rope, tensor_none()));
+    TRY(op->linear_forward(be, rope_row, c->a, w->kv_a_rope, w->kv_a_rope_bias));
     TRY(op->rope_forward(be, reshape3(rope_row, 1, 1, dr), 0, m->mla_cos[l], m->mla_sin[l], d->pos));
 
     Tensor latent = kv_cache_rows(lk->latent, n, 1), rope_keys = reshape2(lk->rope_key, n, dr);

@@ -38,7 +38,8 @@ static Status run(Decoder *d, const Model *m, const int32_t *prompt, int64_t n_p
 
 Status generate(Model *m, const int32_t *prompt, int64_t n_prompt, const GenerateOptions *o, GenerateResult *r) {
     memset(r, 0, sizeof *r);
-    if (o->max_new_tokens < 1) return errorf("generate: max_new_tokens must be >= 1, got %lld", (long long)o->max_new_tokens);
+    if (o->max_new_tokens < 1)
+        return errorf("generate: max_new_tokens must be >= 1, got %lld", (long long)o->max_new_tokens);
     if (n_prompt < 1) return errorf("generate: the prompt is empty");
     TRY(sampling_check(&o->sampling));
     const int64_t V = m->cfg.vocab_size;

@@ -2,41 +2,22 @@
  * MLA with and without the latent norm, the q bottleneck and dn = 0, a hybrid; prompts of one
  * token, several, and past the attention kernel's chunk), absorbed MLA equal to the expanded
  * formula, the decode attention kernel against a float64 reference and across thread counts, the
- * cache's measured bytes, greedy and seeded generation, and top-p on a distribution worked by hand. */
+ * cache's measured bytes, greedy and seeded generation, and top-p on a distribution worked by hand.
+ * Students with a Qwen2 teacher's biases (query, latent and rope-key rows) decode with them too. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
 #include "infer/decode.h"
-#include "infer/decode_attention.h"
 #include "infer/generate.h"
 #include "infer/sampling.h"
 #include "model/model.h"
+#include "decode_fixtures.h"
 #include "model_fixtures.h"
 
 /* Longer than one chunk of the CPU decode kernel (256 cached tokens). */
 enum { LONG_SEQ = 300 };
-
-/* Every parameter random: matrices and biases N(0, 0.3) (peaked attention, so a wrong key or
- * position shows), norms 1 + N(0, 0.1). */
-static Model *random_model(Backend *be, const ModelConfig *cfg, int64_t max_seq, uint64_t seed) {
-    Model *m = NULL;
-    CHECK_OK(model_create(&m, be, cfg, max_seq));
-    for (int i = 0; i < m->n_params; i++) {
-        Tensor t = *m->params[i].value;
-        int64_t n = tensor_numel(t);
-        float *x = test_alloc((size_t)n * sizeof *x);
-        int norm = strstr(m->params[i].name, "norm") != NULL;
-        fill_normal(x, n, seed * 1000 + (uint64_t)i, norm ? 0.1f : 0.3f);
-        if (norm)
-            for (int64_t j = 0; j < n; j++) x[j] += 1.0f;
-        CHECK_OK(backend_upload_f32(be, t, x));
-        free(x);
-    }
-    model_weights_changed(m);
-    return m;
-}
 
 /* The full forward's logits [n, V] over ids, the reference. */
 static float *forward_logits(Model *m, const int32_t *ids, int64_t n) {
@@ -66,38 +47,6 @@ static int32_t *test_ids(int64_t n, int64_t V, int salt) {
     return ids;
 }
 
-/* Logits at every position by prefill of `prefill` tokens and steps for the rest, [n, V]. */
-static float *decoded_logits(Model *m, const int32_t *ids, int64_t n, int64_t prefill, DecodeMlaMode mode) {
-    const int64_t V = m->cfg.vocab_size;
-    float *out = test_alloc((size_t)(n * V) * sizeof *out), *last = test_alloc((size_t)V * sizeof *last);
-    Decoder *d = NULL;
-    if (!CHECK_OK(decoder_create(&d, m, n, mode))) {
-        free(last);
-        return out;
-    }
-    CHECK_OK(decoder_prefill(d, ids, prefill, last, out));
-    CHECK(memcmp(last, out + (prefill - 1) * V, (size_t)V * sizeof *last) == 0, "prefill's last logits are its last row");
-    for (int64_t t = prefill; t < n; t++) CHECK_OK(decoder_step(d, ids[t], out + t * V));
-    CHECK(decoder_cache(d)->length == n, "the cache holds %lld tokens, expected %lld",
-          (long long)decoder_cache(d)->length, (long long)n);
-    decoder_destroy(d);
-    free(last);
-    return out;
-}
-
-/* Worst relative error over positions: ||row - ref row|| / ||ref row||. */
-static double worst_row_error(const float *a, const float *ref, int64_t n, int64_t V, int64_t *where) {
-    double worst = 0;
-    for (int64_t t = 0; t < n; t++) {
-        double e = rel_error_f32(a + t * V, ref + t * V, V);
-        if (e > worst || isnan(e)) {
-            worst = e;
-            *where = t;
-        }
-    }
-    return worst;
-}
-
 static void check_cached_equals_forward(Backend *be, const char *what, const ModelConfig *cfg, int64_t n) {
     Model *m = random_model(be, cfg, n, 11);
     const int64_t V = cfg->vocab_size;
@@ -122,7 +71,8 @@ static void check_cached_equals_forward(Backend *be, const char *what, const Mod
         float *exp = decoded_logits(m, ids, n, 2, DECODE_MLA_EXPANDED);
         int64_t at = -1;
         double err = worst_row_error(abs, exp, n, V, &at);
-        CHECK(err < 2e-5, "%s: absorbed against expanded logits rel error %.3g at position %lld", what, err, (long long)at);
+        CHECK(err < 2e-5, "%s: absorbed against expanded logits rel error %.3g at position %lld", what, err,
+              (long long)at);
         CHECK(err > 0 || n < 3, "%s: absorbed and expanded agree to the bit, so one of them is not what runs", what);
         free(abs);
         free(exp);
@@ -187,17 +137,37 @@ static void check_decode_attention_kernel(void) {
         }
         for (int64_t e = 0; e < Dv; e++) ref[h * Dv + e] /= l;
     }
-    Tensor tq = tensor_view(q, DT_F32, 2, (int64_t[]){H, Dk + Ds}), tk = tensor_view(k, DT_F32, 3, (int64_t[]){n, Hk, Dk});
+    Tensor tq = tensor_view(q, DT_F32, 2, (int64_t[]){H, Dk + Ds});
+    Tensor tk = tensor_view(k, DT_F32, 3, (int64_t[]){n, Hk, Dk});
     Tensor tks = tensor_view(ks, DT_F32, 2, (int64_t[]){n, Ds}), tv = tensor_view(v, DT_F32, 3, (int64_t[]){n, Hk, Dv});
     Backend *one = test_cpu_backend(1);
-    CHECK_OK(decode_attention(one, tensor_view(out1, DT_F32, 2, (int64_t[]){H, Dv}), tq, tk, tks, tv, scale));
+    CHECK_OK(one->ops.attention_decode(one, tensor_view(out1, DT_F32, 2, (int64_t[]){H, Dv}), tq, tk, tks, tv, scale));
     backend_destroy(one);
     Backend *two = test_cpu_backend(2);
-    CHECK_OK(decode_attention(two, tensor_view(out2, DT_F32, 2, (int64_t[]){H, Dv}), tq, tk, tks, tv, scale));
+    CHECK_OK(two->ops.attention_decode(two, tensor_view(out2, DT_F32, 2, (int64_t[]){H, Dv}), tq, tk, tks, tv, scale));
     double err = rel_error_f64(out1, ref, H * Dv);
-    CHECK(err < 1e-6, "decode_attention against float64: rel error %.3g", err);
-    CHECK(memcmp(out1, out2, H * Dv * sizeof(float)) == 0, "decode_attention differs between 1 and 2 threads");
-    CHECK_ERR(decode_attention(two, tensor_view(out2, DT_F32, 2, (int64_t[]){H, Dv}), tq, tk, tensor_none(), tv, scale),
+    CHECK(err < 1e-6, "attention_decode against float64: rel error %.3g", err);
+    CHECK(memcmp(out1, out2, H * Dv * sizeof(float)) == 0, "attention_decode differs between 1 and 2 threads");
+    /* bf16 storage: the f32 kernel on widened copies, the output rounded once. */
+    Tensor bq, bk, bks, bv, bout;
+    CHECK_OK(two->alloc(two, &bq, DT_BF16, 2, tq.shape));
+    CHECK_OK(two->alloc(two, &bk, DT_BF16, 3, tk.shape));
+    CHECK_OK(two->alloc(two, &bks, DT_BF16, 2, tks.shape));
+    CHECK_OK(two->alloc(two, &bv, DT_BF16, 3, tv.shape));
+    CHECK_OK(two->alloc(two, &bout, DT_BF16, 2, (int64_t[]){H, Dv}));
+    CHECK_OK(backend_upload_f32(two, bq, q));
+    CHECK_OK(backend_upload_f32(two, bk, k));
+    CHECK_OK(backend_upload_f32(two, bks, ks));
+    CHECK_OK(backend_upload_f32(two, bv, v));
+    CHECK_OK(two->ops.attention_decode(two, bout, bq, bk, bks, bv, scale));
+    CHECK_OK(backend_download_f32(two, out2, bout));
+    err = rel_error_f64(out2, ref, H * Dv);
+    CHECK(err < 2e-2 && err > 0, "attention_decode in bf16 storage against float64: rel error %.3g", err);
+    CHECK_ERR(two->ops.attention_decode(two, bout, bq, tk, bks, bv, scale), "one storage dtype per call");
+    Tensor *bts[] = {&bq, &bk, &bks, &bv, &bout};
+    for (int i = 0; i < 5; i++) two->release(two, bts[i]);
+    Tensor tout = tensor_view(out2, DT_F32, 2, (int64_t[]){H, Dv});
+    CHECK_ERR(two->ops.attention_decode(two, tout, tq, tk, tensor_none(), tv, scale),
               "head width");
     backend_destroy(two);
     free(q), free(k), free(ks), free(v), free(out1), free(out2), free(ref), free(s);
@@ -333,6 +303,9 @@ int main(void) {
     ModelConfig hybrid = tiny_student_config(0x2, 0, 1);
     ModelConfig rope_only = tiny_student_config(0x3, 0, 0);
     rope_only.mla.qk_nope_head_dim = 0;
+    ModelConfig mla_bias = tiny_student_config(0x3, 0, 1), mla_qlora_bias = tiny_student_config(0x1, 6, 1);
+    mla_bias.mla.attention_bias = mla_qlora_bias.mla.attention_bias = 1;
+    mla_qlora_bias.qkv_bias = 1;
 
     check_decode_attention_kernel();
     check_cached_equals_forward(be, "gqa with q/k/v bias", &teacher, 13);
@@ -340,6 +313,8 @@ int main(void) {
     check_cached_equals_forward(be, "mla with q_lora, no latent norm", &mla_qlora, 11);
     check_cached_equals_forward(be, "hybrid", &hybrid, 12);
     check_cached_equals_forward(be, "mla, dn = 0", &rope_only, 9);
+    check_cached_equals_forward(be, "mla with q and latent biases", &mla_bias, 10);
+    check_cached_equals_forward(be, "hybrid with q_lora and biases in both kinds", &mla_qlora_bias, 10);
     check_cached_equals_forward(be, "gqa, long", &teacher, LONG_SEQ);
     check_cached_equals_forward(be, "mla, long", &mla, LONG_SEQ);
 

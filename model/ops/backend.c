@@ -36,7 +36,7 @@ Status backend_check_ops(const Backend *be) {
     static const char *const names[] = {
         "embedding_forward", "embedding_backward", "rmsnorm_forward", "rmsnorm_backward", "rmsnorm_residual_backward",
         "linear_forward", "linear_backward", "linear_residual_forward", "rope_forward", "rope_backward",
-        "attention_forward", "attention_backward", "swiglu_forward", "swiglu_backward",
+        "attention_forward", "attention_backward", "attention_decode", "swiglu_forward", "swiglu_backward",
         "lm_head_loss", "lm_head_loss_topk", "adamw_step", "adamw_step_multi", "sum_squares", "sum_squares_multi",
         "scale", "accumulate", "cast"};
     _Static_assert(sizeof(Ops) == sizeof(names) / sizeof(names[0]) * sizeof(void (*)(void)),
@@ -48,6 +48,29 @@ Status backend_check_ops(const Backend *be) {
         if (fn[i] == NULL && used < sizeof missing)
             used += (size_t)snprintf(missing + used, sizeof missing - used, "%s%s", used ? ", " : "", names[i]);
     if (used) return errorf("device \"%s\": this build's %s backend lacks the ops %s", be->name, be->name, missing);
+    return STATUS_OK;
+}
+
+Status attention_decode_check(Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale, DType dt,
+                              DecodeDims *dims) {
+    const char *op = "attention_decode";
+    TRY(tensor_check(op, "q", q, dt, 2, (int64_t[]){-1, -1}));
+    TRY(tensor_check(op, "k", k, dt, 3, (int64_t[]){-1, -1, -1}));
+    int64_t H = q.shape[0], n = k.shape[0], Hk = k.shape[1], Dk = k.shape[2], Ds = 0;
+    if (tensor_present(k_shared)) {
+        TRY(tensor_check(op, "k_shared", k_shared, dt, 2, (int64_t[]){n, -1}));
+        Ds = k_shared.shape[1];
+    }
+    if (n < 1) return errorf("%s: no cached tokens to attend to", op);
+    if (Hk < 1 || H % Hk != 0)
+        return errorf("%s: q has %lld heads, not a multiple of the %lld kv heads of k", op, (long long)H, (long long)Hk);
+    if (q.shape[1] != Dk + Ds)
+        return errorf("%s: q has head width %lld, expected Dk + Ds = %lld + %lld", op, (long long)q.shape[1],
+                      (long long)Dk, (long long)Ds);
+    TRY(tensor_check(op, "v", v, dt, 3, (int64_t[]){n, Hk, -1}));
+    TRY(tensor_check(op, "out", out, dt, 2, (int64_t[]){H, v.shape[2]}));
+    if (!isfinite(scale)) return errorf("%s: scale is %g, expected a finite number", op, (double)scale);
+    *dims = (DecodeDims){.H = H, .n = n, .Hk = Hk, .Dk = Dk, .Ds = Ds, .Dv = v.shape[2]};
     return STATUS_OK;
 }
 

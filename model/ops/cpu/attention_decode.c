@@ -1,25 +1,25 @@
-/* One token's attention over the KV cache on the CPU, split over the keys as flash-decoding does:
- * each task takes one kv head and a fixed-size chunk of cached tokens and keeps, per query head of
- * the group, the chunk's max score, its sum of exponentials and its weighted values; the chunks are
- * then combined in order. The chunk size is fixed, so the result does not depend on the thread
- * count; and an absorbed MLA cache (one kv head) still spreads over every thread. */
-#include "infer/decode_attention.h"
+/* Decoding attention on the CPU: one token against the KV cache, split over the keys as
+ * flash-decoding does: each task takes one kv head and a fixed-size chunk of cached tokens and
+ * keeps, per query head of the group, the chunk's max score, its sum of exponentials and its
+ * weighted values; the chunks are then combined in order. The chunk size is fixed, so the result
+ * does not depend on the thread count; and an absorbed MLA cache (one kv head) still spreads over
+ * every thread. */
+#include "cpu_ops.h"
+#include "vector_math.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/ops/cpu/vector_math.h"
-
 /* Cached tokens per task: a chunk's keys (256 x 64 floats) stay in L2 while every head of the
  * group reads them. */
 enum { DECODE_CHUNK = 256 };
 
-Status cpu_decode_attention(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale) {
-    const char *op = "decode_attention";
-    if (q.dtype != DT_F32) return errorf("%s: the cpu kernel computes in f32, got %s", op, dtype_name(q.dtype));
-    const int64_t H = q.shape[0], n = k.shape[0], Hk = k.shape[1], Dk = k.shape[2], Dv = v.shape[2];
-    const int64_t Ds = tensor_present(k_shared) ? k_shared.shape[1] : 0, Dq = Dk + Ds, group = H / Hk;
+Status cpu_attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale) {
+    const char *op = "attention_decode";
+    DecodeDims dm;
+    TRY(attention_decode_check(out, q, k, k_shared, v, scale, DT_F32, &dm));
+    const int64_t H = dm.H, n = dm.n, Hk = dm.Hk, Dk = dm.Dk, Ds = dm.Ds, Dv = dm.Dv, Dq = Dk + Ds, group = H / Hk;
     const int64_t nchunks = (n + DECODE_CHUNK - 1) / DECODE_CHUNK, ntasks = Hk * nchunks;
 
     /* Per task and head of its group: max, sum of exponentials, weighted values [Dv]; then the

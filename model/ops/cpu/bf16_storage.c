@@ -176,6 +176,16 @@ static Status attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, T
     RUN(w, cpu_attention_forward(be, out, lse, q, k, k_shared, v, scale));
 }
 
+static Status attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale) {
+    Widened w = {.op = "attention_decode"};
+    TRY(storage(&w, "out", &out, 1));
+    TRY(storage(&w, "q", &q, 0));
+    TRY(storage(&w, "k", &k, 0));
+    TRY(storage(&w, "k_shared", &k_shared, 0));
+    TRY(storage(&w, "v", &v, 0));
+    RUN(w, cpu_attention_decode(be, out, q, k, k_shared, v, scale));
+}
+
 static Status attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
                                  Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
                                  float scale) {
@@ -264,6 +274,7 @@ void cpu_ops_add_bf16_storage(Ops *ops) {
     ops->rope_backward = rope_backward;
     ops->attention_forward = attention_forward;
     ops->attention_backward = attention_backward;
+    ops->attention_decode = attention_decode;
     ops->swiglu_forward = swiglu_forward;
     ops->swiglu_backward = swiglu_backward;
     ops->lm_head_loss = lm_head_loss;

@@ -86,6 +86,7 @@ Status cpu_backend_create(Backend **out, BackendOptions opts) {
         .rope_backward = cpu_rope_backward,
         .attention_forward = cpu_attention_forward,
         .attention_backward = cpu_attention_backward,
+        .attention_decode = cpu_attention_decode,
         .swiglu_forward = cpu_swiglu_forward,
         .swiglu_backward = cpu_swiglu_backward,
         .lm_head_loss = cpu_lm_head_loss,

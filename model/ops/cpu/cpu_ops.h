@@ -50,6 +50,7 @@ Status cpu_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Tens
 Status cpu_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
                               Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
                               float scale);
+Status cpu_attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale);
 Status cpu_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cpu_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cpu_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,

@@ -22,6 +22,7 @@ Status cuda_attention_forward(Backend *be, Tensor out, Tensor lse, Tensor q, Ten
 Status cuda_attention_backward(Backend *be, Tensor dq, Tensor dk, Tensor dk_shared, Tensor dv, Tensor dout,
                                Tensor out, Tensor lse, Tensor q, Tensor k, Tensor k_shared, Tensor v,
                                float scale);
+Status cuda_attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor k_shared, Tensor v, float scale);
 Status cuda_swiglu_forward(Backend *be, Tensor out, Tensor gate, Tensor up);
 Status cuda_swiglu_backward(Backend *be, Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 Status cuda_lm_head_loss(Backend *be, LossSums *sums, Tensor dh, Tensor dw, Tensor h, Tensor w, Tensor ht,
@@ -54,6 +55,7 @@ static inline Ops cuda_ops_table(void) {
     o.rope_backward = cuda_rope_backward;
     o.attention_forward = cuda_attention_forward;
     o.attention_backward = cuda_attention_backward;
+    o.attention_decode = cuda_attention_decode;
     o.swiglu_forward = cuda_swiglu_forward;
     o.swiglu_backward = cuda_swiglu_backward;
     o.lm_head_loss = cuda_lm_head_loss;
