@@ -173,12 +173,15 @@ int main(void) {
     if (!CHECK_OK(backend_create(&gpu, "cuda", (BackendOptions){0, 0}))) return test_finish("test_gpu_step");
     CHECK_OK(backend_check_ops(gpu));
 
-    /* A Qwen2-style teacher (q/k/v biases); a hybrid student (layer 0 MLA, layer 1 GQA) and an
-     * all-MLA student with a q bottleneck and no latent norm. */
+    /* A Qwen2-style teacher (q/k/v biases); a hybrid student (layer 0 MLA, layer 1 GQA), an all-MLA
+     * student with a q bottleneck and no latent norm, and one that keeps the teacher's biases. */
     for (int bf16 = 0; bf16 < 2; bf16++) {
         DType dt = bf16 ? DT_BF16 : DT_F32;
         compare_backends(gpu, cpu, "hybrid student", tiny_teacher_config(1), tiny_student_config(0x1, 0, 1), dt);
         compare_backends(gpu, cpu, "all-MLA student", tiny_teacher_config(1), tiny_student_config(0x3, 6, 0), dt);
+        ModelConfig biased = tiny_student_config(0x3, 0, 1);
+        biased.mla.attention_bias = 1; /* the teacher's biases kept: q_proj and kv_a_proj biases */
+        compare_backends(gpu, cpu, "all-MLA student with biases", tiny_teacher_config(1), biased, dt);
     }
 
     backend_destroy(gpu);
