@@ -21,7 +21,8 @@ enum { GENERATE_PATH = 4096, GENERATE_DEFAULT_NEW = 64 };
 void cmd_generate_usage(void) {
     printf("usage: mlatrain generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
            "                         [--temperature T] [--top-p P] [--seed S] | [--greedy]] [--json]\n"
-           "                         [--tokenizer PATH] [--device cpu|cuda] [--threads N] [--ignore-eos]\n"
+           "                         [--tokenizer PATH] [--device cpu|cuda] [--dtype f32|bf16] [--threads N]\n"
+           "                         [--ignore-eos]\n"
            "                         [--mla-attention absorbed|expanded]\n"
            "\n"
            "Generates up to N new tokens (default %d) after the prompt: the prompt in one forward pass,\n"
@@ -36,19 +37,22 @@ void cmd_generate_usage(void) {
            "--prompt TEXT is encoded with the model's tokenizer (DIR/tokenizer.json, or --tokenizer PATH: a\n"
            "tokenizer.json or its folder) as HF's encode(text) does, special tokens included; the new\n"
            "tokens are decoded to text (special tokens skipped) whenever a tokenizer is at hand.\n"
+           "--dtype: what the weights, activations and KV cache are held in (math is float32 either way);\n"
+           "default f32 on cpu, bf16 on cuda.\n"
            "Greedy by default; --temperature (default 1), --top-p (default 1) or --seed (default 0)\n"
            "sample instead, reproducibly for a seed.\n"
            "Prints the new text (without a tokenizer, the new ids comma-separated) and a timing line on\n"
            "stderr; --json prints one object:\n"
            "{\"ids\", \"text\", \"prompt_tokens\", \"new_tokens\", \"stopped_at_eos\", \"prefill_seconds\",\n"
-           "\"prefill_tok_s\", \"decode_tokens\", \"decode_seconds\", \"decode_tok_s\", \"kv_cache\": {\"bytes_allocated\",\n"
-           "\"bytes_filled\", \"bytes_per_token\", \"tokens\", \"dtype\", \"gqa_layers\", \"mla_layers\"}}: the cache's\n"
+           "\"prefill_tok_s\", \"decode_tokens\", \"decode_seconds\", \"decode_tok_s\", \"kv_cache\":\n"
+           "{\"bytes_allocated\", \"bytes_filled\", \"bytes_per_token\", \"tokens\", \"dtype\", \"gqa_layers\",\n"
+           "\"mla_layers\", \"mla_attention\"}}: the cache's\n"
            "bytes as allocated on the device and as filled by the tokens fed, summed over its tensors.\n",
            GENERATE_DEFAULT_NEW);
 }
 
 typedef struct {
-    const char *model, *prompt, *prompt_ids, *device, *tokenizer;
+    const char *model, *prompt, *prompt_ids, *device, *tokenizer, *dtype;
     int64_t max_new;
     int json, greedy, sampling_set, ignore_eos, threads;
     SamplingOptions sampling;
@@ -60,7 +64,8 @@ static Status parse_int(const char *opt, const char *v, int64_t lo, int64_t hi, 
     errno = 0;
     long long x = strtoll(v, &end, 10);
     if (errno || end == v || *end || x < lo || x > hi)
-        return errorf("generate: %s: expected an integer in [%lld, %lld], got \"%s\"", opt, (long long)lo, (long long)hi, v);
+        return errorf("generate: %s: expected an integer in [%lld, %lld], got \"%s\"", opt, (long long)lo,
+                      (long long)hi, v);
     *out = x;
     return STATUS_OK;
 }
@@ -88,7 +93,8 @@ static Status parse_args(int argc, char **argv, GenerateArgs *a, int *show_help)
         if (strcmp(o, "--json") == 0) { a->json = 1; continue; }
         if (strcmp(o, "--greedy") == 0) { a->greedy = 1; continue; }
         if (strcmp(o, "--ignore-eos") == 0) { a->ignore_eos = 1; continue; }
-        if (i + 1 >= argc) return errorf("generate: %s: unknown option or missing value (see mlatrain generate --help)", o);
+        if (i + 1 >= argc)
+            return errorf("generate: %s: unknown option or missing value (see mlatrain generate --help)", o);
         const char *v = argv[++i];
         int64_t n = 0;
         if (strcmp(o, "--model") == 0) a->model = v;
@@ -96,6 +102,7 @@ static Status parse_args(int argc, char **argv, GenerateArgs *a, int *show_help)
         else if (strcmp(o, "--prompt-ids") == 0) a->prompt_ids = v;
         else if (strcmp(o, "--device") == 0) a->device = v;
         else if (strcmp(o, "--tokenizer") == 0) a->tokenizer = v;
+        else if (strcmp(o, "--dtype") == 0) a->dtype = v;
         else if (strcmp(o, "--max-new-tokens") == 0) {
             TRY(parse_int(o, v, 1, 1 << 24, &a->max_new));
         } else if (strcmp(o, "--threads") == 0) {
@@ -120,12 +127,16 @@ static Status parse_args(int argc, char **argv, GenerateArgs *a, int *show_help)
         }
     }
     if (!a->model) return errorf("generate: --model DIR is required (see mlatrain generate --help)");
-    if (!a->prompt == !a->prompt_ids) return errorf("generate: give exactly one of --prompt TEXT and --prompt-ids 1,2,3");
+    if (!a->prompt == !a->prompt_ids)
+        return errorf("generate: give exactly one of --prompt TEXT and --prompt-ids 1,2,3");
     if (a->greedy && a->sampling_set)
         return errorf("generate: --greedy cannot be combined with --temperature, --top-p or --seed (they sample)");
     a->sampling.greedy = !a->sampling_set;
     if (strcmp(a->device, "cpu") != 0 && strcmp(a->device, "cuda") != 0)
         return errorf("generate: --device: expected cpu or cuda, got \"%s\"", a->device);
+    if (!a->dtype) a->dtype = strcmp(a->device, "cuda") == 0 ? "bf16" : "f32";
+    if (strcmp(a->dtype, "f32") != 0 && strcmp(a->dtype, "bf16") != 0)
+        return errorf("generate: --dtype: expected f32 or bf16, got \"%s\"", a->dtype);
     return sampling_check(&a->sampling) != STATUS_OK ? error_context("generate: ") : STATUS_OK;
 }
 
@@ -285,8 +296,10 @@ static Status run(const GenerateArgs *a, Backend *be, const Tokenizer *tok, cons
     const int64_t capacity = n_prompt + a->max_new - 1;
     Model *m = NULL;
     TRY(load_model(a->model, be, capacity, &m));
-    Status st = STATUS_OK;
-    if (capacity > m->cfg.max_position_embeddings)
+    /* A model that only runs forward: bf16 weights are rounded in place, no float32 copy kept. */
+    DType dt = strcmp(a->dtype, "bf16") == 0 ? DT_BF16 : DT_F32;
+    Status st = model_set_precision(m, dt, dt);
+    if (st == STATUS_OK && capacity > m->cfg.max_position_embeddings)
         st = errorf("generate: the prompt (%lld tokens) and --max-new-tokens %lld need %lld positions, more than "
                     "the model's max_position_embeddings (%lld)", (long long)n_prompt, (long long)a->max_new,
                     (long long)capacity, (long long)m->cfg.max_position_embeddings);

@@ -115,6 +115,13 @@ printf '{"model": {"type": "Unigram"}}' >"$work/bad_tokenizer.json"
 expect_error "an unsupported tokenizer" "$bin" generate --model "$work/mla" --tokenizer "$work/bad_tokenizer.json" \
     --prompt "Hi" -- "--tokenizer"
 
+# bf16 storage: the cache holds half the bytes.
+run "$bin" generate --model "$work/mla" --prompt-ids 1,2,3 --max-new-tokens 5 --ignore-eos --json --dtype bf16
+check "--dtype bf16 exits 0 (stderr: $err)" test "$rc" -eq 0
+check "--dtype bf16: $((2 * (16 + 4) * 2)) cache bytes per token (got $(field bytes_per_token))" \
+    test "$(field bytes_per_token)" = $((2 * (16 + 4) * 2))
+check "--dtype bf16: the cache says so" grep -q '"dtype":"bf16"' "$work/out"
+
 # Stopping at eos: the config's eos_token_id made the first greedy token.
 first=$(echo "$absorbed" | cut -d, -f1)
 cp -r "$work/mla" "$work/mla_eos"
@@ -142,6 +149,7 @@ expect_error "a zero temperature" "$bin" generate --model "$work/mla" --prompt-i
 expect_error "no new tokens" "$bin" generate --model "$work/mla" --prompt-ids 1 --max-new-tokens 0 -- "--max-new-tokens"
 expect_error "past max_position_embeddings" "$bin" generate --model "$work/mla" --prompt-ids 1,2 --max-new-tokens 300 -- \
     "max_position_embeddings (256)"
+expect_error "a bad dtype" "$bin" generate --model "$work/mla" --prompt-ids 1 --dtype f16 -- "--dtype" "f16"
 expect_error "an unknown option" "$bin" generate --model "$work/mla" --prompt-ids 1 --beams 4 -- "unknown option --beams"
 expect_error "no model" "$bin" generate --prompt-ids 1 -- "--model DIR is required"
 
