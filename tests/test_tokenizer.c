@@ -313,6 +313,8 @@ static void check_errors(void) {
     refused_with("model without type", "model", "{\"vocab\":{}}", "model.type");
     refused_with("vocab not an object", "model", "{\"type\":\"BPE\",\"vocab\":[1],\"merges\":[]}", "model.vocab");
     refused_with("negative id", "model", "{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}", "model.vocab: token \"a\"");
+    refused_with("sparse ids", "model", "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2000000000},\"merges\":[]}",
+                 "ids this sparse are not supported");
     refused_with("shared id", "model", "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}", "share id 0");
     refused_with("merge of unknown token", "model", "{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[[\"a\",\"z\"]]}",
                  "model.merges[0]: \"z\" is not in the vocabulary");

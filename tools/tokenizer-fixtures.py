@@ -45,6 +45,7 @@ and the latent attention of DeepSeek caches a small vector per token instead of 
 
 TEXTS = [
     "Hello world",
+    "I love New York, New Yorkers and New  York.",
     "",
     " ",
     "   ",
@@ -246,6 +247,9 @@ def llama2():
         {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
         {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
     d["post_processor"] = template(["<s>"], [], d["model"]["vocab"])
+    # A normalized added token is matched (and decoded) as the normalizer writes it: "▁New▁York".
+    d["model"]["vocab"]["New York"] = len(d["model"]["vocab"])
+    d["added_tokens"].append(added(d["model"]["vocab"]["New York"], "New York", special=False, normalized=True))
     return d, False
 
 

@@ -85,6 +85,10 @@ static Status load_vocab(const cJSON *vocab, Bpe *m) {
                           cJSON_IsNumber(e) ? "out of range" : json_kind(e));
         if ((int64_t)v > max_id) max_id = (int64_t)v;
     }
+    /* Ids index tables: a vocabulary far sparser than any real one would only waste memory. */
+    if (max_id >= 2 * (int64_t)count + 65536)
+        return errorf("model.vocab: the largest id is %lld for %d tokens; ids this sparse are not supported",
+                      (long long)max_id, count);
     m->n_ids = max_id + 1;
     m->token_of = calloc((size_t)(m->n_ids > 0 ? m->n_ids : 1), sizeof *m->token_of);
     m->token_len = calloc((size_t)(m->n_ids > 0 ? m->n_ids : 1), sizeof *m->token_len);
@@ -134,20 +138,31 @@ static Status load_merges(const cJSON *merges, Bpe *m) {
     const cJSON *e;
     int index = 0;
     uint32_t rank = 0;
-    char buf[1024];
+    char *buf = NULL;
+    size_t buf_cap = 0;
     cJSON_ArrayForEach(e, merges) {
         char *left, *right;
-        TRY(merge_parts(e, index, &left, &right));
+        if (merge_parts(e, index, &left, &right) != STATUS_OK) {
+            free(buf);
+            return STATUS_ERROR;
+        }
         Status st = STATUS_OK;
         if (cJSON_IsString(e) && strncmp(e->valuestring, "#version", 8) == 0) goto next;
         int32_t a = str_map_get(&m->vocab, left, strlen(left)), b = str_map_get(&m->vocab, right, strlen(right));
         size_t la = strlen(left), lb = strlen(right);
         int32_t ab = -1;
-        if (la + lb < sizeof buf) {
-            memcpy(buf, left, la);
-            memcpy(buf + la, right, lb);
-            ab = str_map_get(&m->vocab, buf, la + lb);
+        if (la + lb > buf_cap) {
+            char *grown = realloc(buf, la + lb);
+            if (!grown) {
+                st = errorf("out of memory reading merges");
+                goto next;
+            }
+            buf = grown;
+            buf_cap = la + lb;
         }
+        memcpy(buf, left, la);
+        memcpy(buf + la, right, lb);
+        ab = str_map_get(&m->vocab, buf, la + lb);
         if (a < 0) st = errorf("model.merges[%d]: \"%.80s\" is not in the vocabulary", index, left);
         else if (b < 0) st = errorf("model.merges[%d]: \"%.80s\" is not in the vocabulary", index, right);
         else if (ab < 0)
@@ -156,9 +171,13 @@ static Status load_merges(const cJSON *merges, Bpe *m) {
     next:
         free(left);
         free(right);
-        if (st != STATUS_OK) return st;
+        if (st != STATUS_OK) {
+            free(buf);
+            return st;
+        }
         index++;
     }
+    free(buf);
     return STATUS_OK;
 }
 
