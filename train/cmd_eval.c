@@ -569,8 +569,8 @@ Status cmd_eval(int argc, char **argv, int *show_help) {
     }
     if (out_dir) return errorf("eval: --out is for --sweep (one evaluation writes --json OUT)");
     if (!config_path) return errorf("eval: --config FILE is required (see mlatrain eval --help)");
-    struct stat sb;
-    if (checkpoint && stat(checkpoint, &sb) != 0) return errorf("eval: --checkpoint %s: %s", checkpoint, strerror(errno));
+    if (checkpoint && !is_checkpoint_path(checkpoint) && !is_model_folder(checkpoint))
+        return not_a_student_path("eval: --checkpoint", checkpoint);
     Config *cfg = calloc(1, sizeof *cfg);
     if (!cfg) return errorf("eval: out of memory");
     Status st = config_load(cfg, config_path, sets, n_sets);

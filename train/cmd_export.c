@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "core/backend.h"
 #include "model/hf/hf_model.h"
@@ -66,10 +65,7 @@ Status cmd_export(int argc, char **argv, int *show_help) {
     if (!src) return errorf("export: --checkpoint PATH is required (see mlatrain export --help)");
     if (!out) return errorf("export: --out DIR is required (see mlatrain export --help)");
     if (strcmp(src, out) == 0) return errorf("export: --out must differ from --checkpoint (%s)", src);
-    struct stat sb;
-    if (stat(src, &sb) != 0) return errorf("export: --checkpoint %s: %s", src, strerror(errno));
-    if (!S_ISDIR(sb.st_mode))
-        return errorf("export: --checkpoint %s: not a folder (a model folder, a checkpoint or a run directory)", src);
+    if (!is_checkpoint_path(src) && !is_model_folder(src)) return not_a_student_path("export: --checkpoint", src);
 
     Backend *be = NULL;
     BackendOptions bo = {0, 0};

@@ -121,6 +121,16 @@ int is_checkpoint_path(const char *path) {
            exists(path, CONFIG_EFFECTIVE_FILE, 0);
 }
 
+int is_model_folder(const char *path) { return exists(path, "config.json", 0); }
+
+Status not_a_student_path(const char *option, const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) != 0) return errorf("%s %s: %s", option, path, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) return errorf("%s %s: not a folder", option, path);
+    return errorf("%s %s: not a checkpoint folder (step_<N> with manifest.json), a run directory (with checkpoints/) "
+                  "nor a model folder (with config.json)", option, path);
+}
+
 /* The checkpoint folder path names: itself, verified, or a run directory's newest valid one. */
 static Status resolve_checkpoint(const char *path, char *dir, size_t n) {
     if (exists(path, "manifest.json", 0) || exists(path, "model.h5", 0)) {

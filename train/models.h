@@ -30,6 +30,12 @@ Status build_student(const Config *cfg, Backend *be, int64_t max_seq, Model **ou
  * (with checkpoints/ or effective_config.json), rather than a model folder. */
 int is_checkpoint_path(const char *path);
 
+/* Whether path is a folder holding config.json: a model in HF layout (an export, run.dir/final). */
+int is_model_folder(const char *path);
+
+/* The error for a path that is neither a checkpoint, a run directory nor a model folder. */
+Status not_a_student_path(const char *option, const char *path);
+
 /* The student a checkpoint holds, for sequences up to max_seq. path is a checkpoint folder
  * (verified against its manifest first) or a run directory (its newest valid checkpoint, the one a
  * resume would take). dir_out (n bytes, may be NULL) receives the folder read, *state (may be

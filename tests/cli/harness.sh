@@ -2,6 +2,9 @@
 # status and output, expect_error asserts a one-line error. Needs $work (a scratch folder).
 checks=0
 failed=0
+# Progress lines come once a second of a long step, so how many reach stderr depends on the
+# machine's speed: none here, unless a test asks for them.
+export MLATRAIN_PROGRESS_SECONDS=86400
 
 check() { # description, then a command that must succeed
     local what="$1"
