@@ -137,10 +137,10 @@ static Status finish_complete_run(Trainer *t) {
     if (t->rank == 0 && !final_exists(t)) st = save_final(t);
     if (st == STATUS_OK) st = t->comm->barrier(t->comm);
     if (st == STATUS_OK && !t->opts.quiet)
-        printf("%s: the run in %s is complete: its checkpoint is at step %lld of train.max_steps = %lld, so nothing "
-               "was trained and its effective_config.json is unchanged; final model in %s/final. To train further, "
-               "raise train.max_steps (e.g. --set train.max_steps=%lld); to start over, add --restart\n",
-               cfg->name, cfg->run.dir, (long long)t->step, (long long)cfg->train.max_steps, cfg->run.dir,
+        printf("%s: the run in %s is complete: its checkpoint %s is at step %lld of train.max_steps = %lld, so "
+               "nothing was trained and its effective_config.json is unchanged; final model in %s/final. To train "
+               "further, raise train.max_steps (e.g. --set train.max_steps=%lld); to start over, add --restart\n",
+               cfg->name, cfg->run.dir, t->resumed_from, (long long)t->step, (long long)cfg->train.max_steps, cfg->run.dir,
                (long long)(t->step > cfg->train.max_steps ? t->step : cfg->train.max_steps) * 2);
     return st;
 }

@@ -83,8 +83,8 @@ done
 check "metrics.jsonl: the evaluation at init and a line per logged step, with its evaluation" test "$(grep -c "\"eval\"" "$work/run/metrics.jsonl")" -eq 3 -a "$(wc -l <"$work/run/metrics.jsonl")" -eq 3
 check "the run ends with its summary table" grep -q "student after training" "$work/out"
 run "$bin" --config "$here/tiny_train.json" "${sets[@]}"
-check "a finished run started again resumes from its last checkpoint and ends (rc $rc)" test "$rc" -eq 0
-check "... saying so" grep -q "resuming from .*step_000000020" "$work/out"
+check "a finished run started again finds its last checkpoint and ends (rc $rc)" test "$rc" -eq 0
+check "... saying the run is complete" grep -q "is complete: its checkpoint .*step_000000020" "$work/out"
 mv "$work/run/checkpoints" "$work/run/checkpoints.moved"
 expect_error "a run.dir with metrics but no checkpoint" "$bin" --config "$here/tiny_train.json" "${sets[@]}" -- \
     "already holds a run" "--restart"
