@@ -20,7 +20,7 @@ enum { GENERATE_PATH = 4096, GENERATE_DEFAULT_NEW = 64 };
 
 void cmd_generate_usage(void) {
     printf("usage: mlatrain generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
-           "                         [--temperature T] [--top-p P] [--seed S] | [--greedy]] [--json]\n"
+           "                         [--temperature T --top-p P --seed S | --greedy] [--json]\n"
            "                         [--tokenizer PATH] [--device cpu|cuda] [--dtype f32|bf16] [--threads N]\n"
            "                         [--ignore-eos]\n"
            "                         [--mla-attention absorbed|expanded]\n"
@@ -46,8 +46,8 @@ void cmd_generate_usage(void) {
            "{\"ids\", \"text\", \"prompt_tokens\", \"new_tokens\", \"stopped_at_eos\", \"prefill_seconds\",\n"
            "\"prefill_tok_s\", \"decode_tokens\", \"decode_seconds\", \"decode_tok_s\", \"kv_cache\":\n"
            "{\"bytes_allocated\", \"bytes_filled\", \"bytes_per_token\", \"tokens\", \"dtype\", \"gqa_layers\",\n"
-           "\"mla_layers\", \"mla_attention\"}}: the cache's\n"
-           "bytes as allocated on the device and as filled by the tokens fed, summed over its tensors.\n",
+           "\"mla_layers\", \"mla_attention\"}}: the cache's bytes as allocated on the device and as\n"
+           "filled by the tokens fed, summed over its tensors.\n",
            GENERATE_DEFAULT_NEW);
 }
 
