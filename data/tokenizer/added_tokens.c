@@ -62,10 +62,6 @@ static int32_t trie_longest(const AddedTrie *t, const char *s, size_t n, size_t 
     return best;
 }
 
-static Status token_flag(const cJSON *e, const char *where, const char *key, int dflt, int *out) {
-    return json_bool(e, where, key, dflt, out);
-}
-
 Status added_vocab_load(const cJSON *arr, const Bpe *model, const Normalizer *nz, AddedVocab *av) {
     memset(av, 0, sizeof *av);
     trie_init(&av->raw);
@@ -93,11 +89,11 @@ Status added_vocab_load(const cJSON *arr, const Bpe *model, const Normalizer *nz
         const char *content = json_string(e, where, "content", &st);
         if (!content) break;
         int special;
-        if ((st = token_flag(e, where, "special", 0, &special)) != STATUS_OK ||
-            (st = token_flag(e, where, "single_word", 0, &t.single_word)) != STATUS_OK ||
-            (st = token_flag(e, where, "lstrip", 0, &t.lstrip)) != STATUS_OK ||
-            (st = token_flag(e, where, "rstrip", 0, &t.rstrip)) != STATUS_OK ||
-            (st = token_flag(e, where, "normalized", !special, &t.is_normalized)) != STATUS_OK)
+        if ((st = json_bool(e, where, "special", 0, &special)) != STATUS_OK ||
+            (st = json_bool(e, where, "single_word", 0, &t.single_word)) != STATUS_OK ||
+            (st = json_bool(e, where, "lstrip", 0, &t.lstrip)) != STATUS_OK ||
+            (st = json_bool(e, where, "rstrip", 0, &t.rstrip)) != STATUS_OK ||
+            (st = json_bool(e, where, "normalized", !special, &t.is_normalized)) != STATUS_OK)
             break;
         t.special = special;
         const cJSON *jid = cJSON_GetObjectItemCaseSensitive(e, "id");

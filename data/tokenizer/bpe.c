@@ -48,15 +48,6 @@ int byte_level_byte(uint32_t cp) {
 
 /* ---- loading ---- */
 
-static Status optional_bool(const cJSON *model, const char *key, int *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, key);
-    *out = 0;
-    if (!v || cJSON_IsNull(v)) return STATUS_OK;
-    if (!cJSON_IsBool(v)) return errorf("model.%s: expected true or false, got %s", key, json_kind(v));
-    *out = cJSON_IsTrue(v);
-    return STATUS_OK;
-}
-
 /* Keys that change what BPE produces and that this implementation does not do. */
 static Status refuse_unsupported(const cJSON *model) {
     static const char *const affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
@@ -213,9 +204,9 @@ Status bpe_load(const cJSON *model, int byte_level, Bpe *m) {
         return errorf("model.type \"%s\" is not supported (only BPE: byte-level or with byte fallback)",
                       type->valuestring);
     TRY(refuse_unsupported(model));
-    TRY(optional_bool(model, "fuse_unk", &m->fuse_unk));
-    TRY(optional_bool(model, "byte_fallback", &m->byte_fallback));
-    TRY(optional_bool(model, "ignore_merges", &m->ignore_merges));
+    TRY(json_bool(model, "model", "fuse_unk", 0, &m->fuse_unk));
+    TRY(json_bool(model, "model", "byte_fallback", 0, &m->byte_fallback));
+    TRY(json_bool(model, "model", "ignore_merges", 0, &m->ignore_merges));
     TRY(load_vocab(cJSON_GetObjectItemCaseSensitive(model, "vocab"), m));
     TRY(load_merges(cJSON_GetObjectItemCaseSensitive(model, "merges"), m));
     const cJSON *unk = cJSON_GetObjectItemCaseSensitive(model, "unk_token");

@@ -7,9 +7,6 @@
 #include "core/utf8.h"
 #include "data/tokenizer/tokenizer_parts.h"
 
-Status metaspace_load(const cJSON *j, const char *where, char replacement[5], size_t *replacement_len,
-                      PrependScheme *scheme);
-
 Status decoder_load(const cJSON *j, const char *where, Decoder *d) {
     memset(d, 0, sizeof *d);
     if (!cJSON_IsObject(j)) return errorf("%s: expected an object, got %s", where, json_kind(j));

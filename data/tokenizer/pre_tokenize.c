@@ -42,9 +42,6 @@ static Status load_prepend_scheme(const cJSON *j, const char *where, PrependSche
     return STATUS_OK;
 }
 
-/* Metaspace's fields, shared with its decoder. */
-Status metaspace_load(const cJSON *j, const char *where, char replacement[5], size_t *replacement_len,
-                      PrependScheme *scheme);
 Status metaspace_load(const cJSON *j, const char *where, char replacement[5], size_t *replacement_len,
                       PrependScheme *scheme) {
     TRY(json_char(j, where, "replacement", replacement, replacement_len));

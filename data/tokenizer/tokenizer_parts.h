@@ -138,6 +138,9 @@ typedef struct PreTokenizer {
     int split;                     /* Metaspace */
 } PreTokenizer;
 
+/* Metaspace's replacement character and prepend scheme (its pre-tokenizer and decoder share them). */
+Status metaspace_load(const cJSON *j, const char *where, char replacement[5], size_t *replacement_len,
+                      PrependScheme *scheme);
 /* Sets *byte_level when the chain ends in ByteLevel (the BPE model then sees raw bytes). */
 Status pre_tokenizer_load(const cJSON *j, const char *where, PreTokenizer *out, int *byte_level);
 void pre_tokenizer_free(PreTokenizer *pt);
