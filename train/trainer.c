@@ -118,8 +118,6 @@ static Status setup(Trainer *t, const Config *cfg) {
     t->B = cfg->train.micro_batch;
     t->accum = cfg->train.global_batch / (t->B * t->world);
 
-    /* With teacher.cache the teacher's rows come from disk: its weights are never loaded. */
-    if (!cfg->teacher_cache[0]) TRY(build_teacher(cfg, t->be, t->T, &t->teacher));
     t->convert_report = calloc(1, sizeof *t->convert_report);
     if (!t->convert_report) return errorf("trainer: out of memory");
     int found = 0;
@@ -131,15 +129,21 @@ static Status setup(Trainer *t, const Config *cfg) {
     TRY(t->comm->all_reduce_max_i32(t->comm, &found32, 1));
     found = found32;
     if (found) TRY(t->comm->broadcast(t->comm, t->resumed_from, sizeof t->resumed_from, 0));
+    ModelConfig mc;
     if (found) {
-        /* The student as the checkpoint holds it: no conversion, weights loaded below. */
-        ModelConfig mc;
         char *saved = NULL;
         Status st = checkpoint_read_header(t->resumed_from, &mc, &resume, &saved);
         if (st == STATUS_OK) st = check_resume_compatible(cfg, saved, t->resumed_from);
         free(saved);
-        if (st == STATUS_OK) st = model_create(&t->student, t->be, &mc, t->T);
         TRY(st);
+    }
+    /* With teacher.cache the teacher's rows come from disk, and a run already at max_steps trains
+     * nothing (trainer_run says so): neither loads the teacher's weights. */
+    if (!cfg->teacher_cache[0] && !(found && resume.step >= cfg->train.max_steps))
+        TRY(build_teacher(cfg, t->be, t->T, &t->teacher));
+    if (found) {
+        /* The student as the checkpoint holds it: no conversion, weights loaded below. */
+        TRY(model_create(&t->student, t->be, &mc, t->T));
         t->resumed = 1;
     } else {
         TRY(build_student(cfg, t->be, t->T, &t->student, t->convert_report, &t->converted));
