@@ -35,6 +35,8 @@ typedef struct {
 
 void teacher_cache_layout_free(TeacherCacheLayout *l);
 uint64_t teacher_cache_shards(const TeacherCacheLayout *l);
+/* Windows of shard s (shard_windows, or fewer in the last). */
+uint64_t teacher_cache_windows_in_shard(const TeacherCacheLayout *l, uint64_t s);
 /* Bytes of one position's k log-probs and ids. */
 int64_t teacher_cache_bytes_per_token(const TeacherCacheLayout *l);
 /* CRC-32 of a window's seq_len + 1 token ids as little-endian int32: ties a cached window to its tokens. */

@@ -22,7 +22,7 @@ uint64_t teacher_cache_shards(const TeacherCacheLayout *l) {
     return l->shard_windows ? (l->windows + l->shard_windows - 1) / l->shard_windows : 0;
 }
 
-uint64_t teacher_cache_shard_count(const TeacherCacheLayout *l, uint64_t s) {
+uint64_t teacher_cache_windows_in_shard(const TeacherCacheLayout *l, uint64_t s) {
     uint64_t first = s * l->shard_windows, left = l->windows > first ? l->windows - first : 0;
     return left < l->shard_windows ? left : l->shard_windows;
 }

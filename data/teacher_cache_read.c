@@ -83,7 +83,7 @@ Status teacher_cache_shard_open(CacheShard *sh, const char *path, const TeacherC
                                 uint32_t manifest_crc) {
     hdf5_quiet();
     sh->file = sh->logprobs = sh->ids = sh->crc = sh->token_crc = H5I_INVALID_HID;
-    sh->windows = teacher_cache_shard_count(l, s);
+    sh->windows = teacher_cache_windows_in_shard(l, s);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl < 0) return errorf("%s: cannot open (%s)", path, hdf5_error_detail());
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);

@@ -12,9 +12,6 @@
 /* dir/shard-NNNNN.h5 into buf. */
 Status teacher_cache_shard_path(char *buf, size_t n, const char *dir, uint64_t s);
 
-/* Windows of shard s. */
-uint64_t teacher_cache_shard_count(const TeacherCacheLayout *l, uint64_t s);
-
 /* The manifest as JSON text (deterministic: the same layout gives the same bytes). Caller frees. */
 Status teacher_cache_manifest_text(const TeacherCacheLayout *l, char **out);
 /* Reads and validates dir's manifest into *l; *crc is the CRC-32 of its bytes. */

@@ -53,6 +53,18 @@ static Status check_same_layout(const char *dir, const TeacherCacheLayout *have,
     return STATUS_OK;
 }
 
+/* Whether dir holds anything but what a cache's writer leaves (its shards, their temporary files). */
+static int holds_other_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int other = 0;
+    while (!other && (e = readdir(d)))
+        other = strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 && strncmp(e->d_name, "shard-", 6) != 0;
+    closedir(d);
+    return other;
+}
+
 /* Shards a killed writer left half-written under their temporary names. */
 static void remove_stale_temporaries(const char *dir) {
     DIR *d = opendir(dir);
@@ -104,6 +116,9 @@ Status teacher_cache_writer_open(TeacherCacheWriter **out, const char *dir, cons
         st = teacher_cache_manifest_read(dir, &have, &w->manifest_crc);
         if (st == STATUS_OK) st = check_same_layout(dir, &have, l);
         teacher_cache_layout_free(&have);
+    } else if (holds_other_files(dir)) {
+        st = errorf("%s: the folder holds other files and no %s: not a teacher cache (choose an empty or new "
+                    "folder)", dir, TEACHER_CACHE_MANIFEST);
     } else {
         char *text = NULL;
         st = teacher_cache_manifest_text(l, &text);
@@ -190,7 +205,7 @@ Status teacher_cache_write_shard(TeacherCacheWriter *w, uint64_t s, const float 
     if (s >= teacher_cache_shards(l))
         return errorf("%s: shard %llu is past the cache's %llu", w->dir, (unsigned long long)s,
                       (unsigned long long)teacher_cache_shards(l));
-    uint64_t n = teacher_cache_shard_count(l, s);
+    uint64_t n = teacher_cache_windows_in_shard(l, s);
     int64_t per_window = l->seq_len * l->top_k, total = (int64_t)n * per_window;
     for (int64_t i = 0; i < total; i++)
         if (ids[i] < 0 || (uint32_t)ids[i] >= l->vocab_size)
@@ -222,7 +237,7 @@ Status teacher_cache_write_shard(TeacherCacheWriter *w, uint64_t s, const float 
     hid_t file = H5I_INVALID_HID;
     if (st == STATUS_OK) {
         hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
-        /* The 1.8 object formats, as token files: metadata blocks carry checksums of their own. */
+        /* The object formats token files use: metadata blocks carry checksums of their own. */
         if (fapl >= 0) H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
         /* No times on the root group either (see write_dataset). */
         if (fcpl >= 0) H5Pset_obj_track_times(fcpl, 0);

@@ -1,7 +1,8 @@
 /* Teacher top-k caches: a cache written by the teacher-cache command reads back as the teacher's
  * own top-k (log-probs against a float64 log-softmax of its logits, no id left out more likely than
  * one kept), in f32 and f16; a flipped byte in a window's data is refused naming the shard and the
- * window; windows read against other tokens are refused; top-k selection against a full sort. */
+ * window; windows read against other tokens are refused; each rank of a data-parallel job finds the
+ * rows of the windows its loader reads; top-k selection against a full sort. */
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include "data/prepare.h"
 #include "data/teacher_cache.h"
 #include "harness.h"
+#include "train/cached_teacher.h"
 #include "train/cmd_teacher_cache.h"
 #include "train/config.h"
 #include "train/models.h"
@@ -207,6 +209,47 @@ static void check_corruption(const char *dir) {
     CHECK_ERR(teacher_cache_open(&c, dir), "manifest.json: not valid JSON");
 }
 
+/* Two ranks, shuffled, two micro-batches a step: the rows looked up for each window are the ones
+ * made from its tokens (cached_teacher_upload checks every window's token CRC). */
+static void check_ranks(const char *dir) {
+    char set[256];
+    snprintf(set, sizeof set, "teacher.cache=%s", dir);
+    const char *sets[1] = {set};
+    Config *cfg = calloc(1, sizeof *cfg);
+    if (!CHECK_OK(config_load(cfg, config_path, sets, 1))) {
+        free(cfg);
+        return;
+    }
+    Backend *be = test_cpu_backend(1);
+    const char *pattern = cfg->data.train.items[0];
+    int32_t *windows = test_alloc(3 * (SEQ + 1) * sizeof(int32_t));
+    for (int rank = 0; rank < 2; rank++) {
+        LoaderOptions lo = {.patterns = &pattern, .n_patterns = 1, .seq_len = SEQ, .seed = 77, .rank = rank,
+                            .world = 2, .shuffle = 1};
+        Loader *L = NULL;
+        CachedTeacher *ct = NULL;
+        if (CHECK_OK(loader_open(&L, &lo)) && CHECK_OK(cached_teacher_open(&ct, cfg, be, L, 257, 3, SEQ, 2, rank, 2))) {
+            int ok = 1;
+            /* Past the end of the first epoch: 2 ranks x 2 x 3 rows a step. */
+            int64_t steps = (int64_t)loader_windows_per_epoch(L) / 12 + 3;
+            for (int64_t step = 0; step < steps && ok; step++)
+                for (int64_t call = 0; call < 2 && ok; call++) {
+                    cached_teacher_note_windows(ct, L, call);
+                    ok = CHECK_OK(loader_next(L, 3, windows)) && CHECK_OK(cached_teacher_upload(ct, call, windows));
+                }
+            CHECK(ok, "rank %d: %lld steps of cached rows match their windows", rank, (long long)steps);
+            Tensor lp = cached_teacher_logprobs(ct), ids = cached_teacher_ids(ct);
+            CHECK(lp.shape[0] == 3 * SEQ && lp.shape[1] == K && ids.shape[0] == 3 * SEQ && ids.shape[1] == K,
+                  "rows [3 x %d, %d]", SEQ, K);
+        }
+        cached_teacher_close(ct);
+        loader_close(L);
+    }
+    free(windows);
+    backend_destroy(be);
+    free(cfg);
+}
+
 /* Selection against a full sort, with ties (equal logits rank the lower id first). */
 static void check_topk_selection(void) {
     enum { ROWS = 5, V = 61, KK = 9 };
@@ -253,6 +296,7 @@ int main(void) {
     snprintf(f16, sizeof f16, "%s/cache_f16", workdir);
     if (CHECK_OK(make_cache(f32, "f32"))) check_read_back(f32, 0);
     if (CHECK_OK(make_cache(f16, "f16"))) check_read_back(f16, 1);
+    check_ranks(f16);
     check_corruption(f32);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", workdir);

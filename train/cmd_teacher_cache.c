@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "core/progress.h"
 #include "data/loader.h"
 #include "data/teacher_cache.h"
 #include "train/cached_teacher.h"
@@ -58,6 +59,8 @@ typedef struct {
     float *shard_logprobs;  /* [shard_windows, T, k] */
     int32_t *shard_ids;
     uint32_t *token_crcs;
+    Progress progress;      /* windows computed by this run */
+    int64_t computed;
 } CacheRun;
 
 static void run_free(CacheRun *r) {
@@ -104,6 +107,8 @@ static Status compute_windows(CacheRun *r, uint64_t first, uint64_t n) {
                                   r->shard_logprobs + at, r->shard_ids + at) != STATUS_OK)
                 return error_context("window %llu: ", (unsigned long long)(first + b0 + (uint64_t)(r0 / r->T)));
         }
+        r->computed += (int64_t)m;
+        progress_update(&r->progress, r->computed);
     }
     return STATUS_OK;
 }
@@ -182,27 +187,32 @@ static Status run_cache(CacheRun *r, const char *out, int64_t top_k, int64_t sha
                out, (unsigned long long)layout.windows, (long long)r->T, (long long)top_k, cfg->loss.temperature,
                (unsigned long long)shards, (unsigned long long)skipped);
     fflush(stdout);
+    uint64_t todo = 0;
+    for (uint64_t s = 0; s < shards; s++) {
+        int done = 0;
+        if (st == STATUS_OK) st = teacher_cache_shard_done(w, s, &done);
+        if (!done) todo += teacher_cache_windows_in_shard(&layout, s);
+    }
+    progress_begin(&r->progress, "teacher-cache: window", (int64_t)todo);
+    double t0 = monotonic_seconds();
     for (uint64_t s = 0; s < shards && st == STATUS_OK; s++) {
         int done = 0;
         st = teacher_cache_shard_done(w, s, &done);
         if (st != STATUS_OK || done) continue;
-        double t0 = monotonic_seconds();
-        uint64_t first = s * layout.shard_windows, n = layout.windows - first;
-        if (n > layout.shard_windows) n = layout.shard_windows;
+        uint64_t first = s * layout.shard_windows, n = teacher_cache_windows_in_shard(&layout, s);
         st = compute_windows(r, first, n);
         if (st == STATUS_OK) st = teacher_cache_write_shard(w, s, r->shard_logprobs, r->shard_ids, r->token_crcs);
         if (st != STATUS_OK) st = error_context("%s: shard %llu: ", out, (unsigned long long)s);
-        else
-            printf("shard %llu/%llu: windows %llu-%llu, %.0f tok/s\n", (unsigned long long)s + 1,
-                   (unsigned long long)shards, (unsigned long long)first, (unsigned long long)(first + n - 1),
-                   (double)(n * (uint64_t)r->T) / (monotonic_seconds() - t0));
-        fflush(stdout);
     }
+    progress_end(&r->progress);
+    double seconds = monotonic_seconds() - t0;
     uint64_t bytes = 0;
     if (st == STATUS_OK) st = teacher_cache_disk_bytes(out, &layout, &bytes);
     if (st == STATUS_OK)
-        printf("teacher-cache: %s complete: %llu tokens, %llu bytes on disk, %.1f bytes per token (%lld stored)\n", out,
-               (unsigned long long)(layout.windows * (uint64_t)r->T), (unsigned long long)bytes,
+        printf("teacher-cache: %s complete: %llu tokens (%lld computed by this run, %.0f tok/s), %llu bytes on disk, "
+               "%.1f bytes per token (%lld stored)\n",
+               out, (unsigned long long)(layout.windows * (uint64_t)r->T), (long long)(r->computed * r->T),
+               r->computed ? (double)(r->computed * r->T) / seconds : 0.0, (unsigned long long)bytes,
                (double)bytes / (double)(layout.windows * (uint64_t)r->T),
                (long long)teacher_cache_bytes_per_token(&layout));
     teacher_cache_writer_close(w);

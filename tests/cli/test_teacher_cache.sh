@@ -64,6 +64,13 @@ expect_error "continuing a cache with another top-k" "$bin" teacher-cache "${bas
 expect_error "continuing a cache at another temperature" "$bin" teacher-cache "${base[@]}" --out "$work/straight" \
     --set loss.temperature=1 --top-k 257 --shard-windows 8 -- "loss.temperature 2" "is 1"
 
+expect_error "top-k above the vocabulary" "$bin" teacher-cache "${base[@]}" --out "$work/big" --top-k 300 \
+    -- "--top-k 300" "vocab_size 257"
+expect_error "no output folder" "$bin" teacher-cache "${base[@]}" -- "--out DIR is required"
+expect_error "no teacher" "$bin" teacher-cache "${base[@]}" --set teacher=null --out "$work/none" -- "teacher: required"
+expect_error "a folder of other files" "$bin" teacher-cache "${base[@]}" --out "$work" -- "$work" "not a teacher cache"
+check "refused runs leave no folder behind" test ! -e "$work/big" -a ! -e "$work/none"
+
 # ---- training from the cache at k = vocab against the live teacher ----
 "$bin" "${base[@]}" --set "run.dir=$work/live" >"$work/live.out" 2>&1
 check "the live-teacher run exits 0" test $? -eq 0
