@@ -24,8 +24,8 @@
 #   BUDGET_S        seconds for the whole run (default 560)
 #   BUILD_DIR       build folder (default build-gpu)
 #   LOG_DIR         logs, results.jsonl and table.txt, at most 7 files (default BUILD_DIR/bench-logs)
-#   TORCH_BENCH     the PyTorch baseline; default shared/bench/torch_distill.py in this checkout,
-#                   else ../shared/bench/torch_distill.py beside it
+#   TORCH_BENCH     the PyTorch baseline; default .gpu-carry/bench/torch_distill.py (tools/gpu-prepare.sh),
+#                   else shared/bench/ in this checkout, else ../shared/bench/ beside it
 #   PYTHON          a python with torch and CUDA (default python3)
 #   PROBE_TEACHER   1b or 8b: the pair the probe runs (default 1b)
 #   PROBE_BATCHES   batch sizes the probe tries, ascending (default "8 16")
@@ -109,9 +109,12 @@ check_stages=""
 for s in build tests sanitizer; do want "$s" && check_stages+="${check_stages:+,}$s"; done
 if [ -n "$check_stages" ]; then
     export BUILD_TIMEOUT=${BUILD_TIMEOUT:-240} TESTS_TIMEOUT=${TESTS_TIMEOUT:-120} SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-90}
+    # gpu-check.sh's names: the dependencies go with the build, the sanitizer is memcheck and racecheck.
+    gpu_check_stages=$(echo "$check_stages" | sed -e 's/build/deps,build/' -e 's/sanitizer/memcheck,racecheck/')
     run "check ($check_stages)" $((BUILD_TIMEOUT + TESTS_TIMEOUT + 2 * SANITIZER_TIMEOUT)) "$logs/check.log" \
-        env STAGES="$check_stages" tools/gpu-check.sh || failed=1
-    grep -E "^(== |all passed|FAILED|built in|test_gpu_ops:|=========.*SUMMARY|[0-9]+% tests)" "$build/last-run.log"
+        env STAGES="env,$gpu_check_stages" BUDGET_S=$((BUILD_TIMEOUT + TESTS_TIMEOUT + 2 * SANITIZER_TIMEOUT)) \
+        OUT_DIR="$logs" tools/gpu-check.sh || failed=1
+    grep -E "^(== |[a-z]+ +(ok|FAILED|skipped))" "$build/last-run.log"
 fi
 # The library path the build found its libraries on, for mlatrain only: PyTorch keeps the
 # environment it came with.
@@ -120,7 +123,7 @@ mlatrain_path=$([ -f "$build/gpu-env.sh" ] && . "$build/gpu-env.sh"; printf '%s'
 mlatrain=(env "LD_LIBRARY_PATH=$mlatrain_path" "$build/mlatrain")
 
 torch_bench=${TORCH_BENCH:-}
-for candidate in shared/bench/torch_distill.py ../shared/bench/torch_distill.py; do
+for candidate in .gpu-carry/bench/torch_distill.py shared/bench/torch_distill.py ../shared/bench/torch_distill.py; do
     [ -z "$torch_bench" ] && [ -f "$candidate" ] && torch_bench=$candidate
 done
 torch_ok=1
