@@ -34,12 +34,18 @@ check "the tokens HF gives, plus eos per document ($(cat "$work/want") vs $(fiel
 check "vocab_size is the tokenizer's" test "$(field "$work/l3.h5" 4)" = 528
 check "three documents" test "$(field "$work/l3.h5" 6)" = 3
 
-# A model folder: config.json's eos_token_id wins; --eos-id overrides it.
+# A model folder: config.json's eos_token_id, else tokenizer_config.json's eos_token; --eos-id
+# overrides both.
 mkdir -p "$work/model"
 cp "$fixtures/smollm/tokenizer.json" "$work/model/"
 echo '{"eos_token_id": [2, 0]}' >"$work/model/config.json"
 run "$bin" data text "$work/in.txt" --tokenizer "$work/model" --out "$work/s.h5"
 check "eos from config.json (out: $out)" grep -q "eos_id 2 from config.json" "$work/out"
+mkdir -p "$work/model2"
+cp "$fixtures/smollm/tokenizer.json" "$work/model2/"
+echo '{"eos_token": {"content": "<|im_start|>"}}' >"$work/model2/tokenizer_config.json"
+run "$bin" data text "$work/in.txt" --tokenizer "$work/model2/tokenizer.json" --out "$work/s.h5"
+check "eos from tokenizer_config.json's eos_token (out: $out)" grep -q "eos_id 1 from tokenizer_config.json" "$work/out"
 run "$bin" data text "$work/in.txt" --tokenizer "$work/model" --eos-id 1 --out "$work/s.h5"
 check "--eos-id overrides (out: $out)" grep -q "eos_id 1 from --eos-id" "$work/out"
 
