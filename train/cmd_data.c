@@ -50,7 +50,9 @@ static const char *const USAGE_TEXT =
     "else <|endoftext|>, <|end_of_text|> or </s>, unless --eos-id says. Input must be UTF-8.\n"
     "  --docs file          each input file is one document, byte for byte (default)\n"
     "  --docs paragraph     documents are blocks of lines separated by blank lines\n"
-    "  --docs line          each non-blank line is a document\n";
+    "  --docs line          each non-blank line is a document\n"
+    "  --tokenizer PATH     a tokenizer.json, or a model folder holding one\n"
+    "  --eos-id E           the id written after each document (with --tokenizer)\n";
 
 static const char *const USAGE_LLMC =
     "usage: mlatrain data llmc-bin IN.bin... --out OUT.h5 [--vocab-size V] [--eos-id E]\n"
