@@ -523,7 +523,7 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
     bad = cfg, bad.kind = LOSS_JSD, bad.jsd_beta = 1.0f;
     CHECK_ERR(RUN_LOSS(gpu, g, &s, bad), "jsd_beta must lie in (0, 1)");
     const int64_t last = N - 1;
-    if (k >= 2 && tg_h[last] != -100) {
+    if (k >= 3 && tg_h[last] != -100) {
         const struct {
             int32_t id0, id1;
             float lp0;
@@ -544,8 +544,17 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
             CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), needle);
             free(bad_ids), free(bad_lp);
         }
-        CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
+        /* a duplicate far apart in the row (other threads' positions), the later one reported */
+        int32_t *dup_ids = test_alloc((size_t)(N * k) * 4);
+        memcpy(dup_ids, ids_h, (size_t)(N * k) * 4);
+        dup_ids[last * k + k - 1] = dup_ids[last * k + k / 2];
+        CHECK_OK(gpu->upload(gpu, ids.g, dup_ids));
         CHECK_OK(gpu->upload(gpu, lp.g, lp.init));
+        snprintf(needle, sizeof needle, "token %lld lists id %d twice (positions %lld and %lld)", (long long)last,
+                 dup_ids[last * k + k / 2], (long long)(k / 2), (long long)(k - 1));
+        CHECK_ERR(RUN_LOSS(gpu, g, &s, cfg), needle);
+        free(dup_ids);
+        CHECK_OK(gpu->upload(gpu, ids.g, ids_h));
     }
     CHECK(s.counted == 0 && s.loss == 0, "%s: failed calls must leave the sums as they were", what);
     CHECK_OK(RUN_LOSS(gpu, g, &s, cfg));

@@ -94,19 +94,35 @@ __device__ static long long block_min(long long v, long long *shared) {
     return m;
 }
 
-/* The CPU's checks of a top-k teacher's rows, for counted tokens (one block per token): at the
- * lowest position with a fault, an id outside [0, V), an id seen earlier in the row, or a log-prob
- * that is not finite; else a total mass above 1. Runs after loss_records_init. */
-__global__ void topk_teacher_check(RowRecord *rec, const float *logprobs, const int32_t *ids, const int32_t *targets,
-                                   int64_t N, int64_t k, int64_t V, int32_t ignore_index) {
+/* Blocks of topk_teacher_check: each owns a V-wide int32 table in scratch (owner), so this bounds
+ * that memory (64 x 4 V bytes: 32 MiB at V = 128k). */
+static const int64_t TOPK_CHECK_BLOCKS = 64;
+
+/* The CPU's checks of a top-k teacher's rows, for counted tokens (rows strided over the blocks): at
+ * the lowest position with a fault, an id outside [0, V), an id seen earlier in the row, or a
+ * log-prob that is not finite; else a total mass above 1. A duplicate is found in O(k) per row:
+ * every position writes itself into owner[id], and a position that does not read itself back
+ * shares its id; only such a row is scanned pairwise, for the positions the message names. Runs
+ * after loss_records_init. */
+__global__ void topk_teacher_check(RowRecord *rec, int32_t *owner_all, const float *logprobs, const int32_t *ids,
+                                   const int32_t *targets, int64_t N, int64_t k, int64_t V, int32_t ignore_index) {
     __shared__ long long keys[REDUCE_BLOCK_THREADS];
     __shared__ float fs[REDUCE_BLOCK_THREADS];
+    __shared__ int is[REDUCE_BLOCK_THREADS];
+    int32_t *owner = owner_all + (int64_t)blockIdx.x * V;
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-        const int32_t target = targets[n];
-        if (target == ignore_index) continue;
+        if (targets[n] == ignore_index) continue;
         const int32_t *row = ids + n * k;
         const float *lp = logprobs + n * k;
-        long long key = LLONG_MAX; /* position * 8 + fault: the lowest position wins */
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
+            if (row[i] >= 0 && row[i] < V) owner[row[i]] = (int32_t)i;
+        __syncthreads();
+        int shared_id = 0;
+        for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
+            shared_id |= row[i] >= 0 && row[i] < V && owner[row[i]] != (int32_t)i;
+        /* its barriers also keep the next row's writes after this row's reads */
+        shared_id = block_sum(shared_id, is);
+        long long key = LLONG_MAX; /* position * 16 + fault: the lowest position wins */
         float mass = 0.0f;
         for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
             const int32_t id = row[i];
@@ -114,11 +130,11 @@ __global__ void topk_teacher_check(RowRecord *rec, const float *logprobs, const 
             if (id < 0 || id >= V) {
                 fault = FAULT_ID_RANGE;
             } else {
-                for (int64_t j = 0; j < i && fault == FAULT_NONE; j++)
+                for (int64_t j = 0; shared_id && j < i && fault == FAULT_NONE; j++)
                     if (row[j] == id) fault = FAULT_ID_DUPLICATE;
                 if (fault == FAULT_NONE && !is_finite(lp[i])) fault = FAULT_LOGPROB;
             }
-            if (fault != FAULT_NONE && key == LLONG_MAX) key = (long long)i * 8 + fault;
+            if (fault != FAULT_NONE && key == LLONG_MAX) key = (long long)i * 16 + fault;
             if (is_finite(lp[i])) mass += expf(lp[i]);
         }
         key = block_min(key, keys);
@@ -126,8 +142,8 @@ __global__ void topk_teacher_check(RowRecord *rec, const float *logprobs, const 
         if (threadIdx.x == 0) {
             RowRecord r = rec[n];
             if (key != LLONG_MAX) {
-                r.at = key / 8;
-                r.fault = (int32_t)(key % 8);
+                r.at = key / 16;
+                r.fault = (int32_t)(key % 16);
                 r.id = row[r.at];
                 if (r.fault == FAULT_ID_DUPLICATE) {
                     int64_t first = 0;
@@ -483,12 +499,15 @@ static Status loss_chunks(Backend *be, const char *op, LossSums *sums, Tensor dh
     const size_t chunk_bytes = (size_t)chunk * (size_t)V * sizeof(float), rec_bytes = (size_t)N * sizeof(RowRecord);
     const size_t grad16_bytes = grad16 ? (size_t)chunk * (size_t)V * sizeof(bf16) : 0;
     const size_t saved_bytes = (size_t)chunk * (size_t)k * sizeof(float);
+    const int check_blocks = (int)(N < TOPK_CHECK_BLOCKS ? N : TOPK_CHECK_BLOCKS);
+    const size_t owner_bytes = k ? (size_t)check_blocks * (size_t)V * sizeof(int32_t) : 0;
     size_t total = 0;
     cuda_scratch_size(&total, chunk_bytes);
     if (weights_teacher) cuda_scratch_size(&total, chunk_bytes);
     cuda_scratch_size(&total, rec_bytes);
     if (grad16) cuda_scratch_size(&total, grad16_bytes);
     if (k) cuda_scratch_size(&total, saved_bytes);
+    if (k) cuda_scratch_size(&total, owner_bytes);
     void *base;
     TRY(cuda_scratch(be, total, &base));
     char *cursor = (char *)base;
@@ -497,6 +516,7 @@ static Status loss_chunks(Backend *be, const char *op, LossSums *sums, Tensor dh
     RowRecord *rec = (RowRecord *)cuda_scratch_take(&cursor, rec_bytes);                     /* [N] */
     bf16 *dz16 = grad16 ? (bf16 *)cuda_scratch_take(&cursor, grad16_bytes) : NULL;           /* [chunk, V] */
     float *saved = k ? (float *)cuda_scratch_take(&cursor, saved_bytes) : NULL;              /* [chunk, k] */
+    int32_t *owner = k ? (int32_t *)cuda_scratch_take(&cursor, owner_bytes) : NULL;          /* [blocks, V] */
 
     const char *hp = (const char *)h.data, *htp = weights_teacher ? (const char *)teacher.ht.data : NULL;
     const int32_t *tg = tensor_i32(targets);
@@ -509,8 +529,8 @@ static Status loss_chunks(Backend *be, const char *op, LossSums *sums, Tensor dh
                      rec, (const S *)h.data, tg, N, D, cfg.ignore_index));
     CUDA_TRY_LAUNCH();
     if (k) {
-        topk_teacher_check<<<init_blocks, REDUCE_BLOCK_THREADS, 0, st->stream>>>(rec, teacher.logprobs, teacher.ids,
-                                                                                tg, N, k, V, cfg.ignore_index);
+        topk_teacher_check<<<check_blocks, REDUCE_BLOCK_THREADS, 0, st->stream>>>(
+            rec, owner, teacher.logprobs, teacher.ids, tg, N, k, V, cfg.ignore_index);
         CUDA_TRY_LAUNCH();
     }
     /* the gradient's buffer and dtype: z itself (f32), or dz16 */
