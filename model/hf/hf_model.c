@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/file_io.h"
+#include "core/progress.h"
 #include "model/hf/export_eps.h"
 #include "model/hf/hf_config.h"
 #include "model/hf/linear_latent_norm.h"
@@ -322,7 +323,15 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
     if (st == STATUS_OK) st = layout_build(m, 0, &lay);
     if (st == STATUS_OK) st = check_tensor_names(s, &lay, &cfg, dir);
     if (st == STATUS_OK) st = check_tied_head(s, &cfg);
-    for (int i = 0; i < lay.count && st == STATUS_OK; i++) st = load_tensor(be, s, &lay, &lay.tensors[i]);
+    char what[160];
+    snprintf(what, sizeof what, "loading %s: tensor", dir);
+    Progress progress;
+    progress_begin(&progress, what, lay.count);
+    for (int i = 0; i < lay.count && st == STATUS_OK; i++) {
+        st = load_tensor(be, s, &lay, &lay.tensors[i]);
+        progress_update(&progress, i + 1);
+    }
+    if (st == STATUS_OK) progress_end(&progress);
     free(lay.tensors);
     safetensors_close(s);
     if (st != STATUS_OK) {

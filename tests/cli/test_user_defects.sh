@@ -179,7 +179,8 @@ check "convert: a line per layer with an ETA" grep -qE "^convert: layer 1/2  0m0
 check "convert: a closing line" grep -q "^convert: layer 2/2  done in " "$work/err"
 check "convert: evaluation windows" grep -q "^eval: window 2/2" "$work/err"
 check "convert: writing the tensors" grep -qE "^writing model.safetensors: tensor [0-9]+/[0-9]+" "$work/err"
-check "convert: nothing on stderr but progress" test -z "$(grep -vE "^(convert|eval|writing)" "$work/err")"
+check "convert: loading the source folder" grep -qE "^loading $teacher: tensor [0-9]+/[0-9]+" "$work/err"
+check "convert: nothing on stderr but progress" test -z "$(grep -vE "^(convert|eval|writing|loading)" "$work/err")"
 run "$bin" data text "$root/README.md" "$root/docs/data.md" --docs paragraph --out "$work/p.h5"
 check "data text: a line per input file" grep -q "^data: input file 2/2" "$work/err"
 export MLATRAIN_PROGRESS_SECONDS=86400
