@@ -189,15 +189,22 @@ static void reference(const Problem *p, RefSums *out, double *dh, double *dw) {
         if (K > 0) {
             const float *lp = p->topk_logprobs + n * K;
             const int32_t *ids = p->topk_ids + n * K;
-            double s_mass = 0, t_mass = 0;
+            double t_mass = 0;
             int64_t best = 0;
             for (int64_t i = 0; i < K; i++) {
                 os[i] = ps[ids[i]];
                 ot[i] = exp((double)lp[i]);
-                s_mass += os[i], t_mass += ot[i];
+                t_mass += ot[i];
                 if (lp[i] > lp[best]) best = i;
             }
-            os[K] = 1 - s_mass;
+            /* the student's tail summed over the other tokens: 1 - s_mass would lose a tail below
+             * double's rounding of 1 */
+            os[K] = 0;
+            for (int64_t v = 0; v < V; v++) {
+                int listed = 0;
+                for (int64_t i = 0; i < K; i++) listed |= ids[i] == v;
+                if (!listed) os[K] += ps[v];
+            }
             ot[K] = fmax(1 - t_mass, LOSS_TEACHER_TAIL_MIN);
             kl = ref_divergence(p->cfg, os, ot, K < V ? K + 1 : K);
             arg_t = ids[best];
@@ -669,6 +676,65 @@ static void test_jsd_beta_limits(Backend *be) {
     problem_free(&p);
 }
 
+/* A student so sure of the teacher's listed ids that the rest of its row sums below 2^-64 of its
+ * max (those ids' logits lifted by 100 through one hidden unit, their spread kept): the tail's log
+ * comes from the tail's own max, and the divergence and its gradient match the reference. */
+static void test_topk_vanishing_student_tail(Backend *be) {
+    const int32_t listed[4] = {30, 3, 20, 11};
+    for (int i = 0; i < KIND_COUNT; i++) {
+        Problem p = problem_make(5, 4, 6, 37, 1200 + (uint64_t)i, 0);
+        p.cfg.kl_weight = 1, p.cfg.ce_weight = 0, p.cfg.kind = KINDS[i].kind, p.cfg.jsd_beta = KINDS[i].beta;
+        const int64_t K = 4, V = p.V, D = p.D;
+        for (int64_t n = 0; n < p.N; n++) p.h[n * D] = 1.0f, p.h64[n * D] = 1.0;
+        for (int64_t j = 0; j < K; j++) p.w[listed[j] * D] = 100.0f, p.w64[listed[j] * D] = 100.0;
+        problem_set_topk(&p, V); /* the teacher's log-probs of every id, to pick the listed ones from */
+        float *lp = test_alloc((size_t)(p.N * K) * sizeof(float));
+        int32_t *ids = test_alloc((size_t)(p.N * K) * sizeof(int32_t));
+        for (int64_t n = 0; n < p.N; n++)
+            for (int64_t j = 0; j < K; j++) {
+                ids[n * K + j] = listed[j];
+                for (int64_t m = 0; m < V; m++)
+                    if (p.topk_ids[n * V + m] == listed[j]) lp[n * K + j] = p.topk_logprobs[n * V + m];
+            }
+        free(p.topk_logprobs), free(p.topk_ids);
+        p.topk_logprobs = lp, p.topk_ids = ids, p.k = K;
+        /* the student's tail relative to its max, in float64 */
+        double largest_share = 0;
+        for (int64_t n = 0; n < p.N; n++) {
+            double z[37], top = -INFINITY, rest = 0;
+            for (int64_t v = 0; v < V; v++) {
+                z[v] = 0;
+                for (int64_t d = 0; d < D; d++) z[v] += p.w64[v * D + d] * p.h64[n * D + d];
+            }
+            for (int64_t j = 0; j < K; j++) top = fmax(top, z[listed[j]]), z[listed[j]] = -INFINITY;
+            for (int64_t v = 0; v < V; v++) rest += exp(z[v] - top);
+            largest_share = fmax(largest_share, rest);
+        }
+        CHECK(largest_share < 0x1p-64, "%s: the student's tail should sum below 2^-64 of its max, got %.3g",
+              KINDS[i].name, largest_share);
+
+        float *dh = test_alloc((size_t)(p.N * D) * sizeof(float)), *dw = test_alloc((size_t)(V * D) * sizeof(float));
+        LossSums got = {0};
+        RefSums want;
+        CHECK_OK(run_op(be, &p, &got, dh, dw));
+        reference(&p, &want, NULL, NULL);
+        CHECK(isfinite(got.kl) && rel_diff(got.kl, want.kl) < 1e-5, "%s: vanishing tail: divergence %.9g, reference %.9g",
+              KINDS[i].name, got.kl, want.kl);
+        double *fd_dh = test_alloc((size_t)(p.N * D) * sizeof(double));
+        double *fd_dw = test_alloc((size_t)(V * D) * sizeof(double));
+        finite_difference(reference_scaled_loss, &p, p.h64, p.N * D, 1e-6, fd_dh);
+        finite_difference(reference_scaled_loss, &p, p.w64, V * D, 1e-6, fd_dw);
+        double f_dh = rel_error_f64(dh, fd_dh, p.N * D), f_dw = rel_error_f64(dw, fd_dw, V * D);
+        /* dh's lifting unit is 100 x a sum over the row of gradient terms that cancel to nearly 0
+         * (a softmax's gradient sums to 0), each carrying the f32 rounding of logits near 100
+         * (6e-6): 1e-3 for this problem, where the others hold 1e-5 */
+        CHECK(f_dh < 1e-3 && f_dw < 1e-4, "%s: vanishing tail: dh rel error %.3g, dw rel error %.3g (finite differences)",
+              KINDS[i].name, f_dh, f_dw);
+        free(dh), free(dw), free(fd_dh), free(fd_dw);
+        problem_free(&p);
+    }
+}
+
 /* Configs and top-k teachers every backend refuses, each by name; the sums stay as they were. */
 static void test_bad_configs_and_topk(Backend *be) {
     Problem p = problem_make(6, 4, 5, 11, 1100, 1);
@@ -766,6 +832,7 @@ int main(void) {
     test_temperature_applied_once(be);
     test_chunking_independence(be);
     test_jsd_beta_limits(be);
+    test_topk_vanishing_student_tail(be);
     test_bad_configs_and_topk(be);
     backend_destroy(be);
     test_thread_count_independence();
