@@ -41,7 +41,7 @@ gcc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -DMLATRAIN_HAVE_CUDA=1 -I"$root" -c "
     -o "$work/obj/backend_cuda.o"
 # The libraries the CPU build links its tests with.
 read -r -a libs <<<"$(sed -e 's/.* -o test_gpu_ops //' "$build/CMakeFiles/test_gpu_ops.dir/link.txt")"
-tests=(test_gpu_elementwise test_gpu_ops)
+tests=(test_gpu_elementwise test_gpu_ops test_gpu_decode)
 [ "${EMU_STEP:-0}" = 1 ] && tests+=(test_gpu_step)
 status=0
 for t in "${tests[@]}"; do
