@@ -25,7 +25,8 @@
 #   BUILD_DIR       build folder (default build-gpu)
 #   LOG_DIR         logs, results.jsonl and table.txt, at most 7 files (default BUILD_DIR/bench-logs)
 #   TORCH_BENCH     the PyTorch baseline; default .gpu-carry/bench/torch_distill.py (tools/gpu-prepare.sh),
-#                   else shared/bench/ in this checkout, else ../shared/bench/ beside it
+#                   else tools/bench/ in this checkout (it travels with the working tree), else
+#                   ../shared/bench/ beside it
 #   PYTHON          a python with torch and CUDA (default python3)
 #   PROBE_TEACHER   1b or 8b: the pair the probe runs (default 1b)
 #   PROBE_BATCHES   batch sizes the probe tries, ascending (default "8 16")
@@ -123,14 +124,14 @@ mlatrain_path=$([ -f "$build/gpu-env.sh" ] && . "$build/gpu-env.sh"; printf '%s'
 mlatrain=(env "LD_LIBRARY_PATH=$mlatrain_path" "$build/mlatrain")
 
 torch_bench=${TORCH_BENCH:-}
-for candidate in .gpu-carry/bench/torch_distill.py shared/bench/torch_distill.py ../shared/bench/torch_distill.py; do
+for candidate in .gpu-carry/bench/torch_distill.py tools/bench/torch_distill.py ../shared/bench/torch_distill.py; do
     [ -z "$torch_bench" ] && [ -f "$candidate" ] && torch_bench=$candidate
 done
 torch_ok=1
 if ! want bench && ! want probe; then
     torch_ok=0
 elif [ -z "$torch_bench" ] || [ ! -f "$torch_bench" ]; then
-    echo "gpu-bench: no torch_distill.py (TORCH_BENCH, shared/bench/ or ../shared/bench/): PyTorch runs skipped"
+    echo "gpu-bench: no torch_distill.py (TORCH_BENCH, tools/bench/ or ../shared/bench/): PyTorch runs skipped"
     torch_ok=0
 elif ! "$python" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     echo "gpu-bench: $python has no torch with CUDA: PyTorch runs skipped"
