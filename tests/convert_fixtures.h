@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "harness.h"
 #include "model/convert/convert.h"
@@ -65,4 +66,18 @@ static inline double convert_total_error(const ConvertReport *r) {
     double s = 0;
     for (int l = 0; l < r->n_layers; l++) s += r->layers[l].attn_rel_error;
     return s;
+}
+
+/* Every bias of m drawn at `scale` (model_init_random leaves them zero). */
+static inline void randomize_biases(Model *m, uint64_t seed, float scale) {
+    for (int i = 0; i < m->n_params; i++) {
+        Param *p = &m->params[i];
+        if (!strstr(p->name, ".bias")) continue;
+        int64_t n = tensor_numel(*p->value);
+        float *host = test_alloc((size_t)n * sizeof(float));
+        fill_normal(host, n, seed + (uint64_t)i, scale);
+        CHECK_OK(backend_upload_f32(m->be, *p->value, host));
+        free(host);
+    }
+    model_weights_changed(m);
 }

@@ -1,10 +1,13 @@
 /* The test harness's implementation: counters, error measures, finite differences. */
 #include "harness.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/rng.h"
 
@@ -128,4 +131,31 @@ void *test_alloc(size_t bytes) {
         exit(1);
     }
     return p;
+}
+
+void test_make_tmp_dir(char path[64], const char *tag) {
+    snprintf(path, 64, "/tmp/mlatrain_%s_XXXXXX", tag);
+    if (!mkdtemp(path)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+void test_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char child[1024];
+        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+        test_remove_tree(child);
+    }
+    if (d) closedir(d);
+    rmdir(path);
 }

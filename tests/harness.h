@@ -56,3 +56,8 @@ Backend *test_cpu_backend(int threads);
 
 /* Allocating helpers that abort the test (not the library) on out-of-memory. */
 void *test_alloc(size_t bytes);
+
+/* A fresh folder /tmp/mlatrain_<tag>_XXXXXX in path (aborts the test if none can be made), and
+ * a folder's whole tree removed (files, links and sub-folders; a missing path is no error). */
+void test_make_tmp_dir(char path[64], const char *tag);
+void test_remove_tree(const char *path);

@@ -1,12 +1,9 @@
 /* The epsilon-independent export: the residual rescale computes the same function at rms_norm_eps =
  * 1e-6, and an export of a student trained with another epsilon reads back as that student. */
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "harness.h"
 #include "model/hf/export_eps.h"
@@ -15,45 +12,6 @@
 #include "model_fixtures.h"
 
 enum { BATCH = 2, SEQ = 9 };
-
-static void make_tmp_dir(char path[64]) {
-    snprintf(path, 64, "/tmp/mlatrain_eps_XXXXXX");
-    if (!mkdtemp(path)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char child[512];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            struct stat info;
-            if (lstat(child, &info) == 0 && S_ISDIR(info.st_mode)) remove_tree(child);
-            else unlink(child);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
-/* Every bias of m drawn at `scale` (model_init_random leaves them zero). */
-static void randomize_biases(Model *m, uint64_t seed, float scale) {
-    for (int i = 0; i < m->n_params; i++) {
-        Param *p = &m->params[i];
-        if (!strstr(p->name, ".bias")) continue;
-        int64_t n = tensor_numel(*p->value);
-        float *host = test_alloc((size_t)n * sizeof(float));
-        fill_normal(host, n, seed + (uint64_t)i, scale);
-        CHECK_OK(backend_upload_f32(m->be, *p->value, host));
-        free(host);
-    }
-    model_weights_changed(m);
-}
 
 /* The residual rescale is the same function at the export's epsilon, and an export of a student
  * trained with another epsilon reads back as that student. */
@@ -106,7 +64,7 @@ static void test_export_eps(Backend *be, int tied, int latent_norm) {
     Model *s = NULL, *back = NULL;
     CHECK_OK(model_create(&s, be, &mla_cfg, SEQ));
     CHECK_OK(model_init_random(s, 21, 0.3f));
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "eps");
     ExportOptions opts = {.dtype = DT_F32};
     CHECK_OK(hf_model_export(s, dir, &opts));
     if (CHECK_OK(hf_model_load(&back, be, dir, SEQ))) {
@@ -120,7 +78,7 @@ static void test_export_eps(Backend *be, int tied, int latent_norm) {
         free(la), free(lb);
         model_destroy(back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(s);
     model_destroy(m);
 }

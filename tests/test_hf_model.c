@@ -1,7 +1,6 @@
 /* The HF loader and the DeepSeek-V2 exporter: GQA and MLA round trips (bitwise in f32), the rope
  * row permutation and the kv layouts in the raw file, bf16 rounding, rope bases, and refusals. */
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,31 +29,6 @@ static const ExportOptions EXPORT_F32 = {.dtype = DT_F32};
     } while (0)
 
 /* ---- files ---- */
-
-static void make_tmp_dir(char path[64]) {
-    strcpy(path, "/tmp/mlatrain_hf_XXXXXX");
-    if (!mkdtemp(path)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char child[512];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            struct stat info;
-            if (lstat(child, &info) == 0 && S_ISDIR(info.st_mode)) remove_tree(child);
-            else unlink(child);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
 
 static int file_exists(const char *dir, const char *name) {
     char path[512];
@@ -183,7 +157,7 @@ static void test_gqa_round_trip(Backend *be, int qkv_bias, int tied) {
         strcpy(cfg.architecture, "Qwen2ForCausalLM");
     }
     Model *m = random_model(be, &cfg, 11), *back = NULL;
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_OK(hf_model_save_gqa(m, dir, DT_F32));
     SafetensorsSet *s = NULL;
     if (CHECK_OK(safetensors_open(&s, dir))) {
@@ -199,7 +173,7 @@ static void test_gqa_round_trip(Backend *be, int qkv_bias, int tied) {
         check_same_forward(m, back, what);
         model_destroy(back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(m);
 }
 
@@ -212,7 +186,7 @@ static void test_mla_round_trip(Backend *be, unsigned mla_mask, int64_t q_lora, 
     cfg.qkv_bias = qkv_bias;
     cfg.tie_word_embeddings = tied;
     Model *m = random_model(be, &cfg, 23), *back = NULL;
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     snprintf(out, sizeof out, "%s/a/b", dir); /* created as mkdir -p would */
     ExportOptions opts = EXPORT_F32;
     opts.max_shard_bytes = shard_bytes;
@@ -240,7 +214,7 @@ static void test_mla_round_trip(Backend *be, unsigned mla_mask, int64_t q_lora, 
         else CHECK_ERR(stock, "GQA attention");
         model_destroy(back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(m);
 }
 
@@ -260,7 +234,7 @@ static void test_file_layout(Backend *be, int64_t q_lora) {
     const int64_t H = cfg.num_attention_heads, D = cfg.hidden_size, r = cfg.mla.kv_lora_rank;
     const int64_t dn = cfg.mla.qk_nope_head_dim, dr = cfg.mla.qk_rope_head_dim, dv = cfg.mla.v_head_dim;
     Model *m = random_model(be, &cfg, 31);
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_OK(hf_model_export(m, dir, &EXPORT_F32));
     SafetensorsSet *s = NULL;
     if (!CHECK_OK(safetensors_open(&s, dir))) goto done;
@@ -325,7 +299,7 @@ static void test_file_layout(Backend *be, int64_t q_lora) {
 close:
     safetensors_close(s);
 done:
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(m);
 }
 
@@ -333,7 +307,7 @@ static void test_bf16_export(Backend *be) {
     char dir[64];
     ModelConfig cfg = export_student_config(0x3, 6, 1);
     Model *m = random_model(be, &cfg, 41), *back = NULL;
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_OK(hf_model_export(m, dir, NULL));
     SafetensorsSet *s = NULL;
     if (CHECK_OK(safetensors_open(&s, dir))) {
@@ -346,7 +320,7 @@ static void test_bf16_export(Backend *be) {
         check_params_equal(m, back, bf16_round, "bf16 export");
         model_destroy(back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(m);
 }
 
@@ -367,7 +341,7 @@ static void set_teacher_pairs(Model *m, const int *pairs_kept) {
 static void check_rope_export(Backend *be, Model *m, const ExportOptions *opts, double theta, int rebased,
                               const char *what) {
     char dir[64];
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     Model *back = NULL;
     if (!CHECK_OK(hf_model_export(m, dir, opts))) goto done;
     double written = config_rope_theta(dir);
@@ -398,7 +372,7 @@ static void check_rope_export(Backend *be, Model *m, const ExportOptions *opts, 
     }
     model_destroy(back);
 done:
-    remove_tree(dir);
+    test_remove_tree(dir);
 }
 
 static void test_rope_bases(Backend *be, int llama3) {
@@ -427,11 +401,11 @@ static void test_rope_bases(Backend *be, int llama3) {
     int norm_like[] = {1, 2};
     set_teacher_pairs(m, norm_like);
     char dir[64];
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_ERR_LINE(hf_model_export(m, dir, &EXPORT_F32), "allow_rebase");
     CHECK(!file_exists(dir, "model.safetensors") && !file_exists(dir, "config.json"),
           "a refused export writes nothing");
-    remove_tree(dir);
+    test_remove_tree(dir);
     ExportOptions rebase = EXPORT_F32;
     rebase.allow_rebase = 1;
     snprintf(what, sizeof what, "arbitrary pairs, re-based%s", tag);
@@ -441,7 +415,7 @@ static void test_rope_bases(Backend *be, int llama3) {
      * bit for bit, and a later save with expressible frequencies removes the file. */
     ExportOptions keep = EXPORT_F32;
     keep.keep_rope = 1;
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_OK(hf_model_export(m, dir, &keep));
     CHECK(file_exists(dir, HF_ROPE_SIDECAR), "keep_rope writes %s%s", HF_ROPE_SIDECAR, tag);
     Model *back = NULL;
@@ -455,7 +429,7 @@ static void test_rope_bases(Backend *be, int llama3) {
     set_teacher_pairs(m, high);
     CHECK_OK(hf_model_export(m, dir, &keep));
     CHECK(!file_exists(dir, HF_ROPE_SIDECAR), "an expressible rope leaves no %s%s", HF_ROPE_SIDECAR, tag);
-    remove_tree(dir);
+    test_remove_tree(dir);
 
     /* Layers that disagree: layer 0 DeepSeek's default, layer 1 the 'high' pairs. */
     float deepseek[2];
@@ -463,9 +437,9 @@ static void test_rope_bases(Backend *be, int llama3) {
     CHECK_OK(rope_inv_freq(&r, (int)cfg.mla.qk_rope_head_dim, deepseek));
     set_teacher_pairs(m, high);
     CHECK_OK(model_set_mla_rope(m, 0, deepseek));
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_ERR_LINE(hf_model_export(m, dir, &EXPORT_F32), "MLA layer 0's rope frequencies are DeepSeek's for rope_theta = 10000 and MLA layer 1's for 464.159");
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(m);
 }
 
@@ -512,9 +486,9 @@ static void edit_model_file(const char *dir, const FileEdit *edit) {
 static void test_refusals(Backend *be) {
     char dir[64];
     Model *m = NULL;
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_ERR_LINE(hf_model_load(&m, be, dir, SEQ), "config.json");
-    remove_tree(dir);
+    test_remove_tree(dir);
 
     ModelConfig cfg = tiny_teacher_config(0);
     Model *teacher = random_model(be, &cfg, 61);
@@ -535,7 +509,7 @@ static void test_refusals(Backend *be) {
         {&inv_freq, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        make_tmp_dir(dir);
+        test_make_tmp_dir(dir, "hf");
         CHECK_OK(hf_model_save_gqa(teacher, dir, DT_F32));
         edit_model_file(dir, cases[i].edit);
         m = NULL;
@@ -543,7 +517,7 @@ static void test_refusals(Backend *be) {
         else CHECK_OK(hf_model_load(&m, be, dir, SEQ));
         CHECK(cases[i].needle ? m == NULL : m != NULL, "case %zu: a model only on success", i);
         model_destroy(m);
-        remove_tree(dir);
+        test_remove_tree(dir);
     }
     model_destroy(teacher);
 
@@ -554,19 +528,19 @@ static void test_refusals(Backend *be) {
     const FileEdit same_head = {.add = "lm_head.weight", .add_ndim = 2, .add_shape = {23, 12}, .add_data = embed};
     const FileEdit other_head = {.add = "lm_head.weight", .add_ndim = 2, .add_shape = {23, 12}, .add_data = values};
     for (int differ = 0; differ < 2; differ++) {
-        make_tmp_dir(dir);
+        test_make_tmp_dir(dir, "hf");
         CHECK_OK(hf_model_save_gqa(teacher, dir, DT_F32));
         edit_model_file(dir, differ ? &other_head : &same_head);
         m = NULL;
         if (differ) CHECK_ERR_LINE(hf_model_load(&m, be, dir, SEQ), "'lm_head.weight' differs from model.embed_tokens.weight");
         else if (CHECK_OK(hf_model_load(&m, be, dir, SEQ))) check_params_equal(teacher, m, NULL, "tied, head in the file");
         model_destroy(m);
-        remove_tree(dir);
+        test_remove_tree(dir);
     }
     free(embed);
 
     /* Export refuses what stock DeepSeek-V2 loaders cannot read. */
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "hf");
     CHECK_ERR_LINE(hf_model_export(teacher, dir, &EXPORT_F32), "no MLA layer");
     ModelConfig no_norm = export_student_config(0x3, 0, 0);
     Model *student = random_model(be, &no_norm, 64);
@@ -578,7 +552,7 @@ static void test_refusals(Backend *be) {
      * function, and read back it is folded away to the very weights it was trained as. */
     for (int bf16 = 0; bf16 < 2; bf16++) {
         char ldir[64];
-        make_tmp_dir(ldir);
+        test_make_tmp_dir(ldir, "hf");
         student = random_model(be, &no_norm, 66);
         Model *with_norm = NULL;
         if (CHECK_OK(model_with_linear_latent_norm(student, &with_norm))) {
@@ -599,7 +573,7 @@ static void test_refusals(Backend *be) {
         }
         model_destroy(back);
         model_destroy(student);
-        remove_tree(ldir);
+        test_remove_tree(ldir);
     }
     ModelConfig ok_cfg = export_student_config(0x3, 0, 1);
     student = random_model(be, &ok_cfg, 65);
@@ -609,7 +583,7 @@ static void test_refusals(Backend *be) {
     CHECK_ERR_LINE(hf_model_export(student, below_file, NULL), "is not a directory");
     CHECK_ERR_LINE(hf_model_save_gqa(student, dir, DT_F32), "export the student with hf_model_export");
     model_destroy(student);
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(teacher);
 }
 

@@ -1,12 +1,9 @@
 /* A Qwen2 teacher's q/k/v biases through conversion (exact where the conversion is) and DeepSeek-V2's
  * attention_bias on export and import. */
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "harness.h"
 #include "model/convert/convert.h"
@@ -17,45 +14,6 @@
 #include "model_fixtures.h"
 
 enum { BATCH = 2, SEQ = 9 };
-
-static void make_tmp_dir(char path[64]) {
-    snprintf(path, 64, "/tmp/mlatrain_bias_XXXXXX");
-    if (!mkdtemp(path)) {
-        perror("mkdtemp");
-        exit(1);
-    }
-}
-
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char child[512];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            struct stat info;
-            if (lstat(child, &info) == 0 && S_ISDIR(info.st_mode)) remove_tree(child);
-            else unlink(child);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
-/* Every bias of m drawn at `scale` (model_init_random leaves them zero). */
-static void randomize_biases(Model *m, uint64_t seed, float scale) {
-    for (int i = 0; i < m->n_params; i++) {
-        Param *p = &m->params[i];
-        if (!strstr(p->name, ".bias")) continue;
-        int64_t n = tensor_numel(*p->value);
-        float *host = test_alloc((size_t)n * sizeof(float));
-        fill_normal(host, n, seed + (uint64_t)i, scale);
-        CHECK_OK(backend_upload_f32(m->be, *p->value, host));
-        free(host);
-    }
-    model_weights_changed(m);
-}
 
 static Model *qwen_teacher(Backend *be, int K, uint64_t seed) {
     ModelConfig c = convert_teacher_config(K);
@@ -149,7 +107,7 @@ static void test_export_round_trip(Backend *be, int latent_norm) {
     randomize_biases(m, 17, 0.4f);
     CHECK(tensor_present(m->layers[1].q_a_bias) && tensor_present(m->layers[1].kv_a_rope_bias),
           "%s: the student has q_a_proj and kv_a_proj biases", what);
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "bias");
     ExportOptions opts = {.dtype = DT_F32};
     CHECK_OK(hf_model_export(m, dir, &opts));
     SafetensorsSet *s = NULL;
@@ -189,7 +147,7 @@ static void test_export_round_trip(Backend *be, int latent_norm) {
         free(pa), free(pb), free(la), free(lb);
         model_destroy(back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
 
     /* DeepSeek-V2's q_proj has no bias: a full-rank q with a bias is written through a linear-regime
      * q bottleneck (q_b_proj the identity) and read back as it was. */
@@ -199,7 +157,7 @@ static void test_export_round_trip(Backend *be, int latent_norm) {
     CHECK_OK(model_create(&fq, be, &full_q, SEQ));
     CHECK_OK(model_init_random(fq, 4, 0.3f));
     randomize_biases(fq, 23, 0.4f);
-    make_tmp_dir(dir);
+    test_make_tmp_dir(dir, "bias");
     CHECK_OK(hf_model_export(fq, dir, &opts));
     if (CHECK_OK(safetensors_open(&s, dir))) {
         const SafetensorsTensor *qb = safetensors_find(s, "model.layers.0.self_attn.q_b_proj.weight");
@@ -218,7 +176,7 @@ static void test_export_round_trip(Backend *be, int latent_norm) {
         free(la), free(lb);
         model_destroy(fq_back);
     }
-    remove_tree(dir);
+    test_remove_tree(dir);
     model_destroy(fq);
     model_destroy(m);
 }

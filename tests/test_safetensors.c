@@ -65,25 +65,6 @@ static void make_file(const char *path, const char *header, int pad, size_t data
 
 static void make_dir(const char *path) { mkdir(path, 0777); }
 
-static void remove_tree(const char *path) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        struct dirent *e;
-        while (d && (e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        if (d) closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
-
 /* Entries of dir whose names contain `part`. */
 static int count_names(const char *dir, const char *part) {
     DIR *d = opendir(dir);
@@ -773,6 +754,6 @@ int main(void) {
     test_read_errors();
     test_write_errors();
     test_mutations();
-    remove_tree(work_dir);
+    test_remove_tree(work_dir);
     return test_finish("test_safetensors");
 }
