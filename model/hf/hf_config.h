@@ -51,3 +51,7 @@ Status hf_config_deepseek_v2_check_stock(const ModelConfig *cfg);
  * "llama", "qwen2" or "mistral"), e.g. a teacher-shaped model created for tests. */
 Status hf_config_gqa_json(const ModelConfig *cfg, DType dtype, cJSON **out);
 Status hf_config_write_gqa(const ModelConfig *cfg, DType dtype, const char *path);
+
+/* The shortest decimal that reads back as x, written as Python's repr writes floats (so a value
+ * read from a config.json is written back as it was). */
+void hf_format_double(char *buf, size_t n, double x);
