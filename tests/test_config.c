@@ -49,7 +49,8 @@ static void make_inline_everything(void) {
              "   \"mla\": {\"kv_lora_rank\": 0, \"energy\": 0.95, \"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 8,"
              "     \"v_head_dim\": 16, \"q_lora_rank\": 32, \"gqa_layers\": [1], \"init\": \"exact\","
              "     \"rope_select\": \"uniform\", \"latent_norm\": false, \"drop_biases\": true,"
-             "     \"calibration_tokens\": 100, \"allow_rebase\": true}},"
+             "     \"calibration_tokens\": 100, \"allow_rebase\": true,"
+             "     \"latent_basis\": \"weights\", \"output_fit\": \"teacher_input\"}},"
              " \"data\": {\"train\": [\"a.h5\", \"b/*.h5\"], \"seq_len\": 64},"
              " \"loss\": {\"kl_weight\": 1, \"ce_weight\": 0.25, \"temperature\": 2.5, \"kind\": \"jsd\","
              "   \"jsd_beta\": 0.25, \"chunk_tokens\": 64},"
@@ -127,7 +128,8 @@ static void check_same(const Config *a, const Config *b, const char *what) {
               ma->q_lora_rank == mb->q_lora_rank && gqa_same && ma->init == mb->init &&
               ma->rope_select == mb->rope_select && ma->energy == mb->energy && ma->latent_norm == mb->latent_norm &&
               ma->drop_biases == mb->drop_biases && ma->calibration_tokens == mb->calibration_tokens &&
-              ma->allow_rebase == mb->allow_rebase,
+              ma->allow_rebase == mb->allow_rebase && ma->latent_basis == mb->latent_basis &&
+              ma->output_fit == mb->output_fit,
           "%s: student.mla", what);
     CHECK(lists_equal(&a->data.train, &b->data.train) && lists_equal(&a->data.val, &b->data.val) &&
               a->data.seq_len == b->data.seq_len,
@@ -173,7 +175,7 @@ static void test_design_example(void) {
               m->latent_basis == CONFIG_LATENT_BASIS_ACTIVATIONS,
           "mla init/rope_select/latent_basis");
     CHECK(m->energy == 0 && m->latent_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
-              m->allow_rebase == 0,
+              m->allow_rebase == 0 && m->output_fit == CONFIG_OUTPUT_FIT_STUDENT_INPUT,
           "mla defaults");
     CHECK(c->data.train.count == 1 && strcmp(c->data.train.items[0], "data/train-*.h5") == 0, "data.train");
     CHECK(c->data.val.count == 1 && strcmp(c->data.val.items[0], "data/val.h5") == 0, "data.val");
@@ -353,6 +355,9 @@ static void test_inline_arch(void) {
         CHECK(c->student.init_from.arch.present && c->student.init_from.seed == 99, "student seed defaults to run.seed");
         CHECK(strcmp(c->run.dir, "runs/a \"b\"") == 0, "escaped string %s", c->run.dir);
         CHECK(c->student.mla.n_gqa_layers == 1 && c->student.mla.gqa_layers[0] == 1, "gqa_layers");
+        CHECK(c->student.mla.latent_basis == CONFIG_LATENT_BASIS_WEIGHTS &&
+                  c->student.mla.output_fit == CONFIG_OUTPUT_FIT_TEACHER_INPUT,
+              "latent_basis and output_fit");
         CHECK(c->eval.tasks.count == 2 && strcmp(c->eval.tasks.items[1], "kv") == 0, "tasks");
         CHECK(c->optim.min_lr == 3e-5, "min_lr");
     }

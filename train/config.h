@@ -29,6 +29,7 @@ typedef enum {
     CONFIG_ROPE_SELECT_ROROPE_FREE,
 } ConfigRopeSelect;
 typedef enum { CONFIG_LATENT_BASIS_ACTIVATIONS = 0, CONFIG_LATENT_BASIS_WEIGHTS } ConfigLatentBasis;
+typedef enum { CONFIG_OUTPUT_FIT_STUDENT_INPUT = 0, CONFIG_OUTPUT_FIT_TEACHER_INPUT, CONFIG_OUTPUT_FIT_NONE } ConfigOutputFit;
 /* loss.kind, in core/backend.h's LossKind order */
 typedef enum { CONFIG_LOSS_FORWARD_KL = 0, CONFIG_LOSS_REVERSE_KL, CONFIG_LOSS_JSD } ConfigLossKind;
 typedef enum { CONFIG_SCHEDULE_COSINE = 0, CONFIG_SCHEDULE_LINEAR, CONFIG_SCHEDULE_CONSTANT } ConfigSchedule;
@@ -75,6 +76,7 @@ typedef struct {
     ConfigMlaInit init;
     ConfigRopeSelect rope_select;
     ConfigLatentBasis latent_basis;
+    ConfigOutputFit output_fit;
     double energy;                /* 0 = fixed kv_lora_rank; else the share of sum sigma^2 to keep */
     int latent_norm;
     int drop_biases;

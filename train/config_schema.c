@@ -15,6 +15,7 @@ static const char *const MODEL_INIT_NAMES[] = {"random", NULL};
 static const char *const MLA_INIT_NAMES[] = {"svd", "exact", "random", NULL};
 static const char *const ROPE_SELECT_NAMES[] = {"high", "low", "uniform", "norm", "rorope", "rorope_free", NULL};
 static const char *const LATENT_BASIS_NAMES[] = {"activations", "weights", NULL};
+static const char *const OUTPUT_FIT_NAMES[] = {"student_input", "teacher_input", "none", NULL};
 static const char *const SCHEDULE_NAMES[] = {"cosine", "linear", "constant", NULL};
 static const char *const RECOMPUTE_NAMES[] = {"none", "layers", "mlp", NULL};
 static const char *const LOSS_KIND_NAMES[] = {"forward_kl", "reverse_kl", "jsd", NULL};
@@ -84,6 +85,7 @@ const KeySpec CONFIG_KEYS[] = {
     ENUM("student.mla.init", student.mla.init, MLA_INIT_NAMES, CONFIG_MLA_INIT_SVD),
     ENUM("student.mla.rope_select", student.mla.rope_select, ROPE_SELECT_NAMES, CONFIG_ROPE_SELECT_ROROPE),
     ENUM("student.mla.latent_basis", student.mla.latent_basis, LATENT_BASIS_NAMES, CONFIG_LATENT_BASIS_ACTIVATIONS),
+    ENUM("student.mla.output_fit", student.mla.output_fit, OUTPUT_FIT_NAMES, CONFIG_OUTPUT_FIT_STUDENT_INPUT),
     NUMBER("student.mla.energy", student.mla.energy, 0, 0, 1, 0),
     BOOL("student.mla.latent_norm", student.mla.latent_norm, 0),
     BOOL("student.mla.drop_biases", student.mla.drop_biases, 0),

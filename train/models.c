@@ -66,6 +66,11 @@ ConvertOptions convert_options_from_config(const Config *cfg) {
     o.init = inits[m->init];
     o.rope_select = selects[m->rope_select];
     o.latent_basis = m->latent_basis == CONFIG_LATENT_BASIS_WEIGHTS ? LATENT_BASIS_WEIGHTS : LATENT_BASIS_ACTIVATIONS;
+    static const OutputFit fits[] = {[CONFIG_OUTPUT_FIT_STUDENT_INPUT] = OUTPUT_FIT_STUDENT_INPUT,
+                                     [CONFIG_OUTPUT_FIT_TEACHER_INPUT] = OUTPUT_FIT_TEACHER_INPUT,
+                                     [CONFIG_OUTPUT_FIT_NONE] = OUTPUT_FIT_NONE};
+    o.output_fit = fits[m->output_fit];
+    o.output_fit_ridge = OUTPUT_FIT_RIDGE;
     o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
                        .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
                        .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};

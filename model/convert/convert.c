@@ -12,6 +12,7 @@
 #include "model/convert/convert_layer.h"
 #include "model/convert/latent_basis.h"
 #include "model/convert/linalg.h"
+#include "model/convert/output_fit.h"
 #include "model/convert/rorope.h"
 #include "model/convert/teacher_layer.h"
 #include "model/layers.h"
@@ -428,6 +429,36 @@ static Status convert_layer(Model *student, Model *teacher, int l, const Convert
     return STATUS_OK;
 }
 
+/* The student's o_proj refitted so that its own attention (z, the heads' weighted values)
+ * produces h_target - x_base: the teacher's attention output, or, fed the student's own stream,
+ * what takes that stream to the teacher's. */
+static Status refit_output(Model *student, int l, Tensor z, Tensor h_target, Tensor x_base, double ridge) {
+    Backend *be = student->be;
+    Tensor o = student->layers[l].o_proj;
+    int64_t N = z.shape[0], F = z.shape[1], D = o.shape[0];
+    float *Z = NULL, *Y = NULL, *x = NULL, *W = NULL;
+    Status st = download_new(be, z, &Z);
+    if (st == STATUS_OK) st = download_new(be, h_target, &Y);
+    if (st == STATUS_OK) st = download_new(be, x_base, &x);
+    if (st == STATUS_OK) st = download_new(be, o, &W);
+    if (st == STATUS_OK) {
+        for (int64_t i = 0; i < N * D; i++) Y[i] -= x[i];
+        st = output_projection_fit(Z, Y, N, F, D, ridge, W);
+    }
+    if (st == STATUS_OK) st = be->upload(be, o, W);
+    free(Z);
+    free(Y);
+    free(x);
+    free(W);
+    if (st != STATUS_OK) return error_context("layer %d o_proj fit: ", l);
+    return STATUS_OK;
+}
+
+static Status copy_tensor(Backend *be, Tensor dst, Tensor src) {
+    TRY(be->zero(be, dst));
+    return be->ops.accumulate(be, dst, src);
+}
+
 /* Random calibration tokens when no data is given. */
 static int32_t *random_ids(const ConvertOptions *o, int64_t vocab, int64_t N) {
     int32_t *ids = malloc((size_t)N * sizeof(int32_t));
@@ -445,6 +476,7 @@ typedef struct {
     ForwardState *sst;
     RoropeFit *fits;                  /* [L] RoRoPE's measurements, MLA layers only */
     int rope_step;                    /* rorope: the pair spacing every layer keeps (0: free choice) */
+    Tensor xs;                        /* the student's own residual stream, when fitted on it */
 } ConvertWork;
 
 /* RoRoPE's pass: each MLA layer's rotation and attention-weighted fit on the teacher's own input,
@@ -564,29 +596,61 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
     TRY(model_init_random(student, o->seed, 0.02f));
     TRY(copy_shared_params(student, teacher));
 
-    /* The conversion pass: each layer converted from the teacher's weights, its norms fitted and
-     * its error measured on the teacher's own input to that layer. */
+    /* The conversion pass: each layer converted from the teacher's weights, then its o_proj
+     * refitted so that its attention gives the teacher's attention output. On the student's own
+     * stream (the default) the layer is calibrated and fitted on what the converted layers below
+     * actually hand it, so each layer makes up part of their error; otherwise on the teacher's
+     * input to the layer. The reported error is always measured on the teacher's input, so that
+     * layers compare. */
     TRY(stream_begin(&wk->ts, teacher, ids, B, T));
     TRY(forward_state_create(&wk->sst, student, B, T, 0));
     LayerCache *tcache = &wk->ts.tst->caches[0], *scache = &wk->sst->caches[0];
+    int fit_out = o->init == MLA_INIT_SVD && o->output_fit != OUTPUT_FIT_NONE;
+    int own_stream = fit_out && o->output_fit == OUTPUT_FIT_STUDENT_INPUT;
+    double ridge = o->output_fit_ridge > 0 ? o->output_fit_ridge : OUTPUT_FIT_RIDGE;
+    if (own_stream) TRY(be->alloc(be, &wk->xs, DT_F32, 2, (int64_t[]){N, tc->hidden_size}));
     Progress progress;
     progress_begin(&progress, "convert: layer", L);
     for (int l = 0; l < L; l++) {
         LayerReport *lr = &rep->layers[l];
         lr->kind = sc->layer_attention[l];
+        if (own_stream && l == 0) TRY(copy_tensor(be, wk->xs, tcache->x));
         TRY(stream_attention(&wk->ts, l));
         if (lr->kind == ATTENTION_MLA) {
+            /* Calibrated on what the layer will be fed: on its own stream, the student's normed input. */
+            Tensor calib = tcache->a;
+            if (own_stream) {
+                TRY(be->ops.rmsnorm_forward(be, scache->a, scache->rstd1, wk->xs, student->layers[l].input_norm,
+                                            (float)sc->rms_norm_eps));
+                calib = scache->a;
+            }
             if (o->init != MLA_INIT_RANDOM)
                 TRY(convert_layer(student, teacher, l, o, wk->teacher_inv_freq, wk->pairs[l],
-                                  wk->fits ? &wk->fits[l] : NULL, wk->rope_step, tcache->a, lr));
-            TRY(be->zero(be, scache->x));
-            TRY(be->ops.accumulate(be, scache->x, tcache->x));
+                                  wk->fits ? &wk->fits[l] : NULL, wk->rope_step, calib, lr));
+            if (own_stream) {
+                TRY(copy_tensor(be, scache->x, wk->xs));
+                if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
+                TRY(refit_output(student, l, scache->attn, tcache->h, tcache->x, ridge));
+            }
+            TRY(copy_tensor(be, scache->x, tcache->x));
             if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
+            if (fit_out && !own_stream) {
+                TRY(refit_output(student, l, scache->attn, tcache->h, tcache->x, ridge));
+                if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
+            }
             TRY(attention_error(be, tcache->x, tcache->h, scache->h, &lr->attn_rel_error));
             if (o->init == MLA_INIT_RANDOM) lr->kept_energy = 0;
         } else {
             lr->kept_energy = 1.0;
             lr->attn_rel_error = 0.0;
+        }
+        if (own_stream) {
+            /* The student's own stream goes on through its layer. */
+            TRY(copy_tensor(be, scache->x, wk->xs));
+            Status fw = lr->kind == ATTENTION_MLA ? mla_attention_forward(student, wk->sst, l, scache)
+                                                  : gqa_attention_forward(student, wk->sst, l, scache);
+            if (fw == STATUS_OK) fw = mlp_forward(student, wk->sst, l, scache, wk->xs);
+            if (fw != STATUS_OK) return error_context("layer %d: ", l);
         }
         TRY(stream_mlp(&wk->ts, l));
         progress_update(&progress, l + 1);
@@ -603,11 +667,13 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
     }
     static const char *const inits[] = {"svd", "exact", "random"};
     static const char *const selects[] = {"high", "low", "uniform", "norm", "rorope", "rorope_free"};
-    snprintf(rep->method, sizeof rep->method, "%s%s%s%s", inits[o->init], o->init == MLA_INIT_SVD ? ", rope_select " : "",
+    static const char *const fits[] = {", o_proj fitted on the student's stream", ", o_proj fitted on the teacher's input", ""};
+    snprintf(rep->method, sizeof rep->method, "%s%s%s%s%s", inits[o->init], o->init == MLA_INIT_SVD ? ", rope_select " : "",
              o->init == MLA_INIT_SVD ? selects[o->rope_select] : "",
              o->init != MLA_INIT_SVD ? ""
              : o->latent_basis == LATENT_BASIS_ACTIVATIONS ? ", latent from activations"
-                                                          : ", latent from weights");
+                                                          : ", latent from weights",
+             o->init == MLA_INIT_SVD ? fits[o->output_fit] : "");
     return STATUS_OK;
 }
 
@@ -629,6 +695,7 @@ Status mla_convert(Model **out, Model *teacher, const ConvertOptions *o, Convert
     Status st = run_convert(&wk, &student, teacher, o, rep, ids);
     stream_end(&wk.ts);
     forward_state_destroy(wk.sst);
+    if (wk.xs.data) teacher->be->release(teacher->be, &wk.xs);
     free(wk.pairs);
     free(wk.teacher_inv_freq);
     if (wk.fits)

@@ -28,6 +28,17 @@ typedef enum {
     LATENT_BASIS_ACTIVATIONS,   /* principal directions of the projected calibration activations, weighted */
 } LatentBasis;
 
+typedef enum {
+    OUTPUT_FIT_STUDENT_INPUT = 0, /* o_proj refitted on the student's own stream, layer after layer */
+    OUTPUT_FIT_TEACHER_INPUT,     /* o_proj refitted with each layer fed the teacher's input */
+    OUTPUT_FIT_NONE,              /* o_proj as the conversion made it */
+} OutputFit;
+
+/* The ridge of the o_proj fit, relative to the mean square of the heads' outputs: on SmolLM2-135M
+ * at 6x (docs/convert.md) 0.1 left the held-out perplexity lowest of the ridges tried (0.1 to 10
+ * fitted on the student's stream, 0.01 to 1 on the teacher's input), with 4096 and 8192 tokens. */
+#define OUTPUT_FIT_RIDGE 0.1
+
 typedef struct {
     MlaInit init;
     RopeSelect rope_select;
@@ -38,6 +49,9 @@ typedef struct {
                                    by dims.kv_lora_rank when that is > 0 */
     int gqa_layers[MODEL_MAX_LAYERS];   /* layers that keep the teacher's GQA attention */
     int n_gqa_layers;
+    OutputFit output_fit;       /* svd only: each layer's o_proj refitted to the student's own attention
+                                   (output_fit.h) */
+    double output_fit_ridge;    /* that fit's ridge (> 0; OUTPUT_FIT_RIDGE) */
     int drop_biases;            /* a teacher with q/k/v biases: drop them (else refused) */
     uint64_t seed;              /* random init, padding rows */
     /* Calibration tokens (i32 host array, n_calib_seqs x calib_seq): pair norms for rope_select =
@@ -65,7 +79,7 @@ typedef struct {
     int64_t kv_bytes_teacher;           /* per token, all layers, bf16 */
     int64_t kv_bytes_student;
     int64_t calib_tokens;
-    char method[64];
+    char method[160];
     /* Training-free quality, when the caller measured it on held-out tokens (eval_tokens > 0). */
     double source_ppl, student_ppl, kl, top1_agree;
     int64_t eval_windows, eval_tokens;

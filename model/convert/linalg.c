@@ -77,3 +77,21 @@ void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64
                 (int)n);
     openblas_set_num_threads(saved);
 }
+
+Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs) {
+    if (n < 1 || n > INT32_MAX || nrhs < 1 || nrhs > INT32_MAX)
+        return errorf("solve: sizes [%lld, %lld] out of range", (long long)n, (long long)nrhs);
+    for (int64_t i = 0; i < n * n; i++)
+        if (!isfinite(A[i])) return errorf("solve: the matrix holds a NaN or Inf (element %lld)", (long long)i);
+    for (int64_t i = 0; i < n * nrhs; i++)
+        if (!isfinite(B[i])) return errorf("solve: the right-hand side holds a NaN or Inf (element %lld)", (long long)i);
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, (lapack_int)nrhs, A, (lapack_int)n, B,
+                                    (lapack_int)nrhs);
+    openblas_set_num_threads(saved);
+    if (info != 0)
+        return errorf("solve: LAPACK dposv failed on a [%lld, %lld] system (info %d%s)", (long long)n, (long long)n,
+                      (int)info, info > 0 ? ": not positive definite" : "");
+    return STATUS_OK;
+}

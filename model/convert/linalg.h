@@ -20,3 +20,7 @@ Status eig_sym(double *A, int64_t n, double *w, double *V);
 
 /* C [m, n] = A [m, k] B [n, k]^T (row-major float64, single-threaded). */
 void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
+
+/* Solves A X = B for symmetric positive definite A [n, n] (destroyed: its Cholesky factor) and
+ * B [n, nrhs] row-major, X written over B (LAPACK dposv, single-threaded). */
+Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs);
