@@ -198,6 +198,60 @@ static void test_rope_selection(void) {
           pairs[0], pairs[1], pairs[2], pairs[3]);
 }
 
+/* auto_gqa_layers: the layers kept as GQA are those with the largest error against the residual
+ * stream, measured with o_proj fitted on the teacher's input; given gqa_layers are kept besides. */
+static void test_auto_gqa_layers(Backend *be) {
+    ModelConfig c = convert_teacher_config(2);
+    c.num_hidden_layers = 3;
+    Model *t = convert_make_teacher(be, c, SEQ, 17);
+    ConvertOptions o = options(MLA_INIT_SVD, ROPE_SELECT_ROROPE, 4, 8, 2, 8, 0);
+    o.latent_basis = LATENT_BASIS_ACTIVATIONS;
+    o.output_fit = OUTPUT_FIT_TEACHER_INPUT;
+    ConvertReport measured, rep;
+    Model *student = NULL;
+    if (!CHECK_OK(mla_convert(&student, t, &o, &measured))) return model_destroy(t);
+    model_destroy(student);
+    int order[3] = {0, 1, 2};
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++)
+            if (measured.layers[order[j]].stream_error > measured.layers[order[i]].stream_error) {
+                int tmp = order[i];
+                order[i] = order[j];
+                order[j] = tmp;
+            }
+    CHECK(measured.layers[order[0]].stream_error > measured.layers[order[1]].stream_error, "distinct errors: %.4g %.4g",
+          measured.layers[order[0]].stream_error, measured.layers[order[1]].stream_error);
+
+    o.output_fit = OUTPUT_FIT_STUDENT_INPUT;
+    o.auto_gqa_layers = 1;
+    if (CHECK_OK(mla_convert(&student, t, &o, &rep))) {
+        for (int l = 0; l < 3; l++) {
+            int gqa = l == order[0];
+            CHECK(rep.layers[l].kind == (gqa ? ATTENTION_GQA : ATTENTION_MLA) && rep.layers[l].auto_gqa == gqa,
+                  "auto 1: layer %d %s (errors %.4g %.4g %.4g)", l, gqa ? "kept as GQA" : "converted",
+                  measured.layers[0].stream_error, measured.layers[1].stream_error, measured.layers[2].stream_error);
+        }
+        CHECK(rep.layers[order[0]].attn_rel_error == 0, "the GQA layer is the teacher's");
+        CHECK(rep.kv_bytes_student == 2 * (2 * 2 * 8) + 2 * (2 * (4 + 2)), "KV bytes %lld", (long long)rep.kv_bytes_student);
+        model_destroy(student);
+    }
+    /* The worst layer given by hand: the measurement picks the next. */
+    o.n_gqa_layers = 1;
+    o.gqa_layers[0] = order[0];
+    if (CHECK_OK(mla_convert(&student, t, &o, &rep))) {
+        CHECK(rep.layers[order[0]].kind == ATTENTION_GQA && !rep.layers[order[0]].auto_gqa &&
+                  rep.layers[order[1]].kind == ATTENTION_GQA && rep.layers[order[1]].auto_gqa &&
+                  rep.layers[order[2]].kind == ATTENTION_MLA,
+              "given layer %d, auto picks %d", order[0], order[1]);
+        model_destroy(student);
+    }
+    o.auto_gqa_layers = 2;
+    CHECK(mla_convert(&student, t, &o, &rep) != STATUS_OK && strstr(error_message(), "auto_gqa_layers") &&
+              strstr(error_message(), "would leave no MLA layer"),
+          "auto_gqa_layers taking every layer is refused by name: %s", error_message());
+    model_destroy(t);
+}
+
 int main(void) {
     Backend *be = test_cpu_backend(0);
     test_rope_selection();
@@ -205,6 +259,7 @@ int main(void) {
     test_error_falls_with_rank(be);
     test_energy_hybrid_qlora(be);
     test_bad_options(be);
+    test_auto_gqa_layers(be);
     backend_destroy(be);
     return test_finish("test_convert");
 }

@@ -77,6 +77,7 @@ typedef struct {
     ConfigRopeSelect rope_select;
     ConfigLatentBasis latent_basis;
     ConfigOutputFit output_fit;
+    int64_t auto_gqa_layers;
     double energy;                /* 0 = fixed kv_lora_rank; else the share of sum sigma^2 to keep */
     int latent_norm;
     int drop_biases;

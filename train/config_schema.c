@@ -82,6 +82,7 @@ const KeySpec CONFIG_KEYS[] = {
     INT("student.mla.q_lora_rank", student.mla.q_lora_rank, 0, 0, ANY_INT, 0),
     INTS("student.mla.gqa_layers", student.mla.gqa_layers, student.mla.n_gqa_layers, 0, MODEL_MAX_LAYERS - 1,
          KEY_DISTINCT),
+    INT("student.mla.auto_gqa_layers", student.mla.auto_gqa_layers, 0, 0, MODEL_MAX_LAYERS - 1, 0),
     ENUM("student.mla.init", student.mla.init, MLA_INIT_NAMES, CONFIG_MLA_INIT_SVD),
     ENUM("student.mla.rope_select", student.mla.rope_select, ROPE_SELECT_NAMES, CONFIG_ROPE_SELECT_ROROPE),
     ENUM("student.mla.latent_basis", student.mla.latent_basis, LATENT_BASIS_NAMES, CONFIG_LATENT_BASIS_ACTIVATIONS),

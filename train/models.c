@@ -77,6 +77,7 @@ ConvertOptions convert_options_from_config(const Config *cfg) {
     o.energy = m->energy;
     o.n_gqa_layers = m->n_gqa_layers;
     for (int i = 0; i < m->n_gqa_layers; i++) o.gqa_layers[i] = (int)m->gqa_layers[i];
+    o.auto_gqa_layers = (int)m->auto_gqa_layers;
     o.drop_biases = m->drop_biases;
     o.seed = (uint64_t)cfg->run.seed;
     return o;

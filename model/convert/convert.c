@@ -176,20 +176,24 @@ static Status project_calibration(Backend *be, Tensor a, Tensor w, Tensor bias, 
     return st;
 }
 
-/* ||(h_s - x) - (h_t - x)|| / ||h_t - x||: the attention outputs, the residual input cancelled. */
-static Status attention_error(Backend *be, Tensor x, Tensor h_teacher, Tensor h_student, double *err) {
+/* ||(h_s - x) - (h_t - x)|| / ||h_t - x||: the attention outputs, the residual input cancelled; and
+ * the same difference against ||x||. */
+static Status attention_error(Backend *be, Tensor x, Tensor h_teacher, Tensor h_student, double *err,
+                              double *stream_err) {
     float *x_ = NULL, *ht = NULL, *hs = NULL;
     Status st = download_new(be, x, &x_);
     if (st == STATUS_OK) st = download_new(be, h_teacher, &ht);
     if (st == STATUS_OK) st = download_new(be, h_student, &hs);
     if (st == STATUS_OK) {
-        double num = 0, den = 0;
+        double num = 0, den = 0, xx = 0;
         for (int64_t i = 0; i < tensor_numel(x); i++) {
             double ot = (double)ht[i] - x_[i], os = (double)hs[i] - x_[i];
             num += (os - ot) * (os - ot);
             den += ot * ot;
+            xx += (double)x_[i] * x_[i];
         }
         *err = den > 0 ? sqrt(num / den) : sqrt(num);
+        *stream_err = xx > 0 ? sqrt(num / xx) : sqrt(num);
     }
     free(x_);
     free(ht);
@@ -638,7 +642,7 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
                 TRY(refit_output(student, l, scache->attn, tcache->h, tcache->x, ridge));
                 if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
             }
-            TRY(attention_error(be, tcache->x, tcache->h, scache->h, &lr->attn_rel_error));
+            TRY(attention_error(be, tcache->x, tcache->h, scache->h, &lr->attn_rel_error, &lr->stream_error));
             if (o->init == MLA_INIT_RANDOM) lr->kept_energy = 0;
         } else {
             lr->kept_energy = 1.0;
@@ -677,6 +681,54 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
     return STATUS_OK;
 }
 
+static void convert_work_free(ConvertWork *wk, Model *teacher) {
+    int L = (int)teacher->cfg.num_hidden_layers;
+    stream_end(&wk->ts);
+    forward_state_destroy(wk->sst);
+    if (wk->xs.data) teacher->be->release(teacher->be, &wk->xs);
+    free(wk->pairs);
+    free(wk->teacher_inv_freq);
+    if (wk->fits)
+        for (int l = 0; l < L; l++) rorope_fit_free(&wk->fits[l]);
+    free(wk->fits);
+    memset(wk, 0, sizeof *wk);
+}
+
+/* A hybrid's GQA layers by measurement: a first conversion (o_proj fitted on the teacher's input,
+ * so every layer is judged alone) gives each layer's error against the residual stream; the
+ * auto_gqa_layers largest join o's gqa_layers, in `chosen`, appended after the given ones. */
+static Status choose_gqa_layers(Model *teacher, const ConvertOptions *o, const int32_t *ids, ConvertOptions *chosen) {
+    int L = (int)teacher->cfg.num_hidden_layers;
+    if (o->auto_gqa_layers >= L - o->n_gqa_layers)
+        return errorf("student.mla.auto_gqa_layers: %d of the %d layers left to convert would leave no MLA layer",
+                      o->auto_gqa_layers, L - o->n_gqa_layers);
+    ConvertOptions measure = *o;
+    measure.auto_gqa_layers = 0;
+    if (measure.output_fit == OUTPUT_FIT_STUDENT_INPUT) measure.output_fit = OUTPUT_FIT_TEACHER_INPUT;
+    ConvertReport *rep = calloc(1, sizeof *rep);
+    if (!rep) return errorf("convert: out of memory");
+    ConvertWork wk;
+    memset(&wk, 0, sizeof wk);
+    Model *student = NULL;
+    fprintf(stderr, "convert: measuring every layer to choose %d GQA layer%s\n", o->auto_gqa_layers,
+            o->auto_gqa_layers > 1 ? "s" : "");
+    Status st = run_convert(&wk, &student, teacher, &measure, rep, ids);
+    convert_work_free(&wk, teacher);
+    model_destroy(student);
+    *chosen = *o;
+    for (int n = 0; st == STATUS_OK && n < o->auto_gqa_layers; n++) {
+        int best = -1;
+        for (int l = 0; l < L; l++)
+            if (rep->layers[l].kind == ATTENTION_MLA && (best < 0 || rep->layers[l].stream_error > rep->layers[best].stream_error))
+                best = l;
+        rep->layers[best].kind = ATTENTION_GQA;
+        chosen->gqa_layers[chosen->n_gqa_layers++] = best;
+    }
+    free(rep);
+    if (st != STATUS_OK) return error_context("choosing GQA layers: ");
+    return STATUS_OK;
+}
+
 Status mla_convert(Model **out, Model *teacher, const ConvertOptions *o, ConvertReport *rep) {
     *out = NULL;
     memset(rep, 0, sizeof *rep);
@@ -692,16 +744,19 @@ Status mla_convert(Model **out, Model *teacher, const ConvertOptions *o, Convert
         ids = wk.own_ids;
     }
     Model *student = NULL;
-    Status st = run_convert(&wk, &student, teacher, o, rep, ids);
-    stream_end(&wk.ts);
-    forward_state_destroy(wk.sst);
-    if (wk.xs.data) teacher->be->release(teacher->be, &wk.xs);
-    free(wk.pairs);
-    free(wk.teacher_inv_freq);
-    if (wk.fits)
-        for (int l = 0; l < teacher->cfg.num_hidden_layers; l++) rorope_fit_free(&wk.fits[l]);
-    free(wk.fits);
+    ConvertOptions chosen;
+    Status st = STATUS_OK;
+    if (o->auto_gqa_layers > 0) {
+        st = choose_gqa_layers(teacher, o, ids, &chosen);
+        o = &chosen;
+    }
+    if (st == STATUS_OK) st = run_convert(&wk, &student, teacher, o, rep, ids);
+    for (int l = 0; st == STATUS_OK && l < rep->n_layers; l++)
+        for (int i = 0; i < o->n_gqa_layers; i++)
+            if (o->gqa_layers[i] == l && i >= o->n_gqa_layers - o->auto_gqa_layers) rep->layers[l].auto_gqa = 1;
     free(wk.own_ids);
+    wk.own_ids = NULL;
+    convert_work_free(&wk, teacher);
     if (st != STATUS_OK) {
         model_destroy(student);
         return STATUS_ERROR;

@@ -49,6 +49,8 @@ typedef struct {
                                    by dims.kv_lora_rank when that is > 0 */
     int gqa_layers[MODEL_MAX_LAYERS];   /* layers that keep the teacher's GQA attention */
     int n_gqa_layers;
+    int auto_gqa_layers;        /* > 0: this many more layers keep GQA, those whose conversion moves the
+                                   residual stream most (measured by a first conversion pass) */
     OutputFit output_fit;       /* svd only: each layer's o_proj refitted to the student's own attention
                                    (output_fit.h) */
     double output_fit_ridge;    /* that fit's ridge (> 0; OUTPUT_FIT_RIDGE) */
@@ -67,6 +69,9 @@ typedef struct {
     double kept_energy;         /* sum of kept sigma^2 / total, at the rank used */
     double attn_rel_error;      /* ||o_student - o_teacher|| / ||o_teacher|| on the calibration tokens,
                                    each layer fed the teacher's own input */
+    double stream_error;        /* ||o_student - o_teacher|| / ||x||: the same error against the residual
+                                   stream it is added to (what a hybrid's choice of layers weighs) */
+    int auto_gqa;               /* kept as GQA by auto_gqa_layers */
     int rope_pairs[MODEL_MAX_LAYERS];  /* teacher pair index behind each student rope pair */
     int rope_comps[MODEL_MAX_LAYERS];  /* RoRoPE: the rotated component of that pair (else 0) */
     int n_rope_pairs;

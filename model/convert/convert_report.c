@@ -14,13 +14,14 @@ void convert_report_print(const ConvertReport *r, FILE *out) {
             r->method, (long long)r->dims.kv_lora_rank, (long long)r->dims.qk_rope_head_dim,
             (long long)r->dims.qk_nope_head_dim, (long long)r->dims.v_head_dim, (long long)r->dims.q_lora_rank,
             r->dims.latent_norm ? "on" : "off", (long long)r->calib_tokens);
-    fprintf(out, "%5s  %4s  %10s  %11s  %15s\n", "layer", "attn", "rank(energy)", "kept energy", "attn out error");
+    fprintf(out, "%5s  %4s  %10s  %11s  %15s  %12s\n", "layer", "attn", "rank(energy)", "kept energy", "attn out error",
+            "vs stream");
     for (int l = 0; l < r->n_layers; l++) {
         const LayerReport *lr = &r->layers[l];
         char rank[32] = "-";
         if (lr->rank_chosen > 0) snprintf(rank, sizeof rank, "%lld", (long long)lr->rank_chosen);
-        fprintf(out, "%5d  %4s  %12s  %11.4f  %15.4g\n", l, lr->kind == ATTENTION_MLA ? "mla" : "gqa", rank,
-                lr->kept_energy, lr->attn_rel_error);
+        fprintf(out, "%5d  %4s  %12s  %11.4f  %15.4g  %12.4g%s\n", l, lr->kind == ATTENTION_MLA ? "mla" : "gqa", rank,
+                lr->kept_energy, lr->attn_rel_error, lr->stream_error, lr->auto_gqa ? "  (kept as GQA by measurement)" : "");
     }
     int n_bad = 0;
     char bad[256] = "";
@@ -63,6 +64,8 @@ static cJSON *report_json(const ConvertReport *r) {
         if (lr->rank_chosen > 0) cJSON_AddNumberToObject(o, "rank_by_energy", (double)lr->rank_chosen);
         cJSON_AddNumberToObject(o, "kept_energy", lr->kept_energy);
         cJSON_AddNumberToObject(o, "attn_out_rel_error", lr->attn_rel_error);
+        cJSON_AddNumberToObject(o, "stream_rel_error", lr->stream_error);
+        if (lr->auto_gqa) cJSON_AddBoolToObject(o, "auto_gqa", 1);
         if (lr->kind == ATTENTION_MLA && lr->n_rope_pairs > 0) {
             cJSON *pairs = cJSON_AddArrayToObject(o, "rope_pairs");
             for (int j = 0; j < lr->n_rope_pairs; j++) cJSON_AddItemToArray(pairs, cJSON_CreateNumber(lr->rope_pairs[j]));
