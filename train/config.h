@@ -77,6 +77,7 @@ typedef struct {
     ConfigLatentBasis latent_basis;
     double energy;                /* 0 = fixed kv_lora_rank; else the share of sum sigma^2 to keep */
     int latent_norm;
+    int q_norm;                   /* q_a_layernorm in training (with q_lora_rank) */
     int drop_biases;
     int64_t calibration_tokens;
     int allow_rebase;

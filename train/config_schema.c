@@ -86,6 +86,7 @@ const KeySpec CONFIG_KEYS[] = {
     ENUM("student.mla.latent_basis", student.mla.latent_basis, LATENT_BASIS_NAMES, CONFIG_LATENT_BASIS_ACTIVATIONS),
     NUMBER("student.mla.energy", student.mla.energy, 0, 0, 1, 0),
     BOOL("student.mla.latent_norm", student.mla.latent_norm, 0),
+    BOOL("student.mla.q_norm", student.mla.q_norm, 0),
     BOOL("student.mla.drop_biases", student.mla.drop_biases, 0),
     INT("student.mla.calibration_tokens", student.mla.calibration_tokens, 4096, 1, ANY_INT, 0),
     BOOL("student.mla.allow_rebase", student.mla.allow_rebase, 0),

@@ -285,9 +285,10 @@ static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
     /* The bottleneck's bias is the last column of its down-projection: q_a_proj's, as DeepSeek has it. */
     if (st == STATUS_OK) st = upload_projection(be, qa, k, D, biased, w->q_a_proj, w->q_a_bias);
     if (st == STATUS_OK) st = be->upload(be, w->q_b_proj, qb);
-    if (st == STATUS_OK) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
-    if (st == STATUS_OK) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
-    if (st == STATUS_OK) st = be->upload(be, w->q_a_norm, g);
+    /* A linear bottleneck (q_norm 0) has no norm to fit. */
+    if (st == STATUS_OK && d->q_norm) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
+    if (st == STATUS_OK && d->q_norm) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
+    if (st == STATUS_OK && d->q_norm) st = be->upload(be, w->q_a_norm, g);
     free(c);
     free(qa);
     free(qb);
