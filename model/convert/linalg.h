@@ -20,3 +20,6 @@ Status eig_sym(double *A, int64_t n, double *w, double *V);
 
 /* C [m, n] = A [m, k] B [n, k]^T (row-major float64, single-threaded). */
 void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
+
+/* C [D, D] = a^T a / N, the second moment of the rows of a [N, D] (float32), in float64. */
+Status second_moment(const float *a, int64_t N, int64_t D, double *C);

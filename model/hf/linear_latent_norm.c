@@ -53,7 +53,9 @@ static int64_t site_width(const ModelConfig *c, NormSite site) {
     return site == SITE_LATENT ? c->mla.kv_lora_rank : c->mla.q_lora_rank;
 }
 
-static int *site_flag(ModelConfig *c, NormSite site) { return site == SITE_LATENT ? &c->mla.latent_norm : &c->mla.q_norm; }
+static int *site_flag(ModelConfig *c, NormSite site) {
+    return site == SITE_LATENT ? &c->mla.latent_norm : &c->mla.q_norm;
+}
 
 /* The projection's weight and bias (data NULL without attention_bias) and the norm's weight. */
 static void site_tensors(const LayerWeights *w, NormSite site, Tensor *W, Tensor *b, Tensor *norm) {
