@@ -305,7 +305,7 @@ static Status mla_query(Decoder *d, const LayerWeights *w, LayerCache *c, Tensor
     const int64_t H = m->cfg.num_attention_heads, dq = a->qk_nope_head_dim + a->qk_rope_head_dim;
     if (a->q_lora_rank > 0) {
         TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
-        TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
+        if (a->q_norm) TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
         TRY(op->linear_forward(be, q, c->q_a_n, w->q_b_proj, tensor_none()));
     } else {
         TRY(op->linear_forward(be, q, c->a, w->q_proj, w->q_bias));

@@ -1,7 +1,8 @@
 /* DeepSeek-V2's Multi-head Latent Attention block, forward and backward: queries (optionally
- * through a low-rank bottleneck), a normed latent c that k_nope and v are expanded from, one rope
- * key shared by every head, causal attention at scale 1/sqrt(dn + dr), output projection; the
- * query and kv_a projections carry biases when the student keeps a Qwen2 teacher's. */
+ * through a low-rank bottleneck, normed or linear), a latent c (normed or linear) that k_nope and
+ * v are expanded from, one rope key shared by every head, causal attention at scale
+ * 1/sqrt(dn + dr), output projection; the query and kv_a projections carry biases when the
+ * student keeps a Qwen2 teacher's. */
 #include <math.h>
 
 #include "model/layers.h"
@@ -30,7 +31,8 @@ Status mla_attention_forward(Model *m, ForwardState *st, int layer, LayerCache *
     TRY(op->rmsnorm_forward(be, c->a, c->rstd1, c->x, w->input_norm, (float)m->cfg.rms_norm_eps));
     if (s.qr > 0) {
         TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
-        TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
+        if (m->cfg.mla.q_norm)
+            TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
         TRY(op->linear_forward(be, q, c->q_a_n, w->q_b_proj, tensor_none()));
     } else {
         TRY(op->linear_forward(be, q, c->a, w->q_proj, w->q_bias));
@@ -92,8 +94,11 @@ Status mla_attention_backward(Model *m, ForwardState *st, int layer, LayerCache 
     TRY(op->linear_backward(be, g->dtmp, gw->kv_a_rope, gw->kv_a_rope_bias, g->dk_rope, c->a, w->kv_a_rope));
     TRY(op->accumulate(be, g->da, g->dtmp));
     if (s.qr > 0) {
-        TRY(op->linear_backward(be, g->dq_a_n, gw->q_b_proj, tensor_none(), dq, c->q_a_n, w->q_b_proj));
-        TRY(op->rmsnorm_backward(be, g->dq_a, gw->q_a_norm, g->dq_a_n, c->q_a, w->q_a_norm, c->q_a_rstd));
+        /* Without the q norm, q_b_proj reads q_a itself (q_a_n aliases it). */
+        Tensor dq_a_n = m->cfg.mla.q_norm ? g->dq_a_n : g->dq_a;
+        TRY(op->linear_backward(be, dq_a_n, gw->q_b_proj, tensor_none(), dq, c->q_a_n, w->q_b_proj));
+        if (m->cfg.mla.q_norm)
+            TRY(op->rmsnorm_backward(be, g->dq_a, gw->q_a_norm, g->dq_a_n, c->q_a, w->q_a_norm, c->q_a_rstd));
         TRY(op->linear_backward(be, g->dtmp, gw->q_a_proj, gw->q_a_bias, g->dq_a, c->a, w->q_a_proj));
     } else {
         TRY(op->linear_backward(be, g->dtmp, gw->q_proj, gw->q_bias, dq, c->a, w->q_proj));

@@ -14,11 +14,13 @@ typedef enum { ATTENTION_GQA = 0, ATTENTION_MLA = 1 } AttentionKind;
 /* DeepSeek-V2's attention widths (config.json names). */
 typedef struct {
     int64_t kv_lora_rank;       /* r: latent width, what the cache holds per token (plus the rope key) */
-    int64_t q_lora_rank;        /* 0 = full-rank q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj */
+    int64_t q_lora_rank;        /* 0 = full-rank q_proj; else q_a_proj -> (q_a_layernorm) -> q_b_proj */
     int64_t qk_nope_head_dim;   /* dn */
     int64_t qk_rope_head_dim;   /* dr: the rope key shared by all heads */
     int64_t v_head_dim;         /* dv */
     int latent_norm;            /* kv_a_layernorm present (stock DeepSeek loaders require it) */
+    int q_norm;                 /* with q_lora_rank: q_a_layernorm present (stock loaders require it);
+                                   0 = a linear bottleneck, q = W_qb W_qa a, the norm written at export */
     int attention_bias;         /* biases on q_proj (q_a_proj with q_lora_rank) and on the latent and
                                    rope rows of kv_a_proj_with_mqa: a Qwen2 teacher's q/k/v biases */
     /* Base of the rope key's frequencies as DeepSeek loaders compute them, rope_theta^(-2i/dr) before

@@ -1,6 +1,7 @@
 /* ModelConfig <-> JSON. Every field is written and every field is required on reading, so a
- * format change is an error, not a silent default; the one exception, eos_token_ids, is absent from
- * files written before it existed, which meant what its absence means (a single eos id). */
+ * format change is an error, not a silent default; the exceptions are fields absent from files
+ * written before they existed, read as what those files meant: eos_token_ids (a single eos id),
+ * mla_attention_bias (none) and q_norm (q_a_layernorm, which every q bottleneck had). */
 #include "model/config_json.h"
 
 #include <math.h>
@@ -42,6 +43,7 @@ cJSON *model_config_to_json(const ModelConfig *c) {
     cJSON_AddNumberToObject(o, "qk_rope_head_dim", (double)c->mla.qk_rope_head_dim);
     cJSON_AddNumberToObject(o, "v_head_dim", (double)c->mla.v_head_dim);
     cJSON_AddNumberToObject(o, "latent_norm", c->mla.latent_norm);
+    cJSON_AddNumberToObject(o, "q_norm", c->mla.q_norm);
     if (c->mla.attention_bias) cJSON_AddNumberToObject(o, "mla_attention_bias", 1);
     cJSON_AddNumberToObject(o, "mla_rope_theta", c->mla.rope_theta);
     cJSON *kinds = cJSON_AddArrayToObject(o, "layer_attention");
@@ -120,6 +122,10 @@ Status model_config_from_json(const cJSON *o, const char *where, ModelConfig *c)
     TRY(get_int(o, where, "v_head_dim", &c->mla.v_head_dim));
     TRY(get_int(o, where, "latent_norm", &i));
     c->mla.latent_norm = (int)i;
+    /* A checkpoint from before the linear q bottleneck existed had q_a_layernorm. */
+    const cJSON *q_norm = cJSON_GetObjectItemCaseSensitive(o, "q_norm");
+    if (q_norm && !cJSON_IsNumber(q_norm)) return errorf("%s: model config: q_norm must be a number", where);
+    c->mla.q_norm = q_norm ? q_norm->valuedouble != 0 : 1;
     /* Written only when set: a model config from before MLA biases existed has none. */
     const cJSON *mla_bias = cJSON_GetObjectItemCaseSensitive(o, "mla_attention_bias");
     if (mla_bias && !cJSON_IsNumber(mla_bias))

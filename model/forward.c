@@ -88,8 +88,12 @@ static Status alloc_cache(ForwardState *st, LayerCache *c, const ModelConfig *cf
     if (w.k_rope) ACT_2(c->k_rope, N, w.k_rope);
     if (w.q_lora) {
         ACT_2(c->q_a, N, w.q_lora);
-        STAT_1(c->q_a_rstd, N);
-        ACT_2(c->q_a_n, N, w.q_lora);
+        if (cfg->mla.q_norm) {
+            STAT_1(c->q_a_rstd, N);
+            ACT_2(c->q_a_n, N, w.q_lora);
+        } else {
+            c->q_a_n = c->q_a;
+        }
     }
     if (w.latent) {
         ACT_2(c->c, N, w.latent);
@@ -133,7 +137,7 @@ static Status alloc_scratch(ForwardState *st, const ModelConfig *cfg) {
     if (w.k_rope) ACT_2(g->dk_rope, N, w.k_rope);
     if (w.q_lora) {
         ACT_2(g->dq_a, N, w.q_lora);
-        ACT_2(g->dq_a_n, N, w.q_lora);
+        if (cfg->mla.q_norm) ACT_2(g->dq_a_n, N, w.q_lora);
     }
     if (w.latent) {
         ACT_2(g->dc, N, w.latent);

@@ -12,7 +12,8 @@ typedef struct {
     Tensor k;                       /* [N, K*hd] after rope (GQA); k_nope [N, H*dn] (MLA) */
     Tensor k_rope;                  /* [N, dr] after rope (MLA) */
     Tensor v;                       /* [N, K*hd] (GQA) or [N, H*dv] (MLA) */
-    Tensor q_a, q_a_rstd, q_a_n;    /* [N, q_lora], [N], [N, q_lora] (MLA with q_lora_rank) */
+    Tensor q_a, q_a_rstd, q_a_n;    /* [N, q_lora], [N], [N, q_lora] (MLA with q_lora_rank); q_a_n = q_a
+                                       when the q norm is off */
     Tensor c, c_rstd, c_n;          /* [N, r], [N], [N, r]: the latent and its norm (MLA); c_n = c
                                        when the latent norm is off */
     Tensor attn;                    /* [N, H*dv] */

@@ -54,7 +54,7 @@ static Status alloc_layer(Model *m, int l) {
         if (a->q_lora_rank > 0) {
             MATRIX(q_a_proj, a->q_lora_rank, D, "self_attn.q_a_proj.weight");
             if (a->attention_bias) VECTOR(q_a_bias, a->q_lora_rank, "self_attn.q_a_proj.bias");
-            VECTOR(q_a_norm, a->q_lora_rank, "self_attn.q_a_layernorm.weight");
+            if (a->q_norm) VECTOR(q_a_norm, a->q_lora_rank, "self_attn.q_a_layernorm.weight");
             MATRIX(q_b_proj, H * dqk, a->q_lora_rank, "self_attn.q_b_proj.weight");
         } else {
             MATRIX(q_proj, H * dqk, D, "self_attn.q_proj.weight");

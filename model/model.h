@@ -22,7 +22,7 @@ typedef struct {
     /* MLA */
     Tensor q_a_proj;       /* [q_lora, D]           (q_lora_rank > 0) */
     Tensor q_a_bias;       /* [q_lora]              (q_lora_rank > 0 and attention_bias) */
-    Tensor q_a_norm;       /* [q_lora]              q_a_layernorm */
+    Tensor q_a_norm;       /* [q_lora]              q_a_layernorm (absent when q_norm is off) */
     Tensor q_b_proj;       /* [H*(dn+dr), q_lora] */
     Tensor kv_a_latent;    /* [r, D]   W_dkv: the first r rows of kv_a_proj_with_mqa */
     Tensor kv_a_rope;      /* [dr, D]  W_kr: its last dr rows */

@@ -32,15 +32,18 @@ static inline ModelConfig tiny_teacher_config(int qkv_bias) {
 }
 
 /* The teacher's shape with MLA attention in the layers where mla_mask has bit l set:
- * r=5, dn=3, dr=4, dv=7, and an optional q bottleneck of width q_lora. */
-static inline ModelConfig tiny_student_config(unsigned mla_mask, int64_t q_lora, int latent_norm) {
+ * r=5, dn=3, dr=4, dv=7, and an optional q bottleneck of width q_lora. norms: DeepSeek's two norms
+ * (kv_a_layernorm, and q_a_layernorm with a bottleneck) trained, or neither (a new conversion's
+ * default); tests of one without the other set the field themselves. */
+static inline ModelConfig tiny_student_config(unsigned mla_mask, int64_t q_lora, int norms) {
     ModelConfig c = tiny_teacher_config(0);
     c.mla.kv_lora_rank = 5;
     c.mla.q_lora_rank = q_lora;
     c.mla.qk_nope_head_dim = 3;
     c.mla.qk_rope_head_dim = 4;
     c.mla.v_head_dim = 7;
-    c.mla.latent_norm = latent_norm;
+    c.mla.latent_norm = norms;
+    c.mla.q_norm = norms;
     for (int l = 0; l < c.num_hidden_layers; l++)
         c.layer_attention[l] = (mla_mask >> l) & 1 ? ATTENTION_MLA : ATTENTION_GQA;
     return c;

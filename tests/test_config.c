@@ -48,7 +48,7 @@ static void make_inline_everything(void) {
              " \"student\": {\"init_from\": {\"arch\": %s},"
              "   \"mla\": {\"kv_lora_rank\": 0, \"energy\": 0.95, \"qk_rope_head_dim\": 8, \"qk_nope_head_dim\": 8,"
              "     \"v_head_dim\": 16, \"q_lora_rank\": 32, \"gqa_layers\": [1], \"init\": \"exact\","
-             "     \"rope_select\": \"uniform\", \"latent_norm\": false, \"drop_biases\": true,"
+             "     \"rope_select\": \"uniform\", \"latent_norm\": false, \"q_norm\": true, \"drop_biases\": true,"
              "     \"calibration_tokens\": 100, \"allow_rebase\": true,"
              "     \"latent_basis\": \"weights\", \"output_fit\": \"teacher_input\"}},"
              " \"data\": {\"train\": [\"a.h5\", \"b/*.h5\"], \"seq_len\": 64},"
@@ -127,7 +127,7 @@ static void check_same(const Config *a, const Config *b, const char *what) {
               ma->qk_nope_head_dim == mb->qk_nope_head_dim && ma->v_head_dim == mb->v_head_dim &&
               ma->q_lora_rank == mb->q_lora_rank && gqa_same && ma->init == mb->init &&
               ma->rope_select == mb->rope_select && ma->energy == mb->energy && ma->latent_norm == mb->latent_norm &&
-              ma->drop_biases == mb->drop_biases && ma->calibration_tokens == mb->calibration_tokens &&
+              ma->q_norm == mb->q_norm && ma->drop_biases == mb->drop_biases && ma->calibration_tokens == mb->calibration_tokens &&
               ma->allow_rebase == mb->allow_rebase && ma->latent_basis == mb->latent_basis &&
               ma->output_fit == mb->output_fit,
           "%s: student.mla", what);
@@ -174,7 +174,7 @@ static void test_design_example(void) {
     CHECK(m->init == CONFIG_MLA_INIT_SVD && m->rope_select == CONFIG_ROPE_SELECT_NORM &&
               m->latent_basis == CONFIG_LATENT_BASIS_ACTIVATIONS,
           "mla init/rope_select/latent_basis");
-    CHECK(m->energy == 0 && m->latent_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
+    CHECK(m->energy == 0 && m->latent_norm == 0 && m->q_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
               m->allow_rebase == 0 && m->output_fit == CONFIG_OUTPUT_FIT_STUDENT_INPUT,
           "mla defaults");
     CHECK(c->data.train.count == 1 && strcmp(c->data.train.items[0], "data/train-*.h5") == 0, "data.train");

@@ -143,14 +143,22 @@ static void test_energy_hybrid_qlora(Backend *be) {
     CHECK(rep.kv_bytes_student == 2 * (8 + 4) + 2 * 2 * 2 * 8, "hybrid KV bytes %lld", (long long)rep.kv_bytes_student);
     model_destroy(student);
 
-    /* A q bottleneck at full rank with its norm: close to the plain student. */
+    /* A q bottleneck at full rank: with its norm (the weights' SVD, the norm fitted per channel)
+     * close to the plain student; linear (fitted to the scores) the plain student itself. */
     ConvertOptions q = options(MLA_INIT_SVD, ROPE_SELECT_HIGH, 24, 4, 4, 8, 0);
     CHECK_OK(mla_convert(&student, t, &q, &rep));
     double e_plain = convert_total_error(&rep);
     model_destroy(student);
     q.dims.q_lora_rank = 32;
+    q.dims.q_norm = 1;
     CHECK_OK(mla_convert(&student, t, &q, &rep));
-    CHECK(convert_total_error(&rep) < e_plain + 0.3, "q_lora at full rank: error %.4g vs %.4g without", convert_total_error(&rep), e_plain);
+    CHECK(convert_total_error(&rep) < e_plain + 0.3, "q_lora at full rank, q norm: error %.4g vs %.4g without",
+          convert_total_error(&rep), e_plain);
+    model_destroy(student);
+    q.dims.q_norm = 0;
+    CHECK_OK(mla_convert(&student, t, &q, &rep));
+    CHECK(fabs(convert_total_error(&rep) - e_plain) < 1e-4 * e_plain,
+          "q_lora at full rank, linear: error %.6g vs %.6g without", convert_total_error(&rep), e_plain);
     model_destroy(student);
     model_destroy(t);
 }

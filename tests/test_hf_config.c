@@ -177,6 +177,7 @@ static const char *config_difference(const ModelConfig *a, const ModelConfig *b)
     if (model_config_mla_layers(a) > 0) {
         SAME(mla.kv_lora_rank); SAME(mla.q_lora_rank); SAME(mla.qk_nope_head_dim); SAME(mla.qk_rope_head_dim);
         SAME(mla.v_head_dim); SAME(mla.latent_norm); SAME(mla.rope_theta);
+        if (a->mla.q_lora_rank > 0) SAME(mla.q_norm);
     }
     for (int l = 0; l < a->num_hidden_layers; l++) SAME(layer_attention[l]);
 #undef SAME
@@ -380,7 +381,7 @@ static ModelConfig student_of(const ModelConfig *teacher, int64_t r, int64_t dr,
     snprintf(s.model_type, sizeof s.model_type, "deepseek_v2");
     snprintf(s.architecture, sizeof s.architecture, "DeepseekV2ForCausalLM");
     s.mla = (MlaDims){.kv_lora_rank = r, .q_lora_rank = q_lora, .qk_nope_head_dim = teacher->head_dim,
-                      .qk_rope_head_dim = dr, .v_head_dim = teacher->head_dim, .latent_norm = 1};
+                      .qk_rope_head_dim = dr, .v_head_dim = teacher->head_dim, .latent_norm = 1, .q_norm = 1};
     for (int l = 0; l < s.num_hidden_layers; l++) s.layer_attention[l] = ATTENTION_MLA;
     for (int i = 0; i < n_gqa; i++) s.layer_attention[gqa_layers[i]] = ATTENTION_GQA;
     return s;
@@ -495,6 +496,9 @@ static void test_deepseek_round_trip(void) {
     s = student_of(&qwen, 256, 32, 0, NULL, 0);
     s.mla.latent_norm = 0;
     CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "no latent norm");
+    s = student_of(&qwen, 256, 32, 384, NULL, 0);
+    s.mla.q_norm = 0;
+    CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "q bottleneck has no norm (q_a_layernorm)");
     s = student_of(&qwen, 256, 31, 0, NULL, 0);
     CHECK_ERR(hf_config_write_deepseek_v2(&s, DT_F32, path), "qk_rope_head_dim = 31 must be even");
     s = student_of(&qwen, 0, 32, 0, NULL, 0);

@@ -587,6 +587,56 @@ static void test_refusals(Backend *be) {
     model_destroy(teacher);
 }
 
+/* A q bottleneck trained without its norm exports with q_a_layernorm in its linear regime: the same
+ * function, the norm written with one power-of-two weight, and read back it is folded away to the
+ * very weights trained (beside a trained latent norm, and beside a linear one). */
+static void test_linear_q_norm(Backend *be, int latent_norm, int bf16) {
+    char what[96], dir[64];
+    snprintf(what, sizeof what, "linear q norm, latent norm %d, %s", latent_norm, bf16 ? "bf16" : "f32");
+    ModelConfig cfg = export_student_config(0x3, 6, latent_norm);
+    cfg.mla.q_norm = 0;
+    Model *student = random_model(be, &cfg, 67), *with_norm = NULL, *back = NULL;
+    if (CHECK_OK(model_with_linear_q_norm(student, &with_norm))) {
+        CHECK(with_norm->cfg.mla.q_norm == 1 && with_norm->cfg.mla.latent_norm == latent_norm,
+              "%s: the export's model has q_a_layernorm, the latent as it was", what);
+        float *g = download(with_norm, with_norm->layers[1].q_a_norm);
+        int one_power = 1;
+        for (int64_t i = 0; i < cfg.mla.q_lora_rank; i++) {
+            int e;
+            one_power &= g[i] == g[0] && fabs(frexp(g[i] / sqrt(1e-6), &e) - 0.5) < 1e-6;
+        }
+        CHECK(one_power && g[0] > 1, "%s: one weight on every channel, sqrt(eps)/s (%g)", what, g[0]);
+        free(g);
+        int64_t n = BATCH * SEQ * student->cfg.hidden_size;
+        float *x = hidden_states(student), *y = hidden_states(with_norm);
+        double err = rel_error_f32(y, x, n);
+        CHECK(err < 1e-5, "%s: the linear-regime q norm leaves the hidden states as they were (rel error %.3g)", what,
+              err);
+        free(x);
+        free(y);
+    }
+    model_destroy(with_norm);
+    test_make_tmp_dir(dir, "hf");
+    CHECK_ERR_LINE(hf_model_export(student, dir, &(ExportOptions){.dtype = DT_F16}), "f16 cannot hold");
+    if (CHECK_OK(hf_model_export(student, dir, bf16 ? &(ExportOptions){.dtype = DT_BF16} : &EXPORT_F32))) {
+        SafetensorsSet *s = NULL;
+        if (CHECK_OK(safetensors_open(&s, dir))) {
+            CHECK(safetensors_find(s, "model.layers.0.self_attn.q_a_layernorm.weight") != NULL,
+                  "%s: q_a_layernorm written, as stock loaders need", what);
+            safetensors_close(s);
+        }
+        if (CHECK_OK(hf_model_load(&back, be, dir, SEQ))) {
+            CHECK(back->cfg.mla.q_norm == 0 && back->cfg.mla.latent_norm == latent_norm,
+                  "%s: read back, the linear q norm is folded away (q_norm %d, latent_norm %d)", what,
+                  back->cfg.mla.q_norm, back->cfg.mla.latent_norm);
+            check_params_equal(student, back, bf16 ? bf16_round : NULL, what);
+        }
+    }
+    model_destroy(back);
+    model_destroy(student);
+    test_remove_tree(dir);
+}
+
 int main(void) {
     Backend *be = test_cpu_backend(0);
 
@@ -605,6 +655,8 @@ int main(void) {
     test_rope_bases(be, 0);
     test_rope_bases(be, 1);
     test_refusals(be);
+    for (int latent_norm = 0; latent_norm < 2; latent_norm++)
+        for (int bf16 = 0; bf16 < 2; bf16++) test_linear_q_norm(be, latent_norm, bf16);
 
     backend_destroy(be);
     return test_finish("test_hf_model");

@@ -71,16 +71,18 @@ static void test_conversion_lossy(Backend *be) {
         RopeSelect sel;
         LatentBasis basis;
         int64_t q_lora;
-    } cases[] = {{ROPE_SELECT_HIGH, LATENT_BASIS_WEIGHTS, 0},
-                 {ROPE_SELECT_NORM, LATENT_BASIS_ACTIVATIONS, 0},
-                 {ROPE_SELECT_ROROPE, LATENT_BASIS_ACTIVATIONS, 0},
-                 {ROPE_SELECT_HIGH, LATENT_BASIS_WEIGHTS, 16}};
+        int norms;   /* both of DeepSeek's norms trained (and fitted), or neither */
+    } cases[] = {{ROPE_SELECT_HIGH, LATENT_BASIS_WEIGHTS, 0, 0},
+                 {ROPE_SELECT_NORM, LATENT_BASIS_ACTIVATIONS, 0, 0},
+                 {ROPE_SELECT_ROROPE, LATENT_BASIS_ACTIVATIONS, 0, 0},
+                 {ROPE_SELECT_HIGH, LATENT_BASIS_WEIGHTS, 16, 1},
+                 {ROPE_SELECT_ROROPE, LATENT_BASIS_ACTIVATIONS, 16, 0}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ConvertReport kept, dropped;
         ConvertOptions o = options(MLA_INIT_SVD, cases[i].sel, 8, 4, 4, 8);
         o.latent_basis = cases[i].basis;
         o.dims.q_lora_rank = cases[i].q_lora;
-        o.dims.latent_norm = cases[i].q_lora > 0;
+        o.dims.latent_norm = o.dims.q_norm = cases[i].norms;
         /* What the conversion's own linear algebra does with the biases: the o_proj fit after it
          * (tested in test_output_fit) would blur the comparison on a random teacher. */
         o.output_fit = OUTPUT_FIT_NONE;

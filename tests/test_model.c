@@ -1,6 +1,6 @@
 /* The decoder written on the op interface: backward against finite differences of forward for GQA,
- * MLA (with and without the q bottleneck, the latent norm and biases) and hybrid models, and inference
- * (no activations kept) giving the same bits as training forward. */
+ * MLA (with and without the q bottleneck, its norm, the latent norm and biases) and hybrid models,
+ * and inference (no activations kept) giving the same bits as training forward. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +131,8 @@ int main(void) {
     ModelConfig hybrid = tiny_student_config(0x2, 5, 1);
     ModelConfig mla_rope_only = tiny_student_config(0x3, 0, 0);
     mla_rope_only.mla.qk_nope_head_dim = 0; /* every key dim in the shared rope part */
+    ModelConfig mla_qlora_linear = tiny_student_config(0x3, 6, 1);
+    mla_qlora_linear.mla.q_norm = 0; /* the linear q bottleneck beside a normed latent */
     ModelConfig mla_bias = tiny_student_config(0x3, 0, 1), mla_bias_qlora = tiny_student_config(0x3, 6, 0);
     mla_bias.mla.attention_bias = mla_bias_qlora.mla.attention_bias = 1;
     ModelConfig hybrid_bias = tiny_student_config(0x2, 5, 1);
@@ -140,15 +142,17 @@ int main(void) {
     check_gradients("gqa+bias+tied", be, &teacher_bias);
     check_gradients("mla", be, &mla);
     check_gradients("mla+q_lora", be, &mla_qlora);
+    check_gradients("mla+q_lora, no q norm", be, &mla_qlora_linear);
     check_gradients("mla, no latent norm", be, &mla_nonorm);
     check_gradients("hybrid", be, &hybrid);
     check_gradients("mla, dn = 0", be, &mla_rope_only);
     check_gradients("mla+bias", be, &mla_bias);
-    check_gradients("mla+bias+q_lora, no latent norm", be, &mla_bias_qlora);
+    check_gradients("mla+bias+q_lora, no norms", be, &mla_bias_qlora);
     check_gradients("hybrid+bias", be, &hybrid_bias);
 
     check_inference_matches_training(be, &teacher, "gqa");
     check_inference_matches_training(be, &hybrid, "hybrid");
+    check_inference_matches_training(be, &mla_bias_qlora, "mla+bias+q_lora, no norms");
 
     /* Sizes: the registry holds each tensor once. */
     Model *m = NULL;

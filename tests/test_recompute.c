@@ -18,8 +18,8 @@ enum { B = 2, T = 7, N = B * T, LAYERS = 4, MAX_CALLS = 16 };
 static Backend *be;
 
 /* The fixture's student with LAYERS layers, MLA where mla_mask has bit l set. */
-static ModelConfig student_of(unsigned mla_mask, int64_t q_lora, int latent_norm) {
-    ModelConfig c = tiny_student_config(mla_mask, q_lora, latent_norm);
+static ModelConfig student_of(unsigned mla_mask, int64_t q_lora, int norms) {
+    ModelConfig c = tiny_student_config(mla_mask, q_lora, norms);
     c.num_hidden_layers = LAYERS;
     for (int l = 0; l < LAYERS; l++) c.layer_attention[l] = (mla_mask >> l) & 1 ? ATTENTION_MLA : ATTENTION_GQA;
     return c;
@@ -83,9 +83,10 @@ static PassResult forward_backward(Model *m, ForwardMode mode, Tensor ids, Tenso
 static size_t layer_bytes_beyond_input(const ModelConfig *c, DType dt, int64_t q, int64_t k, int64_t k_rope,
                                        int64_t v, int64_t attn, int64_t latent, int64_t q_lora) {
     int64_t D = c->hidden_size, F = c->intermediate_size, H = c->num_attention_heads;
-    int latent_norm = latent > 0 && c->mla.latent_norm;
-    int64_t act = N * (q + k + k_rope + v + attn + 2 * q_lora + (latent_norm ? 2 : 1) * latent + D + 2 * F);
-    int64_t stats = 2 * N + (q_lora ? N : 0) + (latent_norm ? N : 0) + B * H * T;
+    int latent_norm = latent > 0 && c->mla.latent_norm, q_norm = q_lora > 0 && c->mla.q_norm;
+    int64_t act = N * (q + k + k_rope + v + attn + (q_norm ? 2 : 1) * q_lora + (latent_norm ? 2 : 1) * latent + D +
+                       2 * F);
+    int64_t stats = 2 * N + (q_norm ? N : 0) + (latent_norm ? N : 0) + B * H * T;
     return (size_t)act * dtype_size(dt) + (size_t)stats * sizeof(float);
 }
 
@@ -265,14 +266,16 @@ static void check_config(void) {
 int main(void) {
     be = test_cpu_backend(0);
     ModelConfig hybrid = student_of(0xA, 5, 1);        /* GQA, MLA, GQA, MLA; q bottleneck, latent norm */
-    ModelConfig mla = student_of(0xF, 0, 0);           /* every layer MLA, full-rank queries, no latent norm */
+    ModelConfig mla = student_of(0xF, 0, 0);           /* every layer MLA, full-rank queries, no norms */
     ModelConfig mla_qlora = student_of(0xF, 6, 1);
+    ModelConfig mla_qlora_linear = student_of(0xF, 6, 0); /* neither norm: the q bottleneck linear */
     ModelConfig gqa = student_of(0x0, 0, 1);
     for (int i = 0; i < 2; i++) {
         DType dt = i == 0 ? DT_F32 : DT_BF16;
         check_recompute_matches_keep("hybrid", &hybrid, dt);
         check_recompute_matches_keep("mla", &mla, dt);
         check_recompute_matches_keep("mla+q_lora", &mla_qlora, dt);
+        check_recompute_matches_keep("mla+q_lora, no norms", &mla_qlora_linear, dt);
         check_recompute_matches_keep("gqa", &gqa, dt);
     }
 

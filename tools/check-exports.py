@@ -49,11 +49,12 @@ def tiny_teachers():
            "rope_select": "uniform", "calibration_tokens": 256}
     return [
         ("llama", llama, mla),
-        ("llama-latent-norm", llama, dict(mla, latent_norm=True, q_lora_rank=24)),
+        ("llama-latent-norm", llama, dict(mla, latent_norm=True, q_norm=True, q_lora_rank=24)),
         ("qwen2-bias", qwen, mla),                                   # q bias through the q bottleneck
         ("qwen2-bias-qlora", qwen, dict(mla, q_lora_rank=24)),
         ("qwen2-bias-eps1e-5-tied", qwen_eps, dict(mla, latent_norm=True)),
         ("mistral", mistral, dict(mla, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)),
+        ("llama-qlora", llama, dict(mla, q_lora_rank=24)),           # both norms written linear
     ]
 
 

@@ -80,6 +80,7 @@ typedef struct {
     int64_t auto_gqa_layers;
     double energy;                /* 0 = fixed kv_lora_rank; else the share of sum sigma^2 to keep */
     int latent_norm;
+    int q_norm;                   /* q_a_layernorm in training (with q_lora_rank) */
     int drop_biases;
     int64_t calibration_tokens;
     int allow_rebase;

@@ -89,6 +89,7 @@ const KeySpec CONFIG_KEYS[] = {
     ENUM("student.mla.output_fit", student.mla.output_fit, OUTPUT_FIT_NAMES, CONFIG_OUTPUT_FIT_STUDENT_INPUT),
     NUMBER("student.mla.energy", student.mla.energy, 0, 0, 1, 0),
     BOOL("student.mla.latent_norm", student.mla.latent_norm, 0),
+    BOOL("student.mla.q_norm", student.mla.q_norm, 0),
     BOOL("student.mla.drop_biases", student.mla.drop_biases, 0),
     INT("student.mla.calibration_tokens", student.mla.calibration_tokens, 4096, 1, ANY_INT, 0),
     BOOL("student.mla.allow_rebase", student.mla.allow_rebase, 0),
@@ -219,11 +220,13 @@ static int is_close(const char *word, const char *name, int distance) {
 const char *config_closest_name(const char *word, const char *const *names) {
     const char *best = NULL;
     int best_distance = 1 << 20;
+    /* The nearest of the close names: a nearer one that is not close (a short other key, "q_norm"
+     * beside "kv_lora") must not hide the one the word stops short of ("kv_lora_rank"). */
     for (int i = 0; names[i]; i++) {
         int d = edit_distance(word, names[i]);
-        if (d < best_distance) best = names[i], best_distance = d;
+        if (d < best_distance && is_close(word, names[i], d)) best = names[i], best_distance = d;
     }
-    return best && is_close(word, best, best_distance) ? best : NULL;
+    return best;
 }
 
 const char *config_key_suggest(const char *parent_path, const char *key) {

@@ -73,7 +73,7 @@ ConvertOptions convert_options_from_config(const Config *cfg) {
     o.output_fit_ridge = OUTPUT_FIT_RIDGE;
     o.dims = (MlaDims){.kv_lora_rank = m->kv_lora_rank, .q_lora_rank = m->q_lora_rank,
                        .qk_nope_head_dim = m->qk_nope_head_dim, .qk_rope_head_dim = m->qk_rope_head_dim,
-                       .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm};
+                       .v_head_dim = m->v_head_dim, .latent_norm = m->latent_norm, .q_norm = m->q_norm};
     o.energy = m->energy;
     o.n_gqa_layers = m->n_gqa_layers;
     for (int i = 0; i < m->n_gqa_layers; i++) o.gqa_layers[i] = (int)m->gqa_layers[i];

@@ -13,6 +13,7 @@
 #include "model/convert/latent_basis.h"
 #include "model/convert/linalg.h"
 #include "model/convert/output_fit.h"
+#include "model/convert/q_bottleneck.h"
 #include "model/convert/rorope.h"
 #include "model/convert/teacher_layer.h"
 #include "model/layers.h"
@@ -234,8 +235,6 @@ static Status host_mla_alloc(HostMla *h, const ModelConfig *sc, int64_t D) {
     return STATUS_OK;
 }
 
-/* Moves a converted layer into the student, fitting the norms that follow the latent and the q
- * bottleneck to the calibration rows a [N, D] (the layer's normed input). */
 /* Uploads rows [rows, D] of a projection converted on the widened input [rows, D + 1] (biased) or
  * on the plain one: the matrix to w, the last column to bias. */
 static Status upload_projection(Backend *be, const float *src, int64_t rows, int64_t D, int biased, Tensor w,
@@ -251,7 +250,31 @@ static Status upload_projection(Backend *be, const float *src, int64_t rows, int
     return st;
 }
 
-static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
+/* The linear q bottleneck of q_bottleneck.h on the layer's calibration rows a [N, D] (widened by a
+ * column of ones when the conversion was, m->D = D + 1). */
+static Status q_bottleneck_from_calibration(Backend *be, const MlaWeights *m, Tensor a, int64_t k, uint64_t seed,
+                                            float *qa, float *qb) {
+    int64_t N = a.shape[0], D = a.shape[1];
+    float *ah = malloc((size_t)(N * D) * sizeof(float));
+    double *Ca = malloc((size_t)(m->D * m->D) * sizeof(double));
+    Status st = ah && Ca ? be->download(be, ah, a) : errorf("convert: out of memory");
+    if (st == STATUS_OK && m->D == D + 1) {
+        float *wide = calibration_with_ones(ah, N, D);
+        free(ah);
+        ah = wide;
+        if (!ah) st = errorf("convert: out of memory");
+    }
+    if (st == STATUS_OK) st = second_moment(ah, N, m->D, Ca);
+    if (st == STATUS_OK) st = q_bottleneck_activations(m, Ca, k, seed, qa, qb);
+    free(ah);
+    free(Ca);
+    return st;
+}
+
+/* Moves a converted layer into the student, fitting the norms that follow the latent and the q
+ * bottleneck, or a linear q bottleneck itself, to the calibration rows a [N, D] (the layer's
+ * normed input). seed: the bottleneck's channels beyond its rank. */
+static Status install_layer(Model *student, int l, const HostMla *h, Tensor a, uint64_t seed) {
     Backend *be = student->be;
     LayerWeights *w = &student->layers[l];
     const MlaDims *d = &student->cfg.mla;
@@ -286,13 +309,16 @@ static Status install_layer(Model *student, int l, const HostMla *h, Tensor a) {
     qb = malloc((size_t)(rows * k) * sizeof(float));
     g = malloc((size_t)k * sizeof(float));
     st = qa && qb && g ? STATUS_OK : errorf("convert: out of memory");
-    if (st == STATUS_OK) st = factor_low_rank(m->q, rows, m->D, k, qa, qb);
+    /* A linear bottleneck is fitted to what the scores see, on the calibration input; a normed one
+     * keeps the weights' SVD its norm's per-channel fit was made for. */
+    if (st == STATUS_OK && !d->q_norm) st = q_bottleneck_from_calibration(be, m, a, k, seed, qa, qb);
+    else if (st == STATUS_OK) st = factor_low_rank(m->q, rows, m->D, k, qa, qb);
     /* The bottleneck's bias is the last column of its down-projection: q_a_proj's, as DeepSeek has it. */
     if (st == STATUS_OK) st = upload_projection(be, qa, k, D, biased, w->q_a_proj, w->q_a_bias);
     if (st == STATUS_OK) st = be->upload(be, w->q_b_proj, qb);
-    if (st == STATUS_OK) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
-    if (st == STATUS_OK) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
-    if (st == STATUS_OK) st = be->upload(be, w->q_a_norm, g);
+    if (st == STATUS_OK && d->q_norm) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
+    if (st == STATUS_OK && d->q_norm) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
+    if (st == STATUS_OK && d->q_norm) st = be->upload(be, w->q_a_norm, g);
     free(c);
     free(qa);
     free(qb);
@@ -313,7 +339,7 @@ static Status convert_layer_split(Backend *be, const GqaWeights *g, const Conver
                                   MlaWeights *w, LayerReport *rep) {
     int64_t D = g->D, N = a.shape[0], r = w->r, rows = 0, D_in = a.shape[1];
     float *ah = NULL;
-    double *ad = NULL, *Ca = NULL, *latent = NULL, *up = NULL;
+    double *Ca = NULL, *latent = NULL, *up = NULL;
     int *pr = calloc((size_t)P + 1, sizeof(int)), *cp = calloc((size_t)P + 1, sizeof(int));
     KeySplit ks;
     memset(&ks, 0, sizeof ks);
@@ -343,21 +369,8 @@ static Status convert_layer_split(Backend *be, const GqaWeights *g, const Conver
         if (!latent || !up) st = errorf("convert: out of memory");
     }
     if (st == STATUS_OK && o->latent_basis == LATENT_BASIS_ACTIVATIONS) {
-        ad = malloc((size_t)(N * D) * sizeof(double));
         Ca = malloc((size_t)(D * D) * sizeof(double));
-        if (!ad || !Ca) st = errorf("convert: out of memory");
-        if (st == STATUS_OK) {
-            for (int64_t i = 0; i < N * D; i++) ad[i] = (double)ah[i] / sqrt((double)N);
-            /* Ca = a^T a / N, as (a^T)(a) with the 1/N folded into both sides */
-            double *adT = malloc((size_t)(N * D) * sizeof(double));
-            if (!adT) st = errorf("convert: out of memory");
-            if (st == STATUS_OK) {
-                for (int64_t n = 0; n < N; n++)
-                    for (int64_t d = 0; d < D; d++) adT[d * N + n] = ad[n * D + d];
-                matmul_f64(adT, ad, Ca, D, N, D);
-            }
-            free(adT);
-        }
+        st = Ca ? second_moment(ah, N, D, Ca) : errorf("convert: out of memory");
         /* Keys and values are read in proportion to the attention their token receives: an attention
          * sink's value reaches every output. Half that weighting, half the plain mean. */
         double *Ckv = NULL;
@@ -394,7 +407,6 @@ static Status convert_layer_split(Backend *be, const GqaWeights *g, const Conver
     free(pr);
     free(cp);
     free(ah);
-    free(ad);
     free(Ca);
     free(latent);
     free(up);
@@ -426,7 +438,7 @@ static Status convert_layer(Model *student, Model *teacher, int l, const Convert
         rep->n_rope_pairs = P;
         memcpy(rep->rope_pairs, pairs, (size_t)P * sizeof(int));
     }
-    if (st == STATUS_OK) st = install_layer(student, l, &h, a);
+    if (st == STATUS_OK) st = install_layer(student, l, &h, a, o->seed + (uint64_t)l * 1000003u);
     teacher_layer_free(&tl);
     host_mla_free(&h);
     if (st != STATUS_OK) return error_context("convert layer %d: ", l);

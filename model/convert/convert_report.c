@@ -10,9 +10,10 @@
 
 void convert_report_print(const ConvertReport *r, FILE *out) {
     fprintf(out, "conversion: %s; kv_lora_rank %lld, qk_rope_head_dim %lld, qk_nope_head_dim %lld, v_head_dim %lld, "
-                 "q_lora_rank %lld, latent norm %s; %lld calibration tokens\n",
+                 "q_lora_rank %lld%s, latent norm %s; %lld calibration tokens\n",
             r->method, (long long)r->dims.kv_lora_rank, (long long)r->dims.qk_rope_head_dim,
             (long long)r->dims.qk_nope_head_dim, (long long)r->dims.v_head_dim, (long long)r->dims.q_lora_rank,
+            r->dims.q_lora_rank == 0 ? "" : r->dims.q_norm ? " (q norm on)" : " (q norm off)",
             r->dims.latent_norm ? "on" : "off", (long long)r->calib_tokens);
     fprintf(out, "%5s  %4s  %10s  %11s  %15s  %12s\n", "layer", "attn", "rank(energy)", "kept energy", "attn out error",
             "vs stream");
@@ -54,6 +55,7 @@ static cJSON *report_json(const ConvertReport *r) {
     cJSON_AddNumberToObject(dims, "v_head_dim", (double)r->dims.v_head_dim);
     cJSON_AddNumberToObject(dims, "q_lora_rank", (double)r->dims.q_lora_rank);
     cJSON_AddBoolToObject(dims, "latent_norm", r->dims.latent_norm);
+    cJSON_AddBoolToObject(dims, "q_norm", r->dims.q_norm);
     cJSON_AddNumberToObject(root, "calibration_tokens", (double)r->calib_tokens);
     cJSON *layers = cJSON_AddArrayToObject(root, "layers");
     for (int l = 0; l < r->n_layers; l++) {

@@ -95,3 +95,20 @@ Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs) {
                       (int)info, info > 0 ? ": not positive definite" : "");
     return STATUS_OK;
 }
+
+Status second_moment(const float *a, int64_t N, int64_t D, double *C) {
+    double *ad = malloc((size_t)(N * D) * sizeof(double)), *adT = malloc((size_t)(N * D) * sizeof(double));
+    if (!ad || !adT) {
+        free(ad);
+        free(adT);
+        return errorf("second moment: out of memory for [%lld, %lld] rows", (long long)N, (long long)D);
+    }
+    /* (a^T / sqrt(N)) (a / sqrt(N)): the 1/N folded into both sides */
+    for (int64_t i = 0; i < N * D; i++) ad[i] = (double)a[i] / sqrt((double)N);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t d = 0; d < D; d++) adT[d * N + n] = ad[n * D + d];
+    matmul_f64(adT, ad, C, D, N, D);
+    free(ad);
+    free(adT);
+    return STATUS_OK;
+}

@@ -24,3 +24,6 @@ void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64
 /* Solves A X = B for symmetric positive definite A [n, n] (destroyed: its Cholesky factor) and
  * B [n, nrhs] row-major, X written over B (LAPACK dposv, single-threaded). */
 Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs);
+
+/* C [D, D] = a^T a / N, the second moment of the rows of a [N, D] (float32), in float64. */
+Status second_moment(const float *a, int64_t N, int64_t D, double *C);

@@ -404,7 +404,8 @@ static Status read_deepseek_v2(const cJSON *obj, ModelConfig *cfg) {
     TRY(get_int(obj, "", "qk_nope_head_dim", 1, 0, &a->qk_nope_head_dim));
     TRY(get_int(obj, "", "qk_rope_head_dim", 1, 0, &a->qk_rope_head_dim));
     TRY(get_int(obj, "", "v_head_dim", 1, 0, &a->v_head_dim));
-    a->latent_norm = 1; /* every DeepSeek-V2 loader applies kv_a_layernorm */
+    a->latent_norm = 1; /* every DeepSeek-V2 loader applies kv_a_layernorm, */
+    a->q_norm = 1;      /* and q_a_layernorm with a q bottleneck */
 
     for (int64_t l = 0; l < L && l < MODEL_MAX_LAYERS; l++) cfg->layer_attention[l] = ATTENTION_MLA;
     const cJSON *gqa = value_of(obj, "mlatrain_gqa_layers");

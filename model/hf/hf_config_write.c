@@ -105,6 +105,8 @@ static Status check_student(const ModelConfig *cfg) {
         return errorf("no layer has MLA attention: write a GQA model with hf_config_write_gqa");
     if (!cfg->mla.latent_norm)
         return errorf("the student has no latent norm (kv_a_layernorm), which every DeepSeek-V2 loader applies");
+    if (cfg->mla.q_lora_rank > 0 && !cfg->mla.q_norm)
+        return errorf("the student's q bottleneck has no norm (q_a_layernorm), which every DeepSeek-V2 loader applies");
     return STATUS_OK;
 }
 

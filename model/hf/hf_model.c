@@ -360,6 +360,17 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
         model_destroy(m);
         m = q_folded;
     }
+    /* Likewise the q_a_layernorm of a q bottleneck trained without it (after the q bias's bottleneck,
+     * whose norm is linear too but which goes back to q_proj whole). */
+    Model *q_unnormed = NULL;
+    if (model_fold_linear_q_norm(m, &q_unnormed) != STATUS_OK) {
+        model_destroy(m);
+        return error_context("%s: ", dir);
+    }
+    if (q_unnormed) {
+        model_destroy(m);
+        m = q_unnormed;
+    }
     /* An epsilon-independent export is read back with the epsilon it was trained with. */
     Model *unscaled = NULL;
     if (model_without_export_eps(m, &unscaled) != STATUS_OK) {
@@ -645,6 +656,17 @@ Status hf_model_export(const Model *m, const char *dir, const ExportOptions *opt
                           "with (kv_a_layernorm's weight exceeds f16's range); export bf16 or f32", dir);
         Model *with_norm = NULL;
         if (model_with_linear_latent_norm(m, &with_norm) != STATUS_OK) return error_context("%s: ", dir);
+        Status st = hf_model_export(with_norm, dir, opts);
+        model_destroy(with_norm);
+        return st;
+    }
+    if (c->mla.q_lora_rank > 0 && !c->mla.q_norm) {
+        /* Likewise q_a_layernorm, for a q bottleneck trained linear. */
+        if (o.dtype == DT_F16)
+            return errorf("%s: f16 cannot hold the scales of the linear-regime q norm this student is exported with "
+                          "(q_a_layernorm's weight exceeds f16's range); export bf16 or f32", dir);
+        Model *with_norm = NULL;
+        if (model_with_linear_q_norm(m, &with_norm) != STATUS_OK) return error_context("%s: ", dir);
         Status st = hf_model_export(with_norm, dir, opts);
         model_destroy(with_norm);
         return st;

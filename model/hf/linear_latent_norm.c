@@ -1,5 +1,5 @@
-/* Adding a linear-regime kv_a_layernorm (and, for a q bias, a linear-regime q bottleneck) to a
- * student for export, and folding them back on import. */
+/* Adding a linear-regime kv_a_layernorm and q_a_layernorm (and, for a q bias, a linear-regime q
+ * bottleneck) to a student for export, and folding them back on import. */
 #include "model/hf/linear_latent_norm.h"
 
 #include <math.h>
@@ -43,25 +43,51 @@ static double latent_bound(const float *W, const float *b, int64_t r, int64_t D,
     return norm * norm / (double)r;
 }
 
+/* Where a norm follows a projection in DeepSeek-V2's layout: the latent rows of kv_a_proj_with_mqa
+ * then kv_a_layernorm, or q_a_proj then q_a_layernorm. */
+typedef enum { SITE_LATENT, SITE_Q } NormSite;
+
+static const char *site_name(NormSite site) { return site == SITE_LATENT ? "latent norm" : "q norm"; }
+
+static int64_t site_width(const ModelConfig *c, NormSite site) {
+    return site == SITE_LATENT ? c->mla.kv_lora_rank : c->mla.q_lora_rank;
+}
+
+static int *site_flag(ModelConfig *c, NormSite site) {
+    return site == SITE_LATENT ? &c->mla.latent_norm : &c->mla.q_norm;
+}
+
+/* The projection's weight and bias (data NULL without attention_bias) and the norm's weight. */
+static void site_tensors(const LayerWeights *w, NormSite site, Tensor *W, Tensor *b, Tensor *norm) {
+    *W = site == SITE_LATENT ? w->kv_a_latent : w->q_a_proj;
+    *b = site == SITE_LATENT ? w->kv_a_latent_bias : w->q_a_bias;
+    *norm = site == SITE_LATENT ? w->kv_a_norm : w->q_a_norm;
+}
+
 typedef struct {
-    float *W, *b, *g, *norm;   /* b: the latent's bias, NULL without attention_bias */
+    float *W, *b, *g, *norm;   /* b: the projection's bias, NULL without attention_bias */
 } LayerHost;
 
-static Status layer_host(const Model *m, const Model *with_norm, int l, LayerHost *h) {
+static Status layer_host(const Model *m, const Model *with_norm, NormSite site, int l, LayerHost *h) {
     Backend *be = m->be;
-    int64_t r = m->cfg.mla.kv_lora_rank, D = m->cfg.hidden_size;
+    int64_t r = site_width(&m->cfg, site), D = m->cfg.hidden_size;
+    Tensor W, b, norm;
+    site_tensors(&m->layers[l], site, &W, &b, &norm);
     h->W = malloc((size_t)(r * D) * sizeof(float));
     h->g = malloc((size_t)D * sizeof(float));
     h->norm = malloc((size_t)r * sizeof(float));
-    if (!h->W || !h->g || !h->norm) return errorf("latent norm: out of memory");
+    if (!h->W || !h->g || !h->norm) return errorf("%s: out of memory", site_name(site));
     if (m->cfg.mla.attention_bias) {
         h->b = malloc((size_t)r * sizeof(float));
-        if (!h->b) return errorf("latent norm: out of memory");
-        TRY(backend_download_f32(be, h->b, m->layers[l].kv_a_latent_bias));
+        if (!h->b) return errorf("%s: out of memory", site_name(site));
+        TRY(backend_download_f32(be, h->b, b));
     }
-    TRY(backend_download_f32(be, h->W, m->layers[l].kv_a_latent));
+    TRY(backend_download_f32(be, h->W, W));
     TRY(backend_download_f32(be, h->g, m->layers[l].input_norm));
-    if (with_norm) TRY(backend_download_f32(be, h->norm, with_norm->layers[l].kv_a_norm));
+    if (with_norm) {
+        site_tensors(&with_norm->layers[l], site, &W, &b, &norm);
+        TRY(backend_download_f32(be, h->norm, norm));
+    }
     return STATUS_OK;
 }
 
@@ -72,32 +98,40 @@ static void layer_host_free(LayerHost *h) {
     free(h->norm);
 }
 
-Status model_with_linear_latent_norm(const Model *m, Model **out) {
+/* The power of two that puts a projection whose mean square is at most `bound` into the norm's
+ * linear regime: a power of two, so scaling and folding back are exact in any float format. */
+static double linear_scale(double bound) {
+    double eps = MLA_LATENT_NORM_EPS;
+    double s = bound > 0 ? sqrt(2 * LINEAR_NORM_TOLERANCE * eps / bound) : 1.0;
+    return s >= 1 ? 1.0 : ldexp(1.0, (int)floor(log2(s)));
+}
+
+static Status with_linear_norm(const Model *m, NormSite site, Model **out) {
     *out = NULL;
-    if (m->cfg.mla.latent_norm) return errorf("latent norm: the student already has one");
     ModelConfig cfg = m->cfg;
-    cfg.mla.latent_norm = 1;
+    if (*site_flag(&cfg, site)) return errorf("%s: the student already has one", site_name(site));
+    if (site_width(&cfg, site) <= 0) return errorf("%s: the student has no q bottleneck to norm", site_name(site));
+    *site_flag(&cfg, site) = 1;
     Model *n = NULL;
     TRY(model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype));
     Status st = copy_params(m, n);
     if (st == STATUS_OK) st = copy_rope(m, n);
-    int64_t r = cfg.mla.kv_lora_rank, D = cfg.hidden_size;
+    int64_t r = site_width(&cfg, site), D = cfg.hidden_size;
     const double eps = MLA_LATENT_NORM_EPS;
     for (int l = 0; st == STATUS_OK && l < cfg.num_hidden_layers; l++) {
         if (cfg.layer_attention[l] != ATTENTION_MLA) continue;
         LayerHost h = {0};
-        st = layer_host(m, NULL, l, &h);
+        st = layer_host(m, NULL, site, l, &h);
         if (st == STATUS_OK) {
-            double bound = latent_bound(h.W, h.b, r, D, h.g);
-            /* A power of two, so scaling and folding back are exact in any float format. */
-            double s = bound > 0 ? sqrt(2 * LINEAR_NORM_TOLERANCE * eps / bound) : 1.0;
-            s = s >= 1 ? 1.0 : ldexp(1.0, (int)floor(log2(s)));
+            double s = linear_scale(latent_bound(h.W, h.b, r, D, h.g));
             for (int64_t i = 0; i < r * D; i++) h.W[i] = (float)(s * h.W[i]);
             for (int64_t i = 0; h.b && i < r; i++) h.b[i] = (float)(s * h.b[i]);
             for (int64_t i = 0; i < r; i++) h.norm[i] = (float)(sqrt(eps) / s);
-            st = backend_upload_f32(m->be, n->layers[l].kv_a_latent, h.W);
-            if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent_bias, h.b);
-            if (st == STATUS_OK) st = backend_upload_f32(m->be, n->layers[l].kv_a_norm, h.norm);
+            Tensor W, b, norm;
+            site_tensors(&n->layers[l], site, &W, &b, &norm);
+            st = backend_upload_f32(m->be, W, h.W);
+            if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, b, h.b);
+            if (st == STATUS_OK) st = backend_upload_f32(m->be, norm, h.norm);
         }
         layer_host_free(&h);
         if (st != STATUS_OK) error_context("layer %d: ", l);
@@ -111,25 +145,25 @@ Status model_with_linear_latent_norm(const Model *m, Model **out) {
     return STATUS_OK;
 }
 
-Status model_fold_linear_latent_norm(const Model *m, Model **out) {
+static Status fold_linear_norm(const Model *m, NormSite site, Model **out) {
     *out = NULL;
     const ModelConfig *c = &m->cfg;
-    if (!c->mla.latent_norm || model_config_mla_layers(c) == 0) return STATUS_OK;
-    int64_t r = c->mla.kv_lora_rank, D = c->hidden_size;
+    ModelConfig cfg = *c;
+    if (!*site_flag(&cfg, site) || site_width(c, site) <= 0 || model_config_mla_layers(c) == 0) return STATUS_OK;
+    int64_t r = site_width(c, site), D = c->hidden_size;
     const double eps = MLA_LATENT_NORM_EPS;
     /* Linear only if every layer is: checked before anything is built. A factor 100 over the export's
      * own tolerance leaves room for the rounding of a bf16 export. */
     for (int l = 0; l < c->num_hidden_layers; l++) {
         if (c->layer_attention[l] != ATTENTION_MLA) continue;
         LayerHost h = {0};
-        Status st = layer_host(m, NULL, l, &h);
+        Status st = layer_host(m, NULL, site, l, &h);
         int linear = st == STATUS_OK && latent_bound(h.W, h.b, r, D, h.g) <= 2 * 100 * LINEAR_NORM_TOLERANCE * eps;
         layer_host_free(&h);
         TRY(st);
         if (!linear) return STATUS_OK;
     }
-    ModelConfig cfg = *c;
-    cfg.mla.latent_norm = 0;
+    *site_flag(&cfg, site) = 0;
     Model *n = NULL;
     TRY(model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype));
     Status st = copy_params(m, n);
@@ -137,10 +171,10 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
     for (int l = 0; st == STATUS_OK && l < c->num_hidden_layers; l++) {
         if (c->layer_attention[l] != ATTENTION_MLA) continue;
         LayerHost h = {0};
-        st = layer_host(m, m, l, &h);
-        /* g s c / sqrt(eps) = c': row i of W_dkv times g_i / sqrt(eps). An export of ours wrote one
-         * g = sqrt(eps)/s for every channel, s a power of two: then the factor is exactly 1/s, which
-         * g's own rounding (bf16: 2^-9) would otherwise blur. */
+        st = layer_host(m, m, site, l, &h);
+        /* g s c / sqrt(eps) = c': row i of the projection times g_i / sqrt(eps). An export of ours
+         * wrote one g = sqrt(eps)/s for every channel, s a power of two: then the factor is exactly
+         * 1/s, which g's own rounding (bf16: 2^-9) would otherwise blur. */
         int shared = 1;
         double e = st == STATUS_OK ? round(log2(fabs(h.norm[0] / sqrt(eps)))) : 0;
         for (int64_t i = 0; st == STATUS_OK && i < r; i++) {
@@ -152,8 +186,10 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
             for (int64_t d = 0; d < D; d++) h.W[i * D + d] = (float)((double)h.W[i * D + d] * factor);
             if (h.b) h.b[i] = (float)((double)h.b[i] * factor);
         }
-        if (st == STATUS_OK) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent, h.W);
-        if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, n->layers[l].kv_a_latent_bias, h.b);
+        Tensor W, b, norm;
+        site_tensors(&n->layers[l], site, &W, &b, &norm);
+        if (st == STATUS_OK) st = backend_upload_f32(m->be, W, h.W);
+        if (st == STATUS_OK && h.b) st = backend_upload_f32(m->be, b, h.b);
         layer_host_free(&h);
     }
     if (st != STATUS_OK) {
@@ -165,15 +201,15 @@ Status model_fold_linear_latent_norm(const Model *m, Model **out) {
     return STATUS_OK;
 }
 
-/* ---- the q bottleneck of a q bias ---- */
+Status model_with_linear_latent_norm(const Model *m, Model **out) { return with_linear_norm(m, SITE_LATENT, out); }
 
-/* The power of two that puts a projection whose mean square is at most `bound` into the norm's
- * linear regime (as for the latent). */
-static double linear_scale(double bound) {
-    double eps = MLA_LATENT_NORM_EPS;
-    double s = bound > 0 ? sqrt(2 * LINEAR_NORM_TOLERANCE * eps / bound) : 1.0;
-    return s >= 1 ? 1.0 : ldexp(1.0, (int)floor(log2(s)));
-}
+Status model_fold_linear_latent_norm(const Model *m, Model **out) { return fold_linear_norm(m, SITE_LATENT, out); }
+
+Status model_with_linear_q_norm(const Model *m, Model **out) { return with_linear_norm(m, SITE_Q, out); }
+
+Status model_fold_linear_q_norm(const Model *m, Model **out) { return fold_linear_norm(m, SITE_Q, out); }
+
+/* ---- the q bottleneck of a q bias ---- */
 
 Status model_with_linear_q_bottleneck(const Model *m, Model **out) {
     *out = NULL;
@@ -183,6 +219,7 @@ Status model_with_linear_q_bottleneck(const Model *m, Model **out) {
     int64_t D = c->hidden_size, Q = c->num_attention_heads * (c->mla.qk_nope_head_dim + c->mla.qk_rope_head_dim);
     ModelConfig cfg = *c;
     cfg.mla.q_lora_rank = Q;
+    cfg.mla.q_norm = 1;
     Model *n = NULL;
     TRY(model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype));
     Status st = copy_params(m, n);
@@ -223,7 +260,8 @@ Status model_fold_linear_q_bottleneck(const Model *m, Model **out) {
     *out = NULL;
     const ModelConfig *c = &m->cfg;
     int64_t D = c->hidden_size, Q = c->num_attention_heads * (c->mla.qk_nope_head_dim + c->mla.qk_rope_head_dim);
-    if (!c->mla.attention_bias || c->mla.q_lora_rank != Q || model_config_mla_layers(c) == 0) return STATUS_OK;
+    if (!c->mla.attention_bias || c->mla.q_lora_rank != Q || !c->mla.q_norm || model_config_mla_layers(c) == 0)
+        return STATUS_OK;
     const double eps = MLA_LATENT_NORM_EPS;
     float *W = malloc((size_t)(Q * D) * sizeof(float)), *b = malloc((size_t)Q * sizeof(float));
     float *g = malloc((size_t)D * sizeof(float)), *norm = malloc((size_t)Q * sizeof(float));
@@ -251,6 +289,7 @@ Status model_fold_linear_q_bottleneck(const Model *m, Model **out) {
     if (st == STATUS_OK && foldable) {
         ModelConfig cfg = *c;
         cfg.mla.q_lora_rank = 0;
+        cfg.mla.q_norm = 0; /* as a converted student without a bottleneck has it */
         st = model_create_as(&n, m->be, &cfg, m->max_seq, m->weight_dtype);
         if (st == STATUS_OK) st = copy_params(m, n);
         if (st == STATUS_OK) st = copy_rope(m, n);

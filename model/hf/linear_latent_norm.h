@@ -1,6 +1,7 @@
 /* Norms kept in their linear regime, so the exported model is the trained one: the latent RMSNorm
- * DeepSeek-V2's loaders always apply (kv_a_layernorm) for a student trained without it, and a q
- * bottleneck for a q bias that DeepSeek-V2's q_proj cannot carry (only q_a_proj has a bias). */
+ * DeepSeek-V2's loaders always apply (kv_a_layernorm) for a student trained without it, likewise the
+ * q bottleneck's (q_a_layernorm), and a q bottleneck for a q bias that DeepSeek-V2's q_proj cannot
+ * carry (only q_a_proj has a bias). */
 #pragma once
 
 #include "model/model.h"
@@ -19,6 +20,15 @@ Status model_with_linear_latent_norm(const Model *m, Model **out);
  * linear to LINEAR_NORM_TOLERANCE, *out is a copy without the norm (its weight folded into W_dkv),
  * which trains as the student did; else *out = NULL. */
 Status model_fold_linear_latent_norm(const Model *m, Model **out);
+
+/* The same for the q bottleneck of a student trained without its norm (q_lora_rank > 0, q_norm 0):
+ * q_a_proj (and its bias) scaled by s, q_a_layernorm's weight sqrt(eps)/s, s bounded from q_a_proj
+ * and the input norm as above. */
+Status model_with_linear_q_norm(const Model *m, Model **out);
+
+/* Its reverse on import: when every MLA layer's q_a_layernorm is provably linear, *out is a copy with
+ * q_norm 0 (the norm folded into q_a_proj); else *out = NULL. */
+Status model_fold_linear_q_norm(const Model *m, Model **out);
 
 /* A copy of student m (q_lora_rank 0, attention_bias) whose queries go through a q bottleneck of
  * width H*(dn+dr) that computes what q_proj did: q_a_proj = s W_q with bias s b_q, q_a_layernorm in
