@@ -174,7 +174,7 @@ static void test_design_example(void) {
     CHECK(m->init == CONFIG_MLA_INIT_SVD && m->rope_select == CONFIG_ROPE_SELECT_NORM &&
               m->latent_basis == CONFIG_LATENT_BASIS_ACTIVATIONS,
           "mla init/rope_select/latent_basis");
-    CHECK(m->energy == 0 && m->latent_norm == 0 && m->q_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 4096 &&
+    CHECK(m->energy == 0 && m->latent_norm == 0 && m->q_norm == 0 && m->drop_biases == 0 && m->calibration_tokens == 16384 &&
               m->allow_rebase == 0 && m->output_fit == CONFIG_OUTPUT_FIT_STUDENT_INPUT,
           "mla defaults");
     CHECK(c->data.train.count == 1 && strcmp(c->data.train.items[0], "data/train-*.h5") == 0, "data.train");

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:?usage: tools/quality-bench.sh DIR [--methods LIST] [--ratios LIST] [--distill-tokens N] [--out FILE]}
 shift
-methods="xecomla,xecomla-nonorm,mha2mla,rorope-weights,rorope"
+methods="xecomla,xecomla-nonorm,mha2mla,rorope-weights,rorope-nofit,rorope"
 ratios="2,4,6,8"
 distill_tokens=0
 out=""
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 mlatrain=${MLATRAIN:-build/mlatrain}
 windows=${WINDOWS:-8}
-calib=${CALIB_TOKENS:-4096}
+calib=${CALIB_TOKENS:-16384}
 for f in "$dir/hf/config.json" "$dir/kjv-train.h5" "$dir/kjv-val.h5" "$mlatrain"; do
   [ -e "$f" ] || { echo "quality-bench: $f is missing (see the usage at the top of $0)" >&2; exit 1; }
 done
@@ -53,12 +53,14 @@ dims_for() {
 # measured before export.
 settings_for() {
   case "$1" in
-    xecomla)        echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": true' ;;
-    xecomla-nonorm) echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": false' ;;
-    mha2mla)        echo '"init": "svd", "rope_select": "norm", "latent_basis": "weights", "latent_norm": false, "allow_rebase": true' ;;
-    rorope-weights) echo '"init": "svd", "rope_select": "rorope", "latent_basis": "weights", "latent_norm": false' ;;
-    rorope)         echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false' ;;
-    rorope-free)    echo '"init": "svd", "rope_select": "rorope_free", "latent_basis": "activations", "latent_norm": false, "allow_rebase": true' ;;
+    xecomla)        echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": true, "output_fit": "none"' ;;
+    xecomla-nonorm) echo '"init": "svd", "rope_select": "uniform", "latent_basis": "weights", "latent_norm": false, "output_fit": "none"' ;;
+    mha2mla)        echo '"init": "svd", "rope_select": "norm", "latent_basis": "weights", "latent_norm": false, "output_fit": "none", "allow_rebase": true' ;;
+    rorope-weights) echo '"init": "svd", "rope_select": "rorope", "latent_basis": "weights", "latent_norm": false, "output_fit": "none"' ;;
+    rorope-nofit)   echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "none"' ;;
+    rorope-teacherfit) echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "teacher_input"' ;;
+    rorope)         echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "student_input"' ;;
+    rorope-free)    echo '"init": "svd", "rope_select": "rorope_free", "latent_basis": "activations", "latent_norm": false, "output_fit": "student_input", "allow_rebase": true' ;;
     *) echo "quality-bench: unknown method $1" >&2; exit 2 ;;
   esac
 }

@@ -91,7 +91,7 @@ const KeySpec CONFIG_KEYS[] = {
     BOOL("student.mla.latent_norm", student.mla.latent_norm, 0),
     BOOL("student.mla.q_norm", student.mla.q_norm, 0),
     BOOL("student.mla.drop_biases", student.mla.drop_biases, 0),
-    INT("student.mla.calibration_tokens", student.mla.calibration_tokens, 4096, 1, ANY_INT, 0),
+    INT("student.mla.calibration_tokens", student.mla.calibration_tokens, 16384, 1, ANY_INT, 0),
     BOOL("student.mla.allow_rebase", student.mla.allow_rebase, 0),
 
     OBJECT("data"),
