@@ -41,10 +41,19 @@ mkdir -p "$work"
 kv=$(python3 -c "import json,sys; c=json.load(open(sys.argv[1])); print(2*c['num_key_value_heads']*c.get('head_dim', c['hidden_size']//c['num_attention_heads']))" "$dir/hf/config.json")
 hd=$(python3 -c "import json,sys; c=json.load(open(sys.argv[1])); print(c.get('head_dim', c['hidden_size']//c['num_attention_heads']))" "$dir/hf/config.json")
 
-# r + dr for a ratio: dr = 32 down to 4x, 16 beyond; r the rest.
+layers=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['num_hidden_layers'])" "$dir/hf/config.json")
+
+# The layers a method keeps as GQA: rorope-gqaN keeps N, chosen by measurement (auto_gqa_layers).
+gqa_of() { case "$1" in rorope-gqa*) echo "${1#rorope-gqa}" ;; *) echo 0 ;; esac; }
+
+# r + dr for a ratio (method ratio): dr = 32 down to 4x, 16 beyond; r the rest of the per-layer
+# budget, which a hybrid's GQA layers (2 K hd values each) take their share of first, so that every
+# method at a ratio caches at most the same bytes.
 dims_for() {
-  local budget=$(( kv / $1 )) dr=32
-  [ "$1" -gt 4 ] && dr=16
+  local n dr=32
+  n=$(gqa_of "$1")
+  local budget=$(( (layers * kv / $2 - n * kv) / (layers - n) ))
+  [ "$2" -gt 4 ] && dr=16
   echo "$(( budget - dr )) $dr"
 }
 
@@ -60,13 +69,14 @@ settings_for() {
     rorope-nofit)   echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "none"' ;;
     rorope-teacherfit) echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "teacher_input"' ;;
     rorope)         echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "student_input"' ;;
+    rorope-gqa*)    echo '"init": "svd", "rope_select": "rorope", "latent_basis": "activations", "latent_norm": false, "output_fit": "student_input", "auto_gqa_layers": '"$(gqa_of "$1")" ;;
     rorope-free)    echo '"init": "svd", "rope_select": "rorope_free", "latent_basis": "activations", "latent_norm": false, "output_fit": "student_input", "allow_rebase": true' ;;
     *) echo "quality-bench: unknown method $1" >&2; exit 2 ;;
   esac
 }
 
 config_for() { # method ratio run_dir
-  read -r r dr <<<"$(dims_for "$2")"
+  read -r r dr <<<"$(dims_for "$1" "$2")"
   local steps=$(( distill_tokens > 0 ? (distill_tokens + 4095) / 4096 : 1 ))
   cat <<EOF
 {
@@ -89,7 +99,7 @@ EOF
 
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$1" "$2"; }
 
-table="| method | KV ratio | r + dr | student ppl | teacher ppl | student / teacher | KL | top-1 | convert s | peak GB (with eval) |
+table="| method | KV ratio (measured) | r + dr (MLA layers) | student ppl | teacher ppl | student / teacher | KL | top-1 | convert s | peak GB (with eval) |
 |---|---|---|---|---|---|---|---|---|---|"
 echo "$table"
 IFS=, read -ra mlist <<<"$methods"
@@ -104,8 +114,9 @@ for m in "${mlist[@]}"; do
       read -r _ kb < "$work/$name.time"
       secs=$(sed -n 's/^converted in \([0-9.]*\) s$/\1/p' "$work/$name.log")
       rep="$work/$name/report.json"
-      read -r r dr <<<"$(dims_for "$ratio")"
-      row=$(printf "| %s | %sx | %s | %.2f | %.2f | %.2f | %.3f | %.3f | %.0f | %.2f |" "$m" "$ratio" "$((r + dr))" \
+      read -r r dr <<<"$(dims_for "$m" "$ratio")"
+      row=$(printf "| %s | %sx (%.2fx) | %s | %.2f | %.2f | %.2f | %.3f | %.3f | %.0f | %.2f |" "$m" "$ratio" \
+        "$(field "$rep" "d['kv_bytes_per_token']['ratio']")" "$((r + dr))" \
         "$(field "$rep" "d['training_free']['student_ppl']")" "$(field "$rep" "d['training_free']['source_ppl']")" \
         "$(field "$rep" "d['training_free']['student_ppl']/d['training_free']['source_ppl']")" \
         "$(field "$rep" "d['training_free']['kl']")" "$(field "$rep" "d['training_free']['top1_agree']")" \

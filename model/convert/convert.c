@@ -1,6 +1,7 @@
 /* mla_convert: the student's config from the teacher's and the options, the passes over the
- * calibration tokens (RoPE pair importance, per-layer conversion with latent-norm scales and the
- * attention-output error, each layer fed the teacher's own input), and the report. */
+ * calibration tokens (RoPE pair importance or RoRoPE's fit; each layer converted (student_layer.c),
+ * its o_proj fitted and its error measured; the measured choice of a hybrid's GQA layers), and the
+ * report. */
 #include "model/convert/convert.h"
 
 #include <math.h>
@@ -10,11 +11,9 @@
 #include "core/progress.h"
 #include "core/rng.h"
 #include "model/convert/convert_layer.h"
-#include "model/convert/latent_basis.h"
-#include "model/convert/linalg.h"
 #include "model/convert/output_fit.h"
-#include "model/convert/q_bottleneck.h"
 #include "model/convert/rorope.h"
+#include "model/convert/student_layer.h"
 #include "model/convert/teacher_layer.h"
 #include "model/layers.h"
 
@@ -54,13 +53,6 @@ static Status student_config(const ModelConfig *tc, const ConvertOptions *o, Mod
     return STATUS_OK;
 }
 
-/* Host copies of backend tensors. */
-static Status download_new(Backend *be, Tensor t, float **out) {
-    *out = malloc(tensor_bytes(t) ? tensor_bytes(t) : 1);
-    if (!*out) return errorf("convert: out of memory (%zu bytes)", tensor_bytes(t));
-    return be->download(be, *out, t);
-}
-
 /* Every student parameter whose name and shape the teacher shares starts as the teacher's. */
 static Status copy_shared_params(Model *student, Model *teacher) {
     Backend *be = student->be;
@@ -69,7 +61,7 @@ static Status copy_shared_params(Model *student, Model *teacher) {
         Param *q = model_find_param(teacher, p->name);
         if (!q || q->value->ndim != p->value->ndim || tensor_numel(*q->value) != tensor_numel(*p->value)) continue;
         float *host = NULL;
-        Status st = download_new(be, *q->value, &host);
+        Status st = convert_download(be, *q->value, &host);
         if (st == STATUS_OK) st = be->upload(be, *p->value, host);
         free(host);
         TRY(st);
@@ -82,8 +74,8 @@ static Status copy_shared_params(Model *student, Model *teacher) {
 static Status importance_from_weights(Backend *be, const ModelConfig *c, const LayerWeights *w, double *imp) {
     int64_t D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads, hd = c->head_dim, half = hd / 2;
     float *wq = NULL, *wk = NULL;
-    Status st = download_new(be, w->q_proj, &wq);
-    if (st == STATUS_OK) st = download_new(be, w->k_proj, &wk);
+    Status st = convert_download(be, w->q_proj, &wq);
+    if (st == STATUS_OK) st = convert_download(be, w->k_proj, &wk);
     for (int64_t i = 0; st == STATUS_OK && i < half; i++) {
         imp[i] = 0;
         for (int64_t h = 0; h < H; h++) {
@@ -111,8 +103,8 @@ static Status importance_from_activations(Backend *be, const ModelConfig *c, con
     float *q = NULL, *k = NULL;
     double *mq = calloc((size_t)(H * half), sizeof(double)), *mk = calloc((size_t)(K * half), sizeof(double));
     Status st = mq && mk ? STATUS_OK : errorf("convert: out of memory");
-    if (st == STATUS_OK) st = download_new(be, cache->q, &q);
-    if (st == STATUS_OK) st = download_new(be, cache->k, &k);
+    if (st == STATUS_OK) st = convert_download(be, cache->q, &q);
+    if (st == STATUS_OK) st = convert_download(be, cache->k, &k);
     for (int64_t n = 0; st == STATUS_OK && n < N; n++) {
         for (int64_t h = 0; h < H; h++)
             for (int64_t i = 0; i < half; i++)
@@ -167,24 +159,14 @@ static void stream_end(TeacherStream *s) {
     forward_state_destroy(s->tst);
 }
 
-/* Calibration rows through a weight on the backend: out [N, rows] = a [N, D] w^T, to the host. */
-static Status project_calibration(Backend *be, Tensor a, Tensor w, Tensor bias, float **out) {
-    Tensor t;
-    TRY(be->alloc(be, &t, DT_F32, 2, (int64_t[]){a.shape[0], w.shape[0]}));
-    Status st = be->ops.linear_forward(be, t, a, w, bias);
-    if (st == STATUS_OK) st = download_new(be, t, out);
-    be->release(be, &t);
-    return st;
-}
-
 /* ||(h_s - x) - (h_t - x)|| / ||h_t - x||: the attention outputs, the residual input cancelled; and
  * the same difference against ||x||. */
 static Status attention_error(Backend *be, Tensor x, Tensor h_teacher, Tensor h_student, double *err,
                               double *stream_err) {
     float *x_ = NULL, *ht = NULL, *hs = NULL;
-    Status st = download_new(be, x, &x_);
-    if (st == STATUS_OK) st = download_new(be, h_teacher, &ht);
-    if (st == STATUS_OK) st = download_new(be, h_student, &hs);
+    Status st = convert_download(be, x, &x_);
+    if (st == STATUS_OK) st = convert_download(be, h_teacher, &ht);
+    if (st == STATUS_OK) st = convert_download(be, h_student, &hs);
     if (st == STATUS_OK) {
         double num = 0, den = 0, xx = 0;
         for (int64_t i = 0; i < tensor_numel(x); i++) {
@@ -202,248 +184,9 @@ static Status attention_error(Backend *be, Tensor x, Tensor h_teacher, Tensor h_
     return st;
 }
 
-typedef struct {
-    MlaWeights w;
-    float *buffers[7];
-} HostMla;
-
-static void host_mla_free(HostMla *h) {
-    for (int i = 0; i < 7; i++) free(h->buffers[i]);
-}
-
-/* D: the teacher layer's input width (hidden_size, plus one when biases ride as a last column). */
-static Status host_mla_alloc(HostMla *h, const ModelConfig *sc, int64_t D) {
-    memset(h, 0, sizeof *h);
-    const MlaDims *a = &sc->mla;
-    int64_t H = sc->num_attention_heads;
-    MlaWeights *w = &h->w;
-    *w = (MlaWeights){.D = D, .H = H, .r = a->kv_lora_rank, .dn = a->qk_nope_head_dim, .dr = a->qk_rope_head_dim,
-                      .dv = a->v_head_dim};
-    int64_t sizes[7] = {H * (w->dn + w->dr) * D, w->r * D, w->dr * D, H * w->dn * w->r + 1, H * w->dv * w->r,
-                        D * H * w->dv, w->dr / 2};
-    for (int i = 0; i < 7; i++) {
-        h->buffers[i] = calloc((size_t)sizes[i], sizeof(float));
-        if (!h->buffers[i]) return errorf("convert: out of memory");
-    }
-    w->q = h->buffers[0];
-    w->latent = h->buffers[1];
-    w->rope_key = h->buffers[2];
-    w->up_k = h->buffers[3];
-    w->up_v = h->buffers[4];
-    w->o = h->buffers[5];
-    w->inv_freq = h->buffers[6];
-    return STATUS_OK;
-}
-
-/* Uploads rows [rows, D] of a projection converted on the widened input [rows, D + 1] (biased) or
- * on the plain one: the matrix to w, the last column to bias. */
-static Status upload_projection(Backend *be, const float *src, int64_t rows, int64_t D, int biased, Tensor w,
-                                Tensor bias) {
-    if (!biased) return be->upload(be, w, src);
-    float *W = malloc((size_t)(rows * D) * sizeof(float)), *b = malloc((size_t)rows * sizeof(float));
-    Status st = W && b ? STATUS_OK : errorf("convert: out of memory");
-    if (st == STATUS_OK) split_bias_column(src, rows, D, W, b);
-    if (st == STATUS_OK) st = backend_upload_f32(be, w, W);
-    if (st == STATUS_OK) st = backend_upload_f32(be, bias, b);
-    free(W);
-    free(b);
-    return st;
-}
-
-/* The linear q bottleneck of q_bottleneck.h on the layer's calibration rows a [N, D] (widened by a
- * column of ones when the conversion was, m->D = D + 1). */
-static Status q_bottleneck_from_calibration(Backend *be, const MlaWeights *m, Tensor a, int64_t k, uint64_t seed,
-                                            float *qa, float *qb) {
-    int64_t N = a.shape[0], D = a.shape[1];
-    float *ah = malloc((size_t)(N * D) * sizeof(float));
-    double *Ca = malloc((size_t)(m->D * m->D) * sizeof(double));
-    Status st = ah && Ca ? be->download(be, ah, a) : errorf("convert: out of memory");
-    if (st == STATUS_OK && m->D == D + 1) {
-        float *wide = calibration_with_ones(ah, N, D);
-        free(ah);
-        ah = wide;
-        if (!ah) st = errorf("convert: out of memory");
-    }
-    if (st == STATUS_OK) st = second_moment(ah, N, m->D, Ca);
-    if (st == STATUS_OK) st = q_bottleneck_activations(m, Ca, k, seed, qa, qb);
-    free(ah);
-    free(Ca);
-    return st;
-}
-
-/* Moves a converted layer into the student, fitting the norms that follow the latent and the q
- * bottleneck, or a linear q bottleneck itself, to the calibration rows a [N, D] (the layer's
- * normed input). seed: the bottleneck's channels beyond its rank. */
-static Status install_layer(Model *student, int l, const HostMla *h, Tensor a, uint64_t seed) {
-    Backend *be = student->be;
-    LayerWeights *w = &student->layers[l];
-    const MlaDims *d = &student->cfg.mla;
-    const MlaWeights *m = &h->w;
-    int64_t N = a.shape[0], D = student->cfg.hidden_size;
-    int biased = d->attention_bias;
-    if (m->D != D + biased) return errorf("convert: a layer converted at width %lld for hidden size %lld", (long long)m->D, (long long)D);
-    TRY(upload_projection(be, m->latent, d->kv_lora_rank, D, biased, w->kv_a_latent, w->kv_a_latent_bias));
-    TRY(upload_projection(be, m->rope_key, d->qk_rope_head_dim, D, biased, w->kv_a_rope, w->kv_a_rope_bias));
-    if (d->qk_nope_head_dim > 0) TRY(be->upload(be, w->kv_b_k, m->up_k));
-    TRY(be->upload(be, w->kv_b_v, m->up_v));
-    /* o [D (+1), H dv]: a widened conversion's extra row belongs to no output (zero by construction). */
-    TRY(be->upload(be, w->o_proj, m->o));
-    TRY(model_set_mla_rope(student, l, m->inv_freq));
-    Status st = STATUS_OK;
-    float *c = NULL, *g = NULL, *qa = NULL, *qb = NULL;
-    if (d->latent_norm) {
-        g = malloc((size_t)d->kv_lora_rank * sizeof(float));
-        if (!g) return errorf("convert: out of memory");
-        st = project_calibration(be, a, w->kv_a_latent, w->kv_a_latent_bias, &c);
-        if (st == STATUS_OK) st = latent_norm_scales(c, N, d->kv_lora_rank, MLA_LATENT_NORM_EPS, g);
-        if (st == STATUS_OK) st = be->upload(be, w->kv_a_norm, g);
-        free(c);
-        free(g);
-        c = g = NULL;
-        TRY(st);
-    }
-    if (d->q_lora_rank == 0)
-        return upload_projection(be, m->q, m->H * (m->dn + m->dr), D, biased, w->q_proj, w->q_bias);
-    int64_t rows = m->H * (m->dn + m->dr), k = d->q_lora_rank;
-    qa = malloc((size_t)(k * m->D) * sizeof(float));
-    qb = malloc((size_t)(rows * k) * sizeof(float));
-    g = malloc((size_t)k * sizeof(float));
-    st = qa && qb && g ? STATUS_OK : errorf("convert: out of memory");
-    /* A linear bottleneck is fitted to what the scores see, on the calibration input; a normed one
-     * keeps the weights' SVD its norm's per-channel fit was made for. */
-    if (st == STATUS_OK && !d->q_norm) st = q_bottleneck_from_calibration(be, m, a, k, seed, qa, qb);
-    else if (st == STATUS_OK) st = factor_low_rank(m->q, rows, m->D, k, qa, qb);
-    /* The bottleneck's bias is the last column of its down-projection: q_a_proj's, as DeepSeek has it. */
-    if (st == STATUS_OK) st = upload_projection(be, qa, k, D, biased, w->q_a_proj, w->q_a_bias);
-    if (st == STATUS_OK) st = be->upload(be, w->q_b_proj, qb);
-    if (st == STATUS_OK && d->q_norm) st = project_calibration(be, a, w->q_a_proj, w->q_a_bias, &c);
-    if (st == STATUS_OK && d->q_norm) st = latent_norm_scales(c, N, k, MLA_LATENT_NORM_EPS, g);
-    if (st == STATUS_OK && d->q_norm) st = be->upload(be, w->q_a_norm, g);
-    free(c);
-    free(qa);
-    free(qb);
-    free(g);
-    return st;
-}
-
-static int is_rorope(RopeSelect s) { return s == ROPE_SELECT_ROROPE || s == ROPE_SELECT_ROROPE_FREE; }
-
 /* How many calibration sequences the attention-weighted RoRoPE fit reads: it costs T^2 per head
  * and sequence, and two sequences of 512 already pin its 2x2 maps down. */
 enum { ROROPE_FIT_SEQS = 2 };
-
-/* One layer by a key split (RoRoPE or the teacher's pairs) and a latent basis (weights or
- * activations), on the layer's normed calibration input a [N, D]. */
-static Status convert_layer_split(Backend *be, const GqaWeights *g, const ConvertOptions *o, const float *inv_freq,
-                                  const int *pairs, const RoropeFit *fit, int step, int P, Tensor a, uint64_t layer,
-                                  MlaWeights *w, LayerReport *rep) {
-    int64_t D = g->D, N = a.shape[0], r = w->r, rows = 0, D_in = a.shape[1];
-    float *ah = NULL;
-    double *Ca = NULL, *latent = NULL, *up = NULL;
-    int *pr = calloc((size_t)P + 1, sizeof(int)), *cp = calloc((size_t)P + 1, sizeof(int));
-    KeySplit ks;
-    memset(&ks, 0, sizeof ks);
-    Status st = pr && cp ? STATUS_OK : errorf("convert: out of memory");
-    if (st == STATUS_OK) {
-        ah = malloc((size_t)(N * D_in) * sizeof(float));
-        st = ah ? be->download(be, ah, a) : errorf("convert: out of memory");
-    }
-    if (st == STATUS_OK && D == D_in + 1) {
-        /* Biases ride as a last input column: the calibration input gains its column of ones. */
-        float *wide = calibration_with_ones(ah, N, D_in);
-        free(ah);
-        ah = wide;
-        if (!ah) st = errorf("convert: out of memory");
-    }
-    if (st == STATUS_OK && fit) {
-        st = rorope_choose_slots(fit, P, step, pr, cp);
-        if (st == STATUS_OK) st = rorope_split(g, inv_freq, fit, P, pr, cp, 1, &ks);
-    } else if (st == STATUS_OK) {
-        memcpy(pr, pairs, (size_t)P * sizeof(int));
-        st = key_split_pairs(g, inv_freq, pairs, P, &ks);
-    }
-    rows = ks.nk + g->K * g->hd;
-    if (st == STATUS_OK) {
-        latent = malloc((size_t)(r * D) * sizeof(double));
-        up = malloc((size_t)(rows * r) * sizeof(double));
-        if (!latent || !up) st = errorf("convert: out of memory");
-    }
-    if (st == STATUS_OK && o->latent_basis == LATENT_BASIS_ACTIVATIONS) {
-        Ca = malloc((size_t)(D * D) * sizeof(double));
-        st = Ca ? second_moment(ah, N, D, Ca) : errorf("convert: out of memory");
-        /* Keys and values are read in proportion to the attention their token receives: an attention
-         * sink's value reaches every output. Half that weighting, half the plain mean. */
-        double *Ckv = NULL;
-        if (st == STATUS_OK && fit && fit->n_received > 0) {
-            Ckv = calloc((size_t)(D * D), sizeof(double));
-            if (!Ckv) st = errorf("convert: out of memory");
-            double total = 0;
-            for (int64_t n = 0; st == STATUS_OK && n < fit->n_received; n++) total += fit->received[n];
-            for (int64_t n = 0; st == STATUS_OK && n < fit->n_received && total > 0; n++) {
-                double w = fit->received[n] / total;
-                const float *row = ah + n * D;
-                for (int64_t i = 0; i < D; i++)
-                    for (int64_t j = 0; j <= i; j++) Ckv[i * D + j] += w * row[i] * row[j];
-            }
-            for (int64_t i = 0; st == STATUS_OK && i < D; i++)
-                for (int64_t j = 0; j <= i; j++) {
-                    double v = 0.5 * Ckv[i * D + j] + 0.5 * Ca[i * D + j];
-                    Ckv[i * D + j] = Ckv[j * D + i] = v;
-                }
-        }
-        if (st == STATUS_OK) st = latent_basis_activations(g, &ks, Ca, Ckv, r, latent, up, &rep->kept_energy);
-        free(Ckv);
-    } else if (st == STATUS_OK) {
-        st = latent_basis_weights(g, &ks, r, latent, up, &rep->kept_energy);
-    }
-    if (st == STATUS_OK) st = mla_weights_from_split(g, &ks, latent, up, r, o->seed + layer * 1000003u, w);
-    if (st == STATUS_OK) {
-        rep->n_rope_pairs = P < MODEL_MAX_LAYERS ? P : MODEL_MAX_LAYERS;
-        for (int j = 0; j < rep->n_rope_pairs; j++) {
-            rep->rope_pairs[j] = pr[j];
-            rep->rope_comps[j] = cp[j];
-        }
-    }
-    free(pr);
-    free(cp);
-    free(ah);
-    free(Ca);
-    free(latent);
-    free(up);
-    key_split_free(&ks);
-    return st;
-}
-
-static Status convert_layer(Model *student, Model *teacher, int l, const ConvertOptions *o, const float *teacher_inv_freq,
-                            const int *pairs, const RoropeFit *fit, int step, Tensor a, LayerReport *rep) {
-    Backend *be = teacher->be;
-    const ModelConfig *tc = &teacher->cfg;
-    TeacherLayer tl;
-    HostMla h;
-    memset(&h, 0, sizeof h);
-    Status st = teacher_layer_load(be, teacher, l, student->cfg.mla.attention_bias, 1, 1, &tl);
-    if (st == STATUS_OK) st = host_mla_alloc(&h, &student->cfg, tl.g.D);
-    const GqaWeights g = tl.g;
-    int P = (int)(student->cfg.mla.qk_rope_head_dim / 2);
-    if (st == STATUS_OK && o->init == MLA_INIT_EXACT) {
-        st = mla_weights_exact(&g, teacher_inv_freq, &h.w);
-        rep->kept_energy = 1.0;
-        rep->n_rope_pairs = P < MODEL_MAX_LAYERS ? P : MODEL_MAX_LAYERS;
-        for (int j = 0; j < rep->n_rope_pairs; j++) rep->rope_pairs[j] = (int)(j % (tc->head_dim / 2));
-    } else if (st == STATUS_OK && (is_rorope(o->rope_select) || o->latent_basis == LATENT_BASIS_ACTIVATIONS)) {
-        st = convert_layer_split(be, &g, o, teacher_inv_freq, pairs, fit, step, P, a, (uint64_t)l, &h.w, rep);
-    } else if (st == STATUS_OK) {
-        st = mla_weights_from_svd(&g, teacher_inv_freq, pairs, P, o->seed + (uint64_t)l * 1000003u, &h.w,
-                                  &rep->kept_energy);
-        rep->n_rope_pairs = P;
-        memcpy(rep->rope_pairs, pairs, (size_t)P * sizeof(int));
-    }
-    if (st == STATUS_OK) st = install_layer(student, l, &h, a, o->seed + (uint64_t)l * 1000003u);
-    teacher_layer_free(&tl);
-    host_mla_free(&h);
-    if (st != STATUS_OK) return error_context("convert layer %d: ", l);
-    return STATUS_OK;
-}
 
 /* The student's o_proj refitted so that its own attention (z, the heads' weighted values)
  * produces h_target - x_base: the teacher's attention output, or, fed the student's own stream,
@@ -453,10 +196,10 @@ static Status refit_output(Model *student, int l, Tensor z, Tensor h_target, Ten
     Tensor o = student->layers[l].o_proj;
     int64_t N = z.shape[0], F = z.shape[1], D = o.shape[0];
     float *Z = NULL, *Y = NULL, *x = NULL, *W = NULL;
-    Status st = download_new(be, z, &Z);
-    if (st == STATUS_OK) st = download_new(be, h_target, &Y);
-    if (st == STATUS_OK) st = download_new(be, x_base, &x);
-    if (st == STATUS_OK) st = download_new(be, o, &W);
+    Status st = convert_download(be, z, &Z);
+    if (st == STATUS_OK) st = convert_download(be, h_target, &Y);
+    if (st == STATUS_OK) st = convert_download(be, x_base, &x);
+    if (st == STATUS_OK) st = convert_download(be, o, &W);
     if (st == STATUS_OK) {
         for (int64_t i = 0; i < N * D; i++) Y[i] -= x[i];
         st = output_projection_fit(Z, Y, N, F, D, ridge, W);
@@ -553,10 +296,10 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
 
     /* Which RoPE pairs each MLA layer keeps. */
     int P = (int)(sc->mla.qk_rope_head_dim / 2);
-    if (o->init == MLA_INIT_SVD && is_rorope(o->rope_select) && o->energy > 0)
+    if (o->init == MLA_INIT_SVD && rope_select_is_rorope(o->rope_select) && o->energy > 0)
         return errorf("student.mla.energy: ranks by energy need rope_select high, low, uniform or norm; with %s give "
                       "kv_lora_rank", o->rope_select == ROPE_SELECT_ROROPE ? "rorope" : "rorope_free");
-    if (o->init == MLA_INIT_SVD && !is_rorope(o->rope_select)) {
+    if (o->init == MLA_INIT_SVD && !rope_select_is_rorope(o->rope_select)) {
         double *imp = calloc((size_t)(hd / 2), sizeof(double));
         if (!imp) return errorf("convert: out of memory");
         Status st = STATUS_OK;
@@ -578,7 +321,7 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
         TRY(st);
     }
 
-    if (o->init == MLA_INIT_SVD && is_rorope(o->rope_select)) TRY(rorope_pass(wk, teacher, o, ids, P));
+    if (o->init == MLA_INIT_SVD && rope_select_is_rorope(o->rope_select)) TRY(rorope_pass(wk, teacher, o, ids, P));
 
     /* Ranks by energy: the largest any layer needs, since DeepSeek's config has one kv_lora_rank. */
     if (o->init == MLA_INIT_SVD && o->energy > 0) {
