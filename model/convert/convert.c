@@ -390,6 +390,12 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
                 TRY(copy_tensor(be, scache->x, wk->xs));
                 if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
                 TRY(refit_output(student, l, scache->attn, tcache->h, tcache->x, ridge));
+                /* The stream goes on through the refitted layer: the heads' values do not depend on
+                 * o_proj, so only the output product is redone (as the layer's forward does it). */
+                Status fw = be->ops.linear_residual_forward(be, scache->h, scache->attn, student->layers[l].o_proj,
+                                                            scache->x);
+                if (fw == STATUS_OK) fw = mlp_forward(student, wk->sst, l, scache, wk->xs);
+                if (fw != STATUS_OK) return error_context("layer %d: ", l);
             }
             TRY(copy_tensor(be, scache->x, tcache->x));
             if (mla_attention_forward(student, wk->sst, l, scache) != STATUS_OK) return error_context("layer %d: ", l);
@@ -403,11 +409,10 @@ static Status run_convert(ConvertWork *wk, Model **out, Model *teacher, const Co
             lr->kept_energy = 1.0;
             lr->attn_rel_error = 0.0;
         }
-        if (own_stream) {
-            /* The student's own stream goes on through its layer. */
+        if (own_stream && lr->kind == ATTENTION_GQA) {
+            /* The student's own stream goes on through a layer it shares with the teacher. */
             TRY(copy_tensor(be, scache->x, wk->xs));
-            Status fw = lr->kind == ATTENTION_MLA ? mla_attention_forward(student, wk->sst, l, scache)
-                                                  : gqa_attention_forward(student, wk->sst, l, scache);
+            Status fw = gqa_attention_forward(student, wk->sst, l, scache);
             if (fw == STATUS_OK) fw = mlp_forward(student, wk->sst, l, scache, wk->xs);
             if (fw != STATUS_OK) return error_context("layer %d: ", l);
         }

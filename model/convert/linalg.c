@@ -96,19 +96,54 @@ Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs) {
     return STATUS_OK;
 }
 
-Status second_moment(const float *a, int64_t N, int64_t D, double *C) {
-    double *ad = malloc((size_t)(N * D) * sizeof(double)), *adT = malloc((size_t)(N * D) * sizeof(double));
-    if (!ad || !adT) {
-        free(ad);
-        free(adT);
-        return errorf("second moment: out of memory for [%lld, %lld] rows", (long long)N, (long long)D);
+/* Rows are converted and multiplied in blocks; block i adds into partial sum i mod MOMENT_PARTS,
+ * and the partial sums are added in order at the end, so the bits depend on neither the thread
+ * count nor the schedule, and the partial sums run on OpenMP threads. */
+enum { MOMENT_BLOCK = 512, MOMENT_PARTS = 4 };
+
+Status cross_moment(const float *a, const float *b, int64_t N, int64_t Da, int64_t Db, double *C) {
+    if (N < 1 || Da < 1 || Db < 1 || Da > INT32_MAX || Db > INT32_MAX)
+        return errorf("moment: sizes [%lld, %lld, %lld] out of range", (long long)N, (long long)Da, (long long)Db);
+    if (!b && Db != Da) return errorf("moment: a^T a needs Db = Da (got %lld, %lld)", (long long)Da, (long long)Db);
+    int64_t blocks = (N + MOMENT_BLOCK - 1) / MOMENT_BLOCK, parts = blocks < MOMENT_PARTS ? blocks : MOMENT_PARTS;
+    double *part = calloc((size_t)(parts * Da * Db), sizeof(double));
+    double *ad = malloc((size_t)(parts * MOMENT_BLOCK * Da) * sizeof(double));
+    double *bd = b ? malloc((size_t)(parts * MOMENT_BLOCK * Db) * sizeof(double)) : NULL;
+    if (!part || !ad || (b && !bd)) {
+        free(part), free(ad), free(bd);
+        return errorf("moment: out of memory for [%lld, %lld] x [%lld, %lld]", (long long)N, (long long)Da, (long long)N,
+                      (long long)Db);
     }
-    /* (a^T / sqrt(N)) (a / sqrt(N)): the 1/N folded into both sides */
-    for (int64_t i = 0; i < N * D; i++) ad[i] = (double)a[i] / sqrt((double)N);
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t d = 0; d < D; d++) adT[d * N + n] = ad[n * D + d];
-    matmul_f64(adT, ad, C, D, N, D);
-    free(ad);
-    free(adT);
+    /* One thread per OpenBLAS call: the pthreads build would otherwise run its own pool under every
+     * OpenMP thread (the OpenMP build is single-threaded inside a parallel region by itself, and
+     * setting its count would set OpenMP's). */
+    int pthreads = openblas_get_parallel() == OPENBLAS_THREAD, saved = openblas_get_num_threads();
+    if (pthreads) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(static, 1)
+    for (int64_t p = 0; p < parts; p++) {
+        double *A = ad + p * MOMENT_BLOCK * Da, *B = b ? bd + p * MOMENT_BLOCK * Db : A, *Cp = part + p * Da * Db;
+        for (int64_t blk = p; blk < blocks; blk += parts) {
+            int64_t r0 = blk * MOMENT_BLOCK, n = N - r0 < MOMENT_BLOCK ? N - r0 : MOMENT_BLOCK;
+            for (int64_t i = 0; i < n * Da; i++) A[i] = a[r0 * Da + i];
+            for (int64_t i = 0; b && i < n * Db; i++) B[i] = b[r0 * Db + i];
+            if (b)
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Da, (int)Db, (int)n, 1.0, A, (int)Da, B, (int)Db,
+                            1.0, Cp, (int)Db);
+            else
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)Da, (int)n, 1.0, A, (int)Da, 1.0, Cp, (int)Da);
+        }
+    }
+    if (pthreads) openblas_set_num_threads(saved);
+    for (int64_t i = 0; i < Da; i++)
+        for (int64_t j = 0; j < Db; j++) {
+            /* a^T a: dsyrk filled the upper triangle */
+            int64_t src = !b && j < i ? j * Db + i : i * Db + j;
+            double sum = 0;
+            for (int64_t p = 0; p < parts; p++) sum += part[p * Da * Db + src];
+            C[i * Db + j] = sum / (double)N;
+        }
+    free(part), free(ad), free(bd);
     return STATUS_OK;
 }
+
+Status second_moment(const float *a, int64_t N, int64_t D, double *C) { return cross_moment(a, NULL, N, D, D, C); }

@@ -27,3 +27,7 @@ Status solve_spd(double *A, int64_t n, double *B, int64_t nrhs);
 
 /* C [D, D] = a^T a / N, the second moment of the rows of a [N, D] (float32), in float64. */
 Status second_moment(const float *a, int64_t N, int64_t D, double *C);
+
+/* C [Da, Db] = a^T b / N for the rows of a [N, Da] and b [N, Db] (float32; b NULL: a itself, Db = Da),
+ * in float64, on OpenMP threads; the bits do not depend on the thread count. */
+Status cross_moment(const float *a, const float *b, int64_t N, int64_t Da, int64_t Db, double *C);

@@ -4,7 +4,6 @@
  * both the values' compression and part of the scores' error. */
 #include "model/convert/output_fit.h"
 
-#include <math.h>
 #include <stdlib.h>
 
 #include "model/convert/linalg.h"
@@ -12,18 +11,11 @@
 Status output_projection_fit(const float *Z, const float *Y, int64_t N, int64_t F, int64_t D, double ridge, float *W) {
     if (N < 1 || F < 1 || D < 1) return errorf("output fit: empty problem (N %lld, F %lld, D %lld)", (long long)N, (long long)F, (long long)D);
     if (!(ridge > 0)) return errorf("output fit: the ridge must be > 0 (got %g)", ridge);
-    double *ZT = malloc((size_t)(F * N) * sizeof(double)), *Yd = malloc((size_t)(N * D) * sizeof(double));
-    double *Zd = malloc((size_t)(N * F) * sizeof(double)), *G = malloc((size_t)(F * F) * sizeof(double));
-    double *R = malloc((size_t)(F * D) * sizeof(double));
-    Status st = ZT && Yd && Zd && G && R ? STATUS_OK : errorf("output fit: out of memory");
+    double *G = malloc((size_t)(F * F) * sizeof(double)), *R = malloc((size_t)(F * D) * sizeof(double));
+    Status st = G && R ? STATUS_OK : errorf("output fit: out of memory");
+    if (st == STATUS_OK) st = cross_moment(Z, NULL, N, F, F, G);
+    if (st == STATUS_OK) st = cross_moment(Z, Y, N, F, D, R);
     if (st == STATUS_OK) {
-        /* 1/N folded in as 1/sqrt(N) on both factors. */
-        double s = 1.0 / sqrt((double)N);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t f = 0; f < F; f++) Zd[n * F + f] = ZT[f * N + n] = s * Z[n * F + f];
-        for (int64_t i = 0; i < N * D; i++) Yd[i] = s * Y[i];
-        matmul_f64(ZT, Zd, G, F, N, F);
-        matmul_f64(ZT, Yd, R, F, N, D);
         double trace = 0;
         for (int64_t f = 0; f < F; f++) trace += G[f * F + f];
         double lambda = ridge * (trace > 0 ? trace / (double)F : 1.0);
@@ -36,9 +28,6 @@ Status output_projection_fit(const float *Z, const float *Y, int64_t N, int64_t 
     if (st == STATUS_OK)
         for (int64_t d = 0; d < D; d++)
             for (int64_t f = 0; f < F; f++) W[d * F + f] = (float)R[f * D + d];
-    free(ZT);
-    free(Yd);
-    free(Zd);
     free(G);
     free(R);
     return st;
