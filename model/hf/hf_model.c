@@ -339,47 +339,23 @@ Status hf_model_load_as(Model **out, Backend *be, const char *dir, int64_t max_s
         return STATUS_ERROR;
     }
     model_weights_changed(m);
-    /* An export of a student trained without the latent norm carries it in its linear regime: read
-     * back, it is folded away again, so the student trains as it was trained. */
-    Model *folded = NULL;
-    if (model_fold_linear_latent_norm(m, &folded) != STATUS_OK) {
-        model_destroy(m);
-        return error_context("%s: ", dir);
-    }
-    if (folded) {
-        model_destroy(m);
-        m = folded;
-    }
-    /* A q bias exported through a linear-regime bottleneck goes back to q_proj. */
-    Model *q_folded = NULL;
-    if (model_fold_linear_q_bottleneck(m, &q_folded) != STATUS_OK) {
-        model_destroy(m);
-        return error_context("%s: ", dir);
-    }
-    if (q_folded) {
-        model_destroy(m);
-        m = q_folded;
-    }
-    /* Likewise the q_a_layernorm of a q bottleneck trained without it (after the q bias's bottleneck,
-     * whose norm is linear too but which goes back to q_proj whole). */
-    Model *q_unnormed = NULL;
-    if (model_fold_linear_q_norm(m, &q_unnormed) != STATUS_OK) {
-        model_destroy(m);
-        return error_context("%s: ", dir);
-    }
-    if (q_unnormed) {
-        model_destroy(m);
-        m = q_unnormed;
-    }
-    /* An epsilon-independent export is read back with the epsilon it was trained with. */
-    Model *unscaled = NULL;
-    if (model_without_export_eps(m, &unscaled) != STATUS_OK) {
-        model_destroy(m);
-        return error_context("%s: ", dir);
-    }
-    if (unscaled) {
-        model_destroy(m);
-        m = unscaled;
+    /* What export wrote only for stock loaders is undone, in this order, so the student trains as it
+     * was trained: a latent norm in its linear regime; a q bias's linear-regime bottleneck (back to
+     * q_proj whole); the linear q_a_layernorm of a bottleneck trained without it; the residual
+     * scaling of an epsilon-independent export. Each returns NULL when there is nothing to undo. */
+    static Status (*const undo[])(const Model *, Model **) = {model_fold_linear_latent_norm,
+                                                              model_fold_linear_q_bottleneck,
+                                                              model_fold_linear_q_norm, model_without_export_eps};
+    for (size_t i = 0; i < sizeof undo / sizeof undo[0]; i++) {
+        Model *undone = NULL;
+        if (undo[i](m, &undone) != STATUS_OK) {
+            model_destroy(m);
+            return error_context("%s: ", dir);
+        }
+        if (undone) {
+            model_destroy(m);
+            m = undone;
+        }
     }
     *out = m;
     return STATUS_OK;
