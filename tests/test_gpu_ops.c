@@ -82,6 +82,9 @@ static void pair_free(Pair *p) {
     free(p->init);
 }
 
+/* TEST_GPU_OPS_VERBOSE=1 prints every comparison's error, to see the margins. */
+static int verbose;
+
 /* On the first run: the GPU's output against the CPU's, ||gpu - cpu|| / ||cpu|| < tol (NaN fails),
  * and its bits kept in *first. On the second: bitwise equal to the first. */
 static void compare(const char *what, Pair *p, double f32_tol, float **first) {
@@ -93,6 +96,7 @@ static void compare(const char *what, Pair *p, double f32_tol, float **first) {
         float *ref = test_alloc((size_t)(p->n > 0 ? p->n : 1) * 4);
         CHECK_OK(backend_download_f32(cpu, ref, p->c));
         double err = p->n ? rel_error_f32(out, ref, p->n) : 0.0;
+        if (verbose) printf("%s [%s storage]: rel error %.3g\n", what, mode, err);
         CHECK(err < tol, "%s [%s storage]: gpu vs cpu rel error %.3g (tolerance %.0e)", what, mode, err, tol);
         free(ref);
         *first = out;
@@ -575,6 +579,8 @@ static void test_lm_head_loss(int64_t N, int64_t D, int64_t V, int64_t Dt, int64
 }
 
 int main(void) {
+    const char *v = getenv("TEST_GPU_OPS_VERBOSE");
+    verbose = v && strcmp(v, "1") == 0;
     if (backend_cuda_device_count() == 0) {
         printf("skipped: no CUDA device\n");
         return TEST_SKIPPED;
@@ -618,6 +624,7 @@ int main(void) {
         test_attention(1, 50, 2, 1, 96, 64, 128, 15); /* 160-wide q/k, v 128 */
         test_attention(2, 70, 4, 4, 64, 32, 64, 15);  /* MLA as the 1B student: q/k 96 (64 + 32), v 64 */
         test_attention(1, 40, 2, 2, 128, 64, 128, 15); /* DeepSeek-V2's widths: q/k 192 (128 + 64), v 128 */
+        test_attention(1, 70, 4, 2, 128, 0, 128, 15);  /* a head-128 GQA teacher */
         test_attention(1, 70, 2, 1, 32, 16, 200, 15); /* v 200: the tensor-core forward's widest register budget */
 
         /* N, D, V, Dt (0: no teacher), chunk tokens (0: default), temperature, ignore every n-th,

@@ -26,7 +26,12 @@ for f in "$root"/model/ops/cuda/*.cu; do
     case $b in cuda_backend | matmul_peak | memory_figures) continue ;; esac
     python3 "$here/transform.py" "$f" "$work/src/$b.cpp"
 done
-cxx=(g++ -std=c++17 -O2 -w -I"$here/include" -I"$root" -I"$root/model/ops/cuda" -include cuda_runtime.h)
+# Their headers beside them, but warp_mma.cuh: a header's quoted includes look in its own folder
+# first, so the instructions must come from the emulation's include folder, not model/ops/cuda.
+for h in "$root"/model/ops/cuda/*.cuh; do
+    [ "$(basename "$h")" = warp_mma.cuh ] || cp "$h" "$work/src/"
+done
+cxx=(g++ -std=c++17 -O2 -w -I"$here/include" -I"$work/src" -I"$root" -I"$root/model/ops/cuda" -include cuda_runtime.h)
 pids=() objs=()
 for f in "$work"/src/*.cpp "$here"/runtime.cpp "$here"/lt.cpp "$here"/emu_backend.cpp; do
     o="$work/obj/$(basename "$f" .cpp).o"

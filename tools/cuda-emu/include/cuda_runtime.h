@@ -48,6 +48,6 @@ template <typename F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int
 unsigned long long atomicMin(unsigned long long *p, unsigned long long v);
 void emu_configure(dim3 g, dim3 b, size_t smem);
 void emu_run(std::function<void()> body);
-#define EMU_RUN(name) [&](auto... a) { emu_run([=] { name(a...); }); }
+#define EMU_RUN(...) [&](auto... a) { emu_run([=] { __VA_ARGS__(a...); }); }
 inline void emu_configure(dim3 g, dim3 b) { emu_configure(g, b, 0); }
 inline void emu_configure(dim3 g, dim3 b, size_t smem, cudaStream_t) { emu_configure(g, b, smem); }
