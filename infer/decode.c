@@ -3,7 +3,10 @@
  * MLA attention runs in the latent space: q_lat[h] = W_uk[h]^T q_nope[h] (width r), scores
  * q_lat[h] . c_j + q_rope[h] . k_rope_j, the output sum_j p_j c_j (width r) through o_proj with
  * W_uv folded in. Both equal the model's formula exactly in real arithmetic:
- *   q_nope . (W_uk c) = (W_uk^T q_nope) . c   and   W_o (W_uv sum_j p_j c_j) = (W_o W_uv) sum_j p_j c_j. */
+ *   q_nope . (W_uk c) = (W_uk^T q_nope) . c   and   W_o (W_uv sum_j p_j c_j) = (W_o W_uv) sum_j p_j c_j.
+ * W_uk^T is folded into the query's (last) projection itself, so that a step's latent query is one
+ * product for all heads: at one token a step is a chain of small launches, and a product per head
+ * would double an MLA layer's count. */
 #include "infer/decode.h"
 
 #include <math.h>
@@ -15,8 +18,10 @@
 enum { DECODER_MAX_OWNED = 16 };
 
 typedef struct {
-    Tensor uk_t;    /* [H, r, dn]: per head W_uk transposed, the no-rope query into the latent */
-    Tensor o_abs;   /* [D, H*r]: o_proj with each head's W_uv folded in */
+    Tensor q_abs;        /* [H*(r+dr), Din]: the query's projection (q_proj, or q_b_proj after the q
+                          * bottleneck) with each head's W_uk^T folded into its no-rope rows */
+    Tensor q_abs_bias;   /* [H*(r+dr)] where q_proj has a bias, else absent */
+    Tensor o_abs;        /* [D, H*r]: o_proj with each head's W_uv folded in */
 } AbsorbedLayer;
 
 struct Decoder {
@@ -65,21 +70,43 @@ static Status absorb_layer(Decoder *d, int l, AbsorbedLayer *ab) {
     const Model *m = d->m;
     const LayerWeights *w = &m->layers[l];
     const int64_t H = m->cfg.num_attention_heads, D = m->cfg.hidden_size, r = m->cfg.mla.kv_lora_rank;
-    const int64_t dn = m->cfg.mla.qk_nope_head_dim, dv = m->cfg.mla.v_head_dim;
-    float *uk = NULL, *uv = NULL, *o = NULL, *uk_t = NULL, *o_abs = NULL;
+    const int64_t dn = m->cfg.mla.qk_nope_head_dim, dr = m->cfg.mla.qk_rope_head_dim, dv = m->cfg.mla.v_head_dim;
+    const int64_t dq = dn + dr, lora = m->cfg.mla.q_lora_rank, din = lora > 0 ? lora : D;
+    const Tensor wq_t = lora > 0 ? w->q_b_proj : w->q_proj, bq_t = lora > 0 ? tensor_none() : w->q_bias;
+    float *uk = NULL, *uv = NULL, *o = NULL, *wq = NULL, *bq = NULL, *q_abs = NULL, *b_abs = NULL, *o_abs = NULL;
     Status st = STATUS_OK;
     if (dn > 0) st = host_copy(d->be, w->kv_b_k, &uk);
     if (st == STATUS_OK) st = host_copy(d->be, w->kv_b_v, &uv);
     if (st == STATUS_OK) st = host_copy(d->be, w->o_proj, &o);
+    if (st == STATUS_OK) st = host_copy(d->be, wq_t, &wq);
+    if (st == STATUS_OK && tensor_present(bq_t)) st = host_copy(d->be, bq_t, &bq);
     if (st == STATUS_OK) {
-        uk_t = malloc((size_t)(H * r * (dn > 0 ? dn : 1)) * sizeof *uk_t);
+        q_abs = malloc((size_t)(H * (r + dr) * din) * sizeof *q_abs);
+        b_abs = malloc((size_t)(H * (r + dr)) * sizeof *b_abs);
         o_abs = malloc((size_t)(D * H * r) * sizeof *o_abs);
-        if (!uk_t || !o_abs) st = errorf("decoder: out of memory for layer %d's absorbed weights", l);
+        if (!q_abs || !b_abs || !o_abs) st = errorf("decoder: out of memory for layer %d's absorbed weights", l);
     }
-    if (st == STATUS_OK && dn > 0) {
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < r; i++)
-                for (int64_t j = 0; j < dn; j++) uk_t[(h * r + i) * dn + j] = uk[(h * dn + j) * r + i];
+    /* Head h's latent rows: row i = sum_j W_uk[h*dn + j][i] Wq[h*dq + j] (its bias likewise); its
+     * rope rows are Wq's own. With dn = 0 the latent rows are zero: no query reads the latent. */
+    if (st == STATUS_OK) {
+#pragma omp parallel for schedule(static)
+        for (int64_t row = 0; row < H * (r + dr); row++) {
+            const int64_t h = row / (r + dr), i = row % (r + dr);
+            float *dst = q_abs + row * din;
+            if (i >= r) {
+                memcpy(dst, wq + (h * dq + dn + (i - r)) * din, (size_t)din * sizeof *dst);
+                b_abs[row] = bq ? bq[h * dq + dn + (i - r)] : 0.0f;
+                continue;
+            }
+            double bias = 0.0;
+            for (int64_t c = 0; c < din; c++) {
+                double acc = 0.0;
+                for (int64_t j = 0; j < dn; j++) acc += (double)uk[(h * dn + j) * r + i] * wq[(h * dq + j) * din + c];
+                dst[c] = (float)acc;
+            }
+            for (int64_t j = 0; bq && j < dn; j++) bias += (double)uk[(h * dn + j) * r + i] * bq[h * dq + j];
+            b_abs[row] = (float)bias;
+        }
     }
     if (st == STATUS_OK) {
 #pragma omp parallel for schedule(static)
@@ -99,14 +126,19 @@ static Status absorb_layer(Decoder *d, int l, AbsorbedLayer *ab) {
             }
         }
     }
-    if (st == STATUS_OK && dn > 0) st = d->be->alloc(d->be, &ab->uk_t, d->m->dtype, 2, (int64_t[]){H * r, dn});
-    if (st == STATUS_OK && dn > 0) st = backend_upload_f32(d->be, ab->uk_t, uk_t);
+    if (st == STATUS_OK) st = d->be->alloc(d->be, &ab->q_abs, d->m->dtype, 2, (int64_t[]){H * (r + dr), din});
+    if (st == STATUS_OK) st = backend_upload_f32(d->be, ab->q_abs, q_abs);
+    if (st == STATUS_OK && bq) st = d->be->alloc(d->be, &ab->q_abs_bias, d->m->dtype, 1, (int64_t[]){H * (r + dr)});
+    if (st == STATUS_OK && bq) st = backend_upload_f32(d->be, ab->q_abs_bias, b_abs);
     if (st == STATUS_OK) st = d->be->alloc(d->be, &ab->o_abs, d->m->dtype, 2, (int64_t[]){D, H * r});
     if (st == STATUS_OK) st = backend_upload_f32(d->be, ab->o_abs, o_abs);
     free(uk);
     free(uv);
     free(o);
-    free(uk_t);
+    free(wq);
+    free(bq);
+    free(q_abs);
+    free(b_abs);
     free(o_abs);
     if (st != STATUS_OK) return error_context("decoder: absorbing layer %d: ", l);
     return STATUS_OK;
@@ -161,7 +193,8 @@ void decoder_destroy(Decoder *d) {
     if (!d) return;
     if (d->absorbed) {
         for (int l = 0; l < d->m->cfg.num_hidden_layers; l++) {
-            if (tensor_present(d->absorbed[l].uk_t)) d->be->release(d->be, &d->absorbed[l].uk_t);
+            if (tensor_present(d->absorbed[l].q_abs)) d->be->release(d->be, &d->absorbed[l].q_abs);
+            if (tensor_present(d->absorbed[l].q_abs_bias)) d->be->release(d->be, &d->absorbed[l].q_abs_bias);
             if (tensor_present(d->absorbed[l].o_abs)) d->be->release(d->be, &d->absorbed[l].o_abs);
         }
         free(d->absorbed);
@@ -295,41 +328,47 @@ static Status gqa_step(Decoder *d, int l, LayerCache *c, int64_t t) {
     return STATUS_OK;
 }
 
-/* The query of an MLA layer, [1, H*(dn+dr)] with RoPE on each head's last dr dims, as forward
- * (biases, where the student kept a Qwen2 teacher's, before the absorption: W_uk^T (q_nope + b)). */
+/* What the query's last projection reads: the normed hidden state, or the q bottleneck's output
+ * (after its norm where the student has one), as forward. */
+static Status mla_query_input(Decoder *d, const LayerWeights *w, LayerCache *c, Tensor *in) {
+    Backend *be = d->be;
+    const MlaDims *a = &d->m->cfg.mla;
+    *in = c->a;
+    if (a->q_lora_rank == 0) return STATUS_OK;
+    TRY(be->ops.linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
+    if (a->q_norm) TRY(be->ops.rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
+    *in = c->q_a_n;
+    return STATUS_OK;
+}
+
+/* The query of an MLA layer, [1, H*(dn+dr)] with RoPE on each head's last dr dims, as forward. */
 static Status mla_query(Decoder *d, const LayerWeights *w, LayerCache *c, Tensor q, int l) {
+    Model *m = d->m;
+    Backend *be = d->be;
+    const MlaDims *a = &m->cfg.mla;
+    const int64_t H = m->cfg.num_attention_heads, dq = a->qk_nope_head_dim + a->qk_rope_head_dim;
+    Tensor in;
+    TRY(mla_query_input(d, w, c, &in));
+    if (a->q_lora_rank > 0) TRY(be->ops.linear_forward(be, q, in, w->q_b_proj, tensor_none()));
+    else TRY(be->ops.linear_forward(be, q, in, w->q_proj, w->q_bias));
+    return be->ops.rope_forward(be, reshape3(q, 1, H, dq), a->qk_nope_head_dim, m->mla_cos[l], m->mla_sin[l], d->pos);
+}
+
+/* Attention in the latent space over the cached latents c_j [n, 1, r] and rope keys [n, dr]: the
+ * latent query [H, r + dr] from the folded projection (RoPE on each head's last dr dims). */
+static Status mla_absorbed_attention(Decoder *d, const LayerWeights *w, int l, LayerCache *c, Tensor latent,
+                                     Tensor rope_keys) {
     Model *m = d->m;
     Backend *be = d->be;
     const Ops *op = &be->ops;
     const MlaDims *a = &m->cfg.mla;
-    const int64_t H = m->cfg.num_attention_heads, dq = a->qk_nope_head_dim + a->qk_rope_head_dim;
-    if (a->q_lora_rank > 0) {
-        TRY(op->linear_forward(be, c->q_a, c->a, w->q_a_proj, w->q_a_bias));
-        if (a->q_norm) TRY(op->rmsnorm_forward(be, c->q_a_n, c->q_a_rstd, c->q_a, w->q_a_norm, MLA_LATENT_NORM_EPS));
-        TRY(op->linear_forward(be, q, c->q_a_n, w->q_b_proj, tensor_none()));
-    } else {
-        TRY(op->linear_forward(be, q, c->a, w->q_proj, w->q_bias));
-    }
-    return op->rope_forward(be, reshape3(q, 1, H, dq), a->qk_nope_head_dim, m->mla_cos[l], m->mla_sin[l], d->pos);
-}
-
-/* Attention in the latent space over the cached latents c_j [n, 1, r] and rope keys [n, dr]. */
-static Status mla_absorbed_attention(Decoder *d, int l, LayerCache *c, Tensor q, Tensor latent, Tensor rope_keys) {
-    Backend *be = d->be;
-    const Ops *op = &be->ops;
-    const MlaDims *a = &d->m->cfg.mla;
     const AbsorbedLayer *ab = &d->absorbed[l];
-    const int64_t H = d->m->cfg.num_attention_heads, r = a->kv_lora_rank, dr = a->qk_rope_head_dim;
-    const int64_t dn = a->qk_nope_head_dim, dq = dn + dr;
-    for (int64_t h = 0; h < H; h++) {
-        /* with dn = 0 the latent part stays zero: no query reads the latent as a key */
-        if (dn > 0)
-            TRY(op->linear_forward(be, view_at(d->q_lat, h * (r + dr), 2, (int64_t[]){1, r}),
-                                   view_at(q, h * dq, 2, (int64_t[]){1, dn}),
-                                   view_at(ab->uk_t, h * r * dn, 2, (int64_t[]){r, dn}), tensor_none()));
-        TRY(op->cast(be, view_at(d->q_lat, h * (r + dr) + r, 1, (int64_t[]){dr}),
-                     view_at(q, h * dq + dn, 1, (int64_t[]){dr})));
-    }
+    const int64_t H = m->cfg.num_attention_heads, r = a->kv_lora_rank, dr = a->qk_rope_head_dim;
+    const int64_t dq = a->qk_nope_head_dim + dr;
+    Tensor in;
+    TRY(mla_query_input(d, w, c, &in));
+    TRY(op->linear_forward(be, reshape2(d->q_lat, 1, H * (r + dr)), in, ab->q_abs, ab->q_abs_bias));
+    TRY(op->rope_forward(be, reshape3(d->q_lat, 1, H, r + dr), r, m->mla_cos[l], m->mla_sin[l], d->pos));
     TRY(op->attention_decode(be, d->attn_lat, d->q_lat, latent, rope_keys, latent, 1.0f / sqrtf((float)dq)));
     return op->linear_residual_forward(be, c->h, reshape2(d->attn_lat, 1, H * r), ab->o_abs, c->x);
 }
@@ -366,7 +405,7 @@ static Status mla_step(Decoder *d, int l, LayerCache *c, int64_t t) {
     Tensor latent_row = kv_cache_row(lk->latent, t), rope_row = kv_cache_row(lk->rope_key, t);
 
     TRY(op->rmsnorm_forward(be, c->a, c->rstd1, c->x, w->input_norm, (float)m->cfg.rms_norm_eps));
-    TRY(mla_query(d, w, c, q, l));
+    if (d->mode == DECODE_MLA_EXPANDED) TRY(mla_query(d, w, c, q, l));
     /* This token's latent and rope key go straight into the cache. */
     if (a->latent_norm) {
         Tensor lat = reshape2(c->c, 1, r);
@@ -379,7 +418,7 @@ static Status mla_step(Decoder *d, int l, LayerCache *c, int64_t t) {
     TRY(op->rope_forward(be, reshape3(rope_row, 1, 1, dr), 0, m->mla_cos[l], m->mla_sin[l], d->pos));
 
     Tensor latent = kv_cache_rows(lk->latent, n, 1), rope_keys = reshape2(lk->rope_key, n, dr);
-    if (d->mode == DECODE_MLA_ABSORBED) return mla_absorbed_attention(d, l, c, q, latent, rope_keys);
+    if (d->mode == DECODE_MLA_ABSORBED) return mla_absorbed_attention(d, w, l, c, latent, rope_keys);
     return mla_expanded_attention(d, w, c, q, latent, rope_keys, n);
 }
 

@@ -87,6 +87,12 @@ int main(void) {
         check_op(gpu, cpu, dts[i], 6, 2, 7, 0, 9, 300);      /* past one chunk */
         check_op(gpu, cpu, dts[i], 5, 1, 12, 4, 12, 600);    /* absorbed MLA: latent as k and v, rope key shared */
         check_op(gpu, cpu, dts[i], 3, 3, 0, 4, 5, 257);      /* no per-head key part (dn = 0) */
+        /* The chunk length follows n and Hk (256 keys down to 32): the 6x SmolLM2 student's absorbed
+         * shapes at a 4k context (32-key chunks, 129 of them, more heads than warps), 256-key chunks,
+         * and DeepSeek-V2's latent 512 + rope 64 (lanes striding over wide rows). */
+        check_op(gpu, cpu, dts[i], 9, 1, 48, 16, 48, 4100);
+        check_op(gpu, cpu, dts[i], 8, 8, 16, 0, 16, 8200);
+        check_op(gpu, cpu, dts[i], 16, 1, 512, 64, 512, 300);
     }
     ModelConfig teacher = tiny_teacher_config(1), mla = tiny_student_config(0x3, 0, 1);
     ModelConfig hybrid = tiny_student_config(0x2, 6, 0);

@@ -1,66 +1,81 @@
 /* Decoding attention on the GPU: one token against the KV cache, GQA and absorbed MLA alike, split
- * over the keys as on the CPU. One block per (kv head, chunk of 256 cached tokens): a thread per
- * key forms its score for each query head of the group, the block's max and sum of exponentials
- * come from fixed-tree reductions, and the weighted values of the chunk are summed over its keys in
- * order, a thread per value dim. A second kernel combines the chunks of each head in order. Float32
- * math on f32 or bf16 storage; no atomics, so the bits depend on the sizes alone. */
+ * over the keys as on the CPU. One block per (kv head, chunk of cached tokens), its warps taking the
+ * group's query heads in turn: a warp forms a head's scores key by key (lanes over the key's dims,
+ * one butterfly sum), its max and sum of exponentials, and the chunk's weighted values (lanes over
+ * the value dims, keys in order). A second kernel combines the chunks of each head in order. The
+ * chunk length comes from the sizes alone, short enough that even one kv head (absorbed MLA, whose
+ * heads all read one latent) fills the GPU at long contexts. Float32 math on f32 or bf16 storage; no
+ * atomics, so the bits depend on the sizes alone. */
 #include <math.h>
 
-#include "block_reduce.cuh"
 #include "cuda_ops.h"
 #include "cuda_state.h"
 #include "storage.cuh"
 
-/* Cached tokens per block: one per thread of a reduction block. */
-#define DECODE_CHUNK REDUCE_BLOCK_THREADS
+enum { DECODE_WARPS = 4, DECODE_THREADS = 32 * DECODE_WARPS, DECODE_MAX_CHUNK = 256, DECODE_MIN_CHUNK = 32 };
 static const int COMBINE_THREADS = 128;
 
-/* Max over the block of v (the fixed tree of block_sum); every thread gets it. */
-__device__ static float block_max(float v, float *shared) {
-    shared[threadIdx.x] = v;
-    __syncthreads();
-    for (int stride = REDUCE_BLOCK_THREADS / 2; stride > 0; stride /= 2) {
-        if (threadIdx.x < stride) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + stride]);
-        __syncthreads();
-    }
-    float m = shared[0];
-    __syncthreads();
-    return m;
+/* Keys per block: the longest of 256, 128, 64, 32 that still makes 256 blocks (about two per SM of
+ * an H100), so that the bits depend on n and Hk alone, not on the device. */
+static int64_t decode_chunk(int64_t n, int64_t Hk) {
+    int64_t chunk = DECODE_MAX_CHUNK;
+    while (chunk > DECODE_MIN_CHUNK && Hk * ((n + chunk - 1) / chunk) < 256) chunk /= 2;
+    return chunk;
+}
+
+/* The sum over the warp, the same butterfly (and bits) in every lane. */
+__device__ static inline float decode_warp_sum(float x) {
+    for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
 }
 
 /* Per (kv head g, chunk c) and query head hi of g's group: mx = the chunk's max score, sum = its
- * sum of exp(score - mx), acc[Dv] = its sum of exp(score - mx) v. */
+ * sum of exp(score - mx), acc[Dv] = its sum of exp(score - mx) v. Dynamic shared memory: per warp,
+ * the head's query (Dq floats) and the chunk's scores, then weights (chunk floats). */
 template <typename T>
-__global__ void attention_decode_chunks(float *mx, float *sum, float *acc, const T *q, const T *k, const T *ks,
-                                        const T *v, int64_t n, int64_t Hk, int64_t group, int64_t Dk, int64_t Ds,
-                                        int64_t Dv, int64_t nchunks, float scale) {
-    __shared__ float red[REDUCE_BLOCK_THREADS];
-    __shared__ float p[DECODE_CHUNK];
-    const int64_t g = blockIdx.x, c = blockIdx.y, j0 = c * DECODE_CHUNK, j = j0 + threadIdx.x;
-    const int64_t len = n - j0 < DECODE_CHUNK ? n - j0 : DECODE_CHUNK, Dq = Dk + Ds, task = g * nchunks + c;
-    for (int64_t hi = 0; hi < group; hi++) {
+__global__ void __launch_bounds__(DECODE_THREADS)
+    attention_decode_chunks(float *mx, float *sum, float *acc, const T *q, const T *k, const T *ks, const T *v,
+                            int64_t n, int64_t Hk, int64_t group, int64_t Dk, int64_t Ds, int64_t Dv, int64_t nchunks,
+                            int64_t chunk, float scale) {
+    extern __shared__ float smem[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t g = blockIdx.x, c = blockIdx.y, j0 = c * chunk, Dq = Dk + Ds, task = g * nchunks + c;
+    const int64_t len = n - j0 < chunk ? n - j0 : chunk;
+    float *qw = smem + warp * (Dq + chunk), *pw = qw + Dq;
+    for (int64_t hi = warp; hi < group; hi += DECODE_WARPS) {
         const T *qh = q + (g * group + hi) * Dq;
-        float s = -INFINITY;
-        if (j < n) {
+        for (int64_t i = lane; i < Dq; i += 32) qw[i] = to_f32(qh[i]);
+        __syncwarp();
+        float m = -INFINITY;
+        for (int64_t jj = 0; jj < len; jj++) {
+            const int64_t j = j0 + jj;
+            const T *kj = k + (j * Hk + g) * Dk;
             float d = 0.0f;
-            for (int64_t i = 0; i < Dk; i++) d += to_f32(qh[i]) * to_f32(k[(j * Hk + g) * Dk + i]);
-            for (int64_t i = 0; i < Ds; i++) d += to_f32(qh[Dk + i]) * to_f32(ks[j * Ds + i]);
-            s = scale * d;
+            for (int64_t i = lane; i < Dk; i += 32) d += qw[i] * to_f32(kj[i]);
+            for (int64_t i = lane; i < Ds; i += 32) d += qw[Dk + i] * to_f32(ks[j * Ds + i]);
+            const float s = scale * decode_warp_sum(d);
+            if (lane == (int)(jj % 32)) pw[jj] = s;
+            m = fmaxf(m, s);
         }
-        const float m = block_max(s, red);
-        const float e = j < n ? expf(s - m) : 0.0f;
-        p[threadIdx.x] = e;
-        const float l = block_sum(e, red); /* its barriers also publish p */
-        for (int64_t d = threadIdx.x; d < Dv; d += blockDim.x) {
+        __syncwarp();
+        float l = 0.0f;
+        for (int64_t jj = lane; jj < len; jj += 32) {
+            const float e = expf(pw[jj] - m);
+            pw[jj] = e;
+            l += e;
+        }
+        l = decode_warp_sum(l);
+        __syncwarp();
+        for (int64_t d = lane; d < Dv; d += 32) {
             float o = 0.0f;
-            for (int64_t jj = 0; jj < len; jj++) o += p[jj] * to_f32(v[((j0 + jj) * Hk + g) * Dv + d]);
+            for (int64_t jj = 0; jj < len; jj++) o += pw[jj] * to_f32(v[((j0 + jj) * Hk + g) * Dv + d]);
             acc[(task * group + hi) * Dv + d] = o;
         }
-        if (threadIdx.x == 0) {
+        if (lane == 0) {
             mx[task * group + hi] = m;
             sum[task * group + hi] = l;
         }
-        __syncthreads(); /* p is rewritten for the next head */
+        __syncwarp(); /* qw and pw are rewritten for the warp's next head */
     }
 }
 
@@ -92,9 +107,13 @@ Status cuda_attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor
     TRY(storage_dtype(op, args, 5, &dt));
     DecodeDims dm;
     TRY(attention_decode_check(out, q, k, k_shared, v, scale, dt, &dm));
-    const int64_t group = dm.H / dm.Hk, nchunks = (dm.n + DECODE_CHUNK - 1) / DECODE_CHUNK;
+    const int64_t group = dm.H / dm.Hk, chunk = decode_chunk(dm.n, dm.Hk), nchunks = (dm.n + chunk - 1) / chunk;
     if (nchunks > 65535) return errorf("%s: %lld cached tokens, more than this kernel's %lld", op, (long long)dm.n,
-                                       (long long)65535 * DECODE_CHUNK);
+                                       (long long)65535 * chunk);
+    const size_t smem_bytes = (size_t)DECODE_WARPS * (size_t)(dm.Dk + dm.Ds + chunk) * sizeof(float);
+    if (smem_bytes > 48 * 1024)
+        return errorf("%s: query heads of width %lld need %zu bytes of shared memory, more than this kernel's 48 KiB", op,
+                      (long long)(dm.Dk + dm.Ds), smem_bytes);
     const int64_t partials = dm.Hk * nchunks * group;
     size_t total = 0;
     const size_t at_mx = cuda_scratch_size(&total, (size_t)partials * sizeof(float));
@@ -107,9 +126,9 @@ Status cuda_attention_decode(Backend *be, Tensor out, Tensor q, Tensor k, Tensor
     cudaStream_t stream = cuda_state(be)->stream;
     const dim3 grid((unsigned)dm.Hk, (unsigned)nchunks);
     WITH_STORAGE(dt, T, {
-        attention_decode_chunks<T><<<grid, REDUCE_BLOCK_THREADS, 0, stream>>>(
+        attention_decode_chunks<T><<<grid, DECODE_THREADS, smem_bytes, stream>>>(
             mx, sum, acc, (const T *)q.data, (const T *)k.data, dm.Ds ? (const T *)k_shared.data : (const T *)NULL,
-            (const T *)v.data, dm.n, dm.Hk, group, dm.Dk, dm.Ds, dm.Dv, nchunks, scale);
+            (const T *)v.data, dm.n, dm.Hk, group, dm.Dk, dm.Ds, dm.Dv, nchunks, chunk, scale);
         attention_decode_combine<T><<<(unsigned)dm.H, COMBINE_THREADS, 0, stream>>>((T *)out.data, mx, sum, acc, group,
                                                                                    nchunks, dm.Dv);
     });
