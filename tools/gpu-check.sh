@@ -11,6 +11,10 @@
 #   hf         the carried student: stock transformers on the GPU against the CPU's logits and loss
 #              (recorded by gpu-prepare.sh), and `mlatrain eval` on the GPU, bf16 and fp32, against
 #              transformers' loss
+#   decode     tools/decode-bench.sh on the GPU: a SmolLM2-135M-shaped Llama with random weights
+#              (made here by transformers: decode time does not depend on the values, and real
+#              weights are too large to carry) against the 6x MLA student convert makes from it,
+#              contexts 512 to 8192, bf16
 #   bench      tools/gpu-bench.sh's bench: ours on bench_1b (and --op-times) beside PyTorch eager
 #              and torch.compile, then bench_8b_1b beside eager
 #   probe      tools/gpu-bench.sh's probe: the largest batch that fits, ours and PyTorch
@@ -21,7 +25,7 @@
 # stage that ran passed.
 #
 # Environment (all optional):
-#   STAGES      comma- or space-separated (default env,deps,build,tests,memcheck,hf,bench,probe)
+#   STAGES      comma- or space-separated (default env,deps,build,tests,memcheck,hf,decode,bench,probe)
 #   SKIP        stages to take out of that list (e.g. SKIP=bench,probe)
 #   NO_GPU=1    a dry run on a machine without a GPU: the stages that need one report skipped
 #   BUDGET_S    seconds for the whole run (default 510)
@@ -43,9 +47,9 @@ cd "$(dirname "$0")/.." || exit 1
 start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-510}))
 
-ALL_STAGES=(env deps build tests memcheck hf bench probe racecheck)
-GPU_STAGES=" tests memcheck hf bench probe racecheck "
-stages=" $(echo "${STAGES:-env,deps,build,tests,memcheck,hf,bench,probe}" | tr ',' ' ') "
+ALL_STAGES=(env deps build tests memcheck hf decode bench probe racecheck)
+GPU_STAGES=" tests memcheck hf decode bench probe racecheck "
+stages=" $(echo "${STAGES:-env,deps,build,tests,memcheck,hf,decode,bench,probe}" | tr ',' ' ') "
 for s in $stages $(echo "${SKIP:-}" | tr ',' ' '); do
     [[ " ${ALL_STAGES[*]} " == *" $s "* ]] || { echo "gpu-check: unknown stage '$s' (${ALL_STAGES[*]})" >&2; exit 2; }
 done
@@ -89,7 +93,7 @@ left() { echo $((deadline - $(date +%s))); }
 stage_note=""
 deps_failed=""
 build_failed=""
-NEEDS_BUILD=" tests memcheck hf bench probe bench+probe racecheck "
+NEEDS_BUILD=" tests memcheck hf decode bench probe bench+probe racecheck "
 stage() {
     local name=$1 min=$2 fn=$3 t0 rc
     if ! want "$name"; then
@@ -377,6 +381,36 @@ EOF
     return $fails
 }
 
+decode_stage() {
+    local d="$build/decode-models" rc
+    load_env
+    rm -rf "$d" && mkdir -p "$d" || return 1
+    bounded 90 "$python" - "$d/teacher" <<'EOF' || { echo "could not write the random teacher"; return 1; }
+import sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                  num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                  rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+torch.manual_seed(0)
+LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1])
+EOF
+    # The 6x student of tools/quality-bench.sh's table (r 48 + dr 16 against 2 x 3 x 64), from the
+    # weights alone: the calibrated conversion's quality is beside the point of a speed figure.
+    printf '{"run": {"dir": "%s"}, "student": {"init_from": "%s", "mla": {"kv_lora_rank": 48, "qk_rope_head_dim": 16, "qk_nope_head_dim": 64, "v_head_dim": 64, "init": "svd", "rope_select": "uniform", "latent_basis": "weights", "output_fit": "none", "calibration_tokens": 512}}}\n' \
+        "$d/run" "$d/teacher" >"$d/convert.json"
+    if ! bounded 120 "$build/mlatrain" convert --config "$d/convert.json" --out "$d/student" >"$logs/decode-convert.log" 2>&1; then
+        tail -n 5 "$logs/decode-convert.log"
+        return 1
+    fi
+    MLATRAIN="$build/mlatrain" bounded 150 tools/decode-bench.sh "$d/teacher" "$d/student" --device cuda --new 32 \
+        >"$logs/decode-table.md" 2>&1
+    rc=$?
+    cat "$logs/decode-table.md"
+    stage_note=$(grep -E '^\| 4096 \| student' "$logs/decode-table.md" | awk -F'|' '{gsub(/ /, "", $8); print "student/teacher decode at 4k: " $8}')
+    rm -rf "$d"
+    return $rc
+}
+
 bench_stage() {
     local which=$1 l
     l=$(($(left) - 10))
@@ -392,6 +426,7 @@ stage build 60 build_stage
 stage tests 30 tests_stage
 stage memcheck 40 memcheck_stage
 stage hf 30 hf_stage
+stage decode 60 decode_stage
 # bench and probe share one tools/gpu-bench.sh run (one table); its budget is what is left.
 bench_which=""
 want bench && bench_which=bench
@@ -421,6 +456,7 @@ stage racecheck 60 racecheck_stage
         [ -f "$f" ] && echo "$(basename "$f" .log): $(grep SUMMARY "$f" | tail -n 1) $(grep -E '^test_gpu_[a-z]+:' "$f" | tail -n 1)"
     done
     [ -f "$logs/hf.log" ] && { echo; echo "---- hf"; cat "$logs/hf.log"; }
+    [ -f "$logs/decode-table.md" ] && { echo; echo "---- decode (random SmolLM2-shaped teacher, 6x student, bf16)"; cat "$logs/decode-table.md"; }
     [ -f "$logs/bench/table.txt" ] && { echo; echo "---- bench"; cat "$logs/bench/table.txt"; }
     echo
     cat "$notes"
