@@ -15,6 +15,8 @@
 #              (made here by transformers: decode time does not depend on the values, and real
 #              weights are too large to carry) against the 6x MLA student convert makes from it,
 #              contexts 512 to 8192, bf16
+#   attention  tools/bench-attention.sh: the attention kernels forward and backward beside PyTorch's
+#              scaled_dot_product_attention at bench_1b's and bench_8b_1b's shapes
 #   bench      tools/gpu-bench.sh's bench: ours on bench_1b (and --op-times) beside PyTorch eager
 #              and torch.compile, then bench_8b_1b beside eager
 #   probe      tools/gpu-bench.sh's probe: the largest batch that fits, ours and PyTorch
@@ -25,7 +27,7 @@
 # stage that ran passed.
 #
 # Environment (all optional):
-#   STAGES      comma- or space-separated (default env,deps,build,tests,memcheck,hf,decode,bench,probe)
+#   STAGES      comma- or space-separated (default env,deps,build,tests,memcheck,hf,decode,attention,bench,probe)
 #   SKIP        stages to take out of that list (e.g. SKIP=bench,probe)
 #   NO_GPU=1    a dry run on a machine without a GPU: the stages that need one report skipped
 #   BUDGET_S    seconds for the whole run (default 510)
@@ -47,9 +49,9 @@ cd "$(dirname "$0")/.." || exit 1
 start=$(date +%s)
 deadline=$((start + ${BUDGET_S:-510}))
 
-ALL_STAGES=(env deps build tests memcheck hf decode bench probe racecheck)
-GPU_STAGES=" tests memcheck hf decode bench probe racecheck "
-stages=" $(echo "${STAGES:-env,deps,build,tests,memcheck,hf,decode,bench,probe}" | tr ',' ' ') "
+ALL_STAGES=(env deps build tests memcheck hf decode attention bench probe racecheck)
+GPU_STAGES=" tests memcheck hf decode attention bench probe racecheck "
+stages=" $(echo "${STAGES:-env,deps,build,tests,memcheck,hf,decode,attention,bench,probe}" | tr ',' ' ') "
 for s in $stages $(echo "${SKIP:-}" | tr ',' ' '); do
     [[ " ${ALL_STAGES[*]} " == *" $s "* ]] || { echo "gpu-check: unknown stage '$s' (${ALL_STAGES[*]})" >&2; exit 2; }
 done
@@ -93,7 +95,7 @@ left() { echo $((deadline - $(date +%s))); }
 stage_note=""
 deps_failed=""
 build_failed=""
-NEEDS_BUILD=" tests memcheck hf decode bench probe bench+probe racecheck "
+NEEDS_BUILD=" tests memcheck hf decode attention bench probe bench+probe racecheck "
 stage() {
     local name=$1 min=$2 fn=$3 t0 rc
     if ! want "$name"; then
@@ -168,7 +170,7 @@ env_stage() {
 }
 
 # ---- deps ----
-PKG_MODULES=(openblas lapacke libcjson hdf5-serial)
+PKG_MODULES=(openblas lapacke libcjson hdf5-serial libpcre2-8 libutf8proc)
 deps_cmake_args=()
 deps_lib_path=""
 
@@ -215,11 +217,12 @@ deps_stage() {
         cp "$multi/openblas-openmp/pkgconfig/blas-openblas.pc" "$root/pkgconfig/blas.pc" &&
         cp "$multi/openblas-openmp/pkgconfig/lapack-openblas.pc" "$root/pkgconfig/lapack.pc" &&
         cp "$multi/pkgconfig/lapacke.pc" "$multi/pkgconfig/libcjson.pc" "$multi/pkgconfig/hdf5-serial.pc" \
-            "$root/pkgconfig/" || return 1
+            "$multi/pkgconfig/libpcre2-8.pc" "$multi/pkgconfig/libutf8proc.pc" "$root/pkgconfig/" || return 1
     sed -i -E "s#(^|[=[:space:]]|-I|-L)/usr#\1$root/usr#g" "$root/pkgconfig"/*.pc
-    # lapacke.h and cjson/ sit in /usr/include, which the compiler searches by itself; the unpacked
-    # copies are named, so that they come before any of the machine's.
-    sed -i "s#^Cflags:.*#& -I$root/usr/include#" "$root/pkgconfig/lapacke.pc" "$root/pkgconfig/libcjson.pc"
+    # lapacke.h, cjson/, pcre2.h and utf8proc.h sit in /usr/include, which the compiler searches by
+    # itself; the unpacked copies are named, so that they come before any of the machine's.
+    sed -i "s#^Cflags:.*#& -I$root/usr/include#" "$root/pkgconfig/lapacke.pc" "$root/pkgconfig/libcjson.pc" \
+        "$root/pkgconfig/libpcre2-8.pc" "$root/pkgconfig/libutf8proc.pc"
     # The libraries the build links against always come from here; the ones they load only where
     # the machine has no library of that name (its own, possibly newer, is kept). Debian's
     # alternatives links (libblas.so.3, liblapack.so.3) are made by hand.
@@ -227,7 +230,8 @@ deps_stage() {
     for lib in "$multi"/*.so* "$multi"/openblas-openmp/*.so* "$multi"/hdf5/serial/*.so* "$root"/lib/x86_64-linux-gnu/*.so*; do
         [ -e "$lib" ] || continue
         case "$(basename "$lib")" in
-        libcjson* | libopenblas* | libblas* | liblapack* | libtmglib* | libhdf5* | libpkgconf*) ln -sf "$lib" "$root/lib/" ;;
+        libcjson* | libopenblas* | libblas* | liblapack* | libtmglib* | libhdf5* | libpkgconf* | libpcre2-8* | libutf8proc*)
+            ln -sf "$lib" "$root/lib/" ;;
         *) [ "${DEPS_LINK_ALL:-0}" != 1 ] &&
             "$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | grep -q "^[[:space:]]*$(basename "$lib") " ||
             ln -sf "$lib" "$root/lib/" ;;
@@ -411,6 +415,16 @@ EOF
     return $rc
 }
 
+attention_stage() {
+    load_env
+    BUILD_DIR="$build" PYTHON="$python" bounded 90 tools/bench-attention.sh --device cuda \
+        --out "$logs/attention.jsonl" >"$logs/attention-table.md" 2>&1
+    local rc=$?
+    cat "$logs/attention-table.md"
+    stage_note=$(grep -E '^\| 1b student \(MLA\) \| backward' "$logs/attention-table.md" | awk -F'|' '{gsub(/ /, "", $8); print "student backward vs SDPA: " $8}')
+    return $rc
+}
+
 bench_stage() {
     local which=$1 l
     l=$(($(left) - 10))
@@ -427,6 +441,7 @@ stage tests 30 tests_stage
 stage memcheck 40 memcheck_stage
 stage hf 30 hf_stage
 stage decode 60 decode_stage
+stage attention 30 attention_stage
 # bench and probe share one tools/gpu-bench.sh run (one table); its budget is what is left.
 bench_which=""
 want bench && bench_which=bench
@@ -456,6 +471,7 @@ stage racecheck 60 racecheck_stage
         [ -f "$f" ] && echo "$(basename "$f" .log): $(grep SUMMARY "$f" | tail -n 1) $(grep -E '^test_gpu_[a-z]+:' "$f" | tail -n 1)"
     done
     [ -f "$logs/hf.log" ] && { echo; echo "---- hf"; cat "$logs/hf.log"; }
+    [ -f "$logs/attention-table.md" ] && { echo; echo "---- attention (bf16, B 4, T 2048)"; cat "$logs/attention-table.md"; }
     [ -f "$logs/decode-table.md" ] && { echo; echo "---- decode (random SmolLM2-shaped teacher, 6x student, bf16)"; cat "$logs/decode-table.md"; }
     [ -f "$logs/bench/table.txt" ] && { echo; echo "---- bench"; cat "$logs/bench/table.txt"; }
     echo

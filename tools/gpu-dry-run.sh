@@ -18,9 +18,10 @@ carry=${CARRY_DIR:-.gpu-carry}
 rm -rf "$dry" && git clone -q "$(pwd)" "$dry" && cp -a "$carry" "$dry/.gpu-carry" || exit 1
 echo "gpu-dry-run: $dry at $(git -C "$dry" rev-parse --short HEAD), $(du -sh "$dry/.gpu-carry" | cut -f1) carried"
 
-# The files of the machine's own packages of the build dependencies.
+# The files of the machine's own packages of the build dependencies (of PCRE2 only the development
+# files: grep and much else here load its runtime library).
 hidden_packages=$(dpkg-query -W -f='${Package}\n' 2>/dev/null |
-    grep -E '^(libopenblas|libcjson|liblapack|libblas|libhdf5|pkgconf|pkg-config|libpkgconf)' | sort -u)
+    grep -E '^(libopenblas|libcjson|liblapack|libblas|libhdf5|pkgconf|pkg-config|libpkgconf|libpcre2-dev|libutf8proc)' | sort -u)
 hide=$(mktemp)
 for p in $hidden_packages; do dpkg -L "$p" 2>/dev/null; done | while read -r f; do
     [ -f "$f" ] && [ ! -d "$f" ] && echo "$f"
@@ -37,6 +38,7 @@ if [ "$(id -u)" -eq 0 ] && unshare -m --propagation private true 2>/dev/null; th
         shift
         pkg-config --version >/dev/null 2>&1 && { echo "gpu-dry-run: pkg-config still runs" >&2; exit 1; }
         [ -s /usr/include/hdf5/serial/hdf5.h ] && { echo "gpu-dry-run: hdf5.h still visible" >&2; exit 1; }
+        [ -s /usr/include/pcre2.h ] && { echo "gpu-dry-run: pcre2.h still visible" >&2; exit 1; }
         "$@"' hide "$hide" "${check[@]}"
     rc=$?
 else

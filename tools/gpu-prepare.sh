@@ -33,7 +33,7 @@ python=${PYTHON:-python3}
 # What mlatrain's build needs from Debian (tools/install-deps.sh names the -dev packages), and
 # what is assumed on any machine with a C compiler: the sonames of glibc, GCC's runtime and OpenMP.
 SEED_PACKAGES=(pkgconf-bin libpkgconf3 libcjson-dev libcjson1 libopenblas-openmp-dev libopenblas0-openmp
-    liblapacke-dev liblapacke libhdf5-dev libhdf5-103-1)
+    liblapacke-dev liblapacke libhdf5-dev libhdf5-103-1 libpcre2-dev libpcre2-8-0 libutf8proc-dev libutf8proc2)
 BASE_SONAMES='^(libc|libm|libdl|librt|libpthread|libresolv|libutil|ld-linux-x86-64|libgcc_s|libstdc\+\+|libgomp)\.so'
 
 fail() {
