@@ -23,8 +23,10 @@ echo "gpu-dry-run: $dry at $(git -C "$dry" rev-parse --short HEAD), $(du -sh "$d
 hidden_packages=$(dpkg-query -W -f='${Package}\n' 2>/dev/null |
     grep -E '^(libopenblas|libcjson|liblapack|libblas|libhdf5|pkgconf|pkg-config|libpkgconf|libpcre2-dev|libutf8proc)' | sort -u)
 hide=$(mktemp)
+# Links are left out: a bind mount over a link covers its target, and libpcre2-dev's libpcre2-8.so
+# points at the runtime library that mount itself loads.
 for p in $hidden_packages; do dpkg -L "$p" 2>/dev/null; done | while read -r f; do
-    [ -f "$f" ] && [ ! -d "$f" ] && echo "$f"
+    [ -f "$f" ] && [ ! -L "$f" ] && echo "$f"
 done | sort -u >"$hide"
 # Debian's alternatives for BLAS and LAPACK live outside the packages' lists.
 ls /usr/lib/x86_64-linux-gnu/lib{blas,lapack}.so* /usr/include/x86_64-linux-gnu/cblas.h 2>/dev/null >>"$hide"
