@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, for a machine with an NVIDIA GPU, CUDA's compiler, CMake and
 # a python with PyTorch, and neither network nor apt: what tools/gpu-prepare.sh put in .gpu-carry/
-# stands in for apt. Stages, in this order, each under `timeout` and all within one time budget:
+# stands in for apt. Stages, each under `timeout` and all within one time budget, run in the order
+# env, deps, build, tests, attention, bench, probe, decode, hf, memcheck, racecheck (the figures
+# before the slower checks, so that one short call yields them):
 #   env        what the machine has: GPU, driver, nvcc, host compiler, CMake, python packages
 #   deps       the build dependencies: the machine's own where pkg-config finds them all, else the
 #              carried Debian packages unpacked (dpkg-deb -x, no dpkg database) into BUILD_DIR/deps
@@ -427,7 +429,7 @@ attention_stage() {
 
 bench_stage() {
     local which=$1 l
-    l=$(($(left) - 10))
+    l=$(($(left) - 10 - bench_reserve))
     TORCH_BENCH="$carry/bench/torch_distill.py" BUILD_DIR="$build" LOG_DIR="$logs/bench" BUDGET_S=$l \
         STAGES="$which" PYTHON="$python" tools/gpu-bench.sh
 }
@@ -438,11 +440,13 @@ stage env 5 env_stage
 stage deps 20 deps_stage
 stage build 60 build_stage
 stage tests 30 tests_stage
-stage memcheck 40 memcheck_stage
-stage hf 30 hf_stage
-stage decode 60 decode_stage
 stage attention 30 attention_stage
-# bench and probe share one tools/gpu-bench.sh run (one table); its budget is what is left.
+# bench and probe share one tools/gpu-bench.sh run (one table); its budget is what is left but the
+# time the later measuring stages need (the sanitizers come last: one call of the device tool is
+# too short for everything, and the figures matter first).
+bench_reserve=0
+want decode && bench_reserve=$((bench_reserve + 90))
+want hf && bench_reserve=$((bench_reserve + 45))
 bench_which=""
 want bench && bench_which=bench
 want probe && bench_which=${bench_which:+$bench_which,}probe
@@ -455,6 +459,9 @@ if [ -n "$bench_which" ]; then
     stages+="$name "
     stage "$name" 90 bench_and_probe_stage
 fi
+stage decode 60 decode_stage
+stage hf 30 hf_stage
+stage memcheck 40 memcheck_stage
 stage racecheck 60 racecheck_stage
 
 # ---- the summary ----

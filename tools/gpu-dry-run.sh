@@ -53,7 +53,7 @@ summary="$dry/out/gpu-check-summary.txt"
 [ -f "$summary" ] || { echo "gpu-dry-run: no summary written" >&2; exit 1; }
 sed -n '1,/^$/p;/^stage/,/^$/p' "$summary"
 status=$rc
-for s in tests memcheck hf bench+probe; do
+for s in tests memcheck hf decode attention bench+probe; do
     grep -E -q "^${s//+/\\+} +skipped \(no GPU" "$summary" || { echo "gpu-dry-run: stage $s did not report skipped"; status=1; }
 done
 [ -x "$dry/build-gpu/mlatrain" ] || { echo "gpu-dry-run: no mlatrain was built"; exit 1; }
