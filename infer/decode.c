@@ -64,6 +64,23 @@ static Status host_copy(Backend *be, Tensor t, float **out) {
     return st;
 }
 
+/* dst[0..n) = sum_k coef[k * coef_step] src[k * src_ld + 0..n), in double over blocks of columns, so
+ * that each source row is read contiguously; rounded once. */
+static void combine_rows(float *dst, int64_t n, const float *coef, int64_t coef_step, const float *src, int64_t src_ld,
+                         int64_t k) {
+    double acc[512];
+    for (int64_t c0 = 0; c0 < n; c0 += 512) {
+        const int64_t c1 = c0 + 512 < n ? c0 + 512 : n;
+        memset(acc, 0, sizeof acc);
+        for (int64_t j = 0; j < k; j++) {
+            const double w = coef[j * coef_step];
+            const float *row = src + j * src_ld;
+            for (int64_t c = c0; c < c1; c++) acc[c - c0] += w * row[c];
+        }
+        for (int64_t c = c0; c < c1; c++) dst[c] = (float)acc[c - c0];
+    }
+}
+
 /* Folds layer l's W_uk and W_uv (read from its float32 parameters; products in double, rounded
  * once) into the tensors absorbed decoding reads. */
 static Status absorb_layer(Decoder *d, int l, AbsorbedLayer *ab) {
@@ -98,33 +115,17 @@ static Status absorb_layer(Decoder *d, int l, AbsorbedLayer *ab) {
                 b_abs[row] = bq ? bq[h * dq + dn + (i - r)] : 0.0f;
                 continue;
             }
-            double bias = 0.0;
-            for (int64_t c = 0; c < din; c++) {
-                double acc = 0.0;
-                for (int64_t j = 0; j < dn; j++) acc += (double)uk[(h * dn + j) * r + i] * wq[(h * dq + j) * din + c];
-                dst[c] = (float)acc;
-            }
-            for (int64_t j = 0; bq && j < dn; j++) bias += (double)uk[(h * dn + j) * r + i] * bq[h * dq + j];
-            b_abs[row] = (float)bias;
+            const float *uk_col = uk ? uk + h * dn * r + i : NULL; /* W_uk[h*dn + j][i] at j * r */
+            combine_rows(dst, din, uk_col, r, wq + h * dq * din, din, dn);
+            if (bq) combine_rows(&b_abs[row], 1, uk_col, r, bq + h * dq, 1, dn);
+            else b_abs[row] = 0.0f;
         }
     }
     if (st == STATUS_OK) {
 #pragma omp parallel for schedule(static)
-        for (int64_t row = 0; row < D; row++) {
-            double acc[512];
-            for (int64_t h = 0; h < H; h++) {
-                for (int64_t i0 = 0; i0 < r; i0 += 512) {
-                    const int64_t i1 = i0 + 512 < r ? i0 + 512 : r;
-                    memset(acc, 0, sizeof acc);
-                    for (int64_t e = 0; e < dv; e++) {
-                        const double we = o[row * H * dv + h * dv + e];
-                        const float *uve = uv + (h * dv + e) * r;
-                        for (int64_t i = i0; i < i1; i++) acc[i - i0] += we * uve[i];
-                    }
-                    for (int64_t i = i0; i < i1; i++) o_abs[row * H * r + h * r + i] = (float)acc[i - i0];
-                }
-            }
-        }
+        for (int64_t row = 0; row < D; row++)
+            for (int64_t h = 0; h < H; h++)
+                combine_rows(o_abs + row * H * r + h * r, r, o + row * H * dv + h * dv, 1, uv + h * dv * r, r, dv);
     }
     if (st == STATUS_OK) st = d->be->alloc(d->be, &ab->q_abs, d->m->dtype, 2, (int64_t[]){H * (r + dr), din});
     if (st == STATUS_OK) st = backend_upload_f32(d->be, ab->q_abs, q_abs);
