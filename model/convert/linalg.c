@@ -8,21 +8,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
-    int64_t k = m < n ? m : n;
+static Status svd_check_input(const double *A, int64_t m, int64_t n) {
     if (m < 1 || n < 1) return errorf("svd: empty matrix [%lld, %lld]", (long long)m, (long long)n);
     if (m > INT32_MAX || n > INT32_MAX) return errorf("svd: matrix [%lld, %lld] too large for LAPACK", (long long)m, (long long)n);
     for (int64_t i = 0; i < m * n; i++)
         if (!isfinite(A[i])) return errorf("svd: the matrix holds a NaN or Inf (element %lld)", (long long)i);
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
-                                     (lapack_int)k, VT, (lapack_int)n);
-    openblas_set_num_threads(saved);
+    return STATUS_OK;
+}
+
+/* LAPACK's QR-iteration SVD; the caller has pinned OpenBLAS to one thread. */
+static lapack_int svd_dgesvd(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
+    int64_t k = m < n ? m : n;
+    double *superb = malloc((size_t)(k > 1 ? k - 1 : 1) * sizeof(double));
+    if (!superb) return -1000;
+    lapack_int info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'S', 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S,
+                                     U, (lapack_int)k, VT, (lapack_int)n, superb);
+    free(superb);
+    return info;
+}
+
+static Status svd_finish(lapack_int info, const char *routine, int64_t m, int64_t n, double *U, double *VT) {
+    if (info == -1000) return errorf("svd: out of memory for a [%lld, %lld] matrix", (long long)m, (long long)n);
     if (info != 0)
-        return errorf("svd: LAPACK dgesdd failed on a [%lld, %lld] matrix (info %d%s)", (long long)m, (long long)n,
-                      (int)info, info > 0 ? ": did not converge" : "");
+        return errorf("svd: LAPACK %s failed on a [%lld, %lld] matrix (info %d%s)", routine, (long long)m,
+                      (long long)n, (int)info, info > 0 ? ": did not converge" : "");
     /* Fix each singular vector pair's sign. */
+    int64_t k = m < n ? m : n;
     for (int64_t j = 0; j < k; j++) {
         int64_t arg = 0;
         for (int64_t i = 1; i < m; i++)
@@ -33,6 +44,41 @@ Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *V
         }
     }
     return STATUS_OK;
+}
+
+Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
+    Status st = svd_check_input(A, m, n);
+    if (st != STATUS_OK) return st;
+    int64_t k = m < n ? m : n;
+    /* dgesdd's divide and conquer can stop short of convergence on valid input: a product of rank
+     * far below its size, with a cluster of singular values at rounding level, did so in a real
+     * conversion. The QR-iteration dgesvd then starts again from a copy of the input. */
+    double *copy = malloc((size_t)(m * n) * sizeof(double));
+    if (!copy) return errorf("svd: out of memory for a [%lld, %lld] matrix", (long long)m, (long long)n);
+    memcpy(copy, A, (size_t)(m * n) * sizeof(double));
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
+                                     (lapack_int)k, VT, (lapack_int)n);
+    const char *routine = "dgesdd";
+    if (info > 0) {
+        memcpy(A, copy, (size_t)(m * n) * sizeof(double));
+        info = svd_dgesvd(A, m, n, U, S, VT);
+        routine = "dgesvd (after dgesdd did not converge)";
+    }
+    openblas_set_num_threads(saved);
+    free(copy);
+    return svd_finish(info, routine, m, n, U, VT);
+}
+
+Status svd_thin_qr(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
+    Status st = svd_check_input(A, m, n);
+    if (st != STATUS_OK) return st;
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = svd_dgesvd(A, m, n, U, S, VT);
+    openblas_set_num_threads(saved);
+    return svd_finish(info, "dgesvd", m, n, U, VT);
 }
 
 void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n) {

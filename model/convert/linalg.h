@@ -1,5 +1,5 @@
-/* Dense linear algebra for the conversion, in float64 on the host: the thin SVD (LAPACK's
- * divide-and-conquer dgesdd), run single-threaded so the result does not depend on thread count. */
+/* Dense linear algebra for the conversion, in float64 on the host: the thin SVD (LAPACK's dgesdd,
+ * dgesvd where it fails to converge), run single-threaded so the result does not depend on thread count. */
 #pragma once
 
 #include <stdint.h>
@@ -10,6 +10,10 @@
  * descending. Signs are made deterministic: the largest-magnitude entry of each column of U is
  * positive. */
 Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT);
+
+/* The same factorization by QR iteration alone (dgesvd): what svd_thin falls back to when dgesdd
+ * does not converge. Slower, and it converges where dgesdd's divide and conquer may not. */
+Status svd_thin_qr(double *A, int64_t m, int64_t n, double *U, double *S, double *VT);
 
 /* C [m, n] = A [m, k] B [k, n], all row-major float64 (single-threaded, fixed order). */
 void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
