@@ -158,7 +158,7 @@ __device__ static void stage_query_tile(const BackwardLayout &L, unsigned char *
  * dV += P^T dO and dK += dS^T Q with P^T and dS^T as A operands and dO, Q read transposed. Query
  * tiles before the key tile see none of its keys and are skipped. The shared key's columns go to
  * the f32 partials of this kv head. */
-template <int DQ_TILES, int DV_TILES>
+template <int DQ_TILES, int DV_TILES, int QUERY_BLOCKS>
 __global__ void __launch_bounds__(MMA_THREADS)
     attention_backward_dkdv_kernel(bf16 *dk, float *dks_partial, bf16 *dv, const bf16 *dout, const float *lse,
                                    const float *delta, const bf16 *q, const bf16 *k, const bf16 *ks, const bf16 *v,
@@ -200,27 +200,37 @@ __global__ void __launch_bounds__(MMA_THREADS)
         const float *sLse2 = (const float *)(smem + L.stream_stats + at), *sDelta = sLse2 + MMA_ROWS;
         const int64_t i0 = (int64_t)(jt + it % nq) * MMA_ROWS;
 
-        float p[8][4];
-        zero_pieces(p);
-        rows_times_rows_t(p, sK + warp * 16 * L.LDQ, L.LDQ, sQ, L.LDQ, L.DQP, lane);
         const bool diagonal = i0 == j0;
+        /* The tile's 64 queries in QUERY_BLOCKS blocks: the wider budgets take two blocks of 32,
+         * which leaves their gradient accumulators the registers that a whole 16 x 64 block of S
+         * and dP would take. */
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+        for (int qb = 0; qb < QUERY_BLOCKS; qb++) {
+            constexpr int P = 8 / QUERY_BLOCKS;
+            const int c0 = qb * 8 * P;
+            const bf16 *sQb = sQ + c0 * L.LDQ, *sdOb = sdO + c0 * L.LDV;
+            float p[P][4];
+            zero_pieces(p);
+            rows_times_rows_t(p, sK + warp * 16 * L.LDQ, L.LDQ, sQb, L.LDQ, L.DQP, lane);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int c = n * 8 + 2 * t + e % 2;
-                const int64_t gj = key0 + 8 * (e / 2), gi = i0 + c;
-                p[n][e] = diagonal && gi < gj ? 0.0f : exp2f(p[n][e] * scale_log2 - sLse2[c]);
-            }
-        pieces_times_rows<DV_TILES>(dv_acc, p, sdO, L.LDV, L.DVP, lane);
-        float dp[8][4];
-        zero_pieces(dp);
-        rows_times_rows_t(dp, sV + warp * 16 * L.LDV, L.LDV, sdO, L.LDV, L.DVP, lane);
+            for (int n = 0; n < P; n++)
 #pragma unroll
-        for (int n = 0; n < 8; n++)
+                for (int e = 0; e < 4; e++) {
+                    const int c = c0 + n * 8 + 2 * t + e % 2;
+                    const int64_t gj = key0 + 8 * (e / 2), gi = i0 + c;
+                    p[n][e] = diagonal && gi < gj ? 0.0f : exp2f(p[n][e] * scale_log2 - sLse2[c]);
+                }
+            pieces_times_rows<DV_TILES>(dv_acc, p, sdOb, L.LDV, L.DVP, lane);
+            float dp[P][4];
+            zero_pieces(dp);
+            rows_times_rows_t(dp, sV + warp * 16 * L.LDV, L.LDV, sdOb, L.LDV, L.DVP, lane);
 #pragma unroll
-            for (int e = 0; e < 4; e++) p[n][e] = scale * p[n][e] * (dp[n][e] - sDelta[n * 8 + 2 * t + e % 2]);
-        pieces_times_rows<DQ_TILES>(dk_acc, p, sQ, L.LDQ, L.DQP, lane);
+            for (int n = 0; n < P; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    p[n][e] = scale * p[n][e] * (dp[n][e] - sDelta[c0 + n * 8 + 2 * t + e % 2]);
+            pieces_times_rows<DQ_TILES>(dk_acc, p, sQb, L.LDQ, L.DQP, lane);
+        }
         __syncthreads();   /* every warp is done with this buffer before it is refilled */
     }
     cp_async_wait<0>();
@@ -282,7 +292,7 @@ size_t attention_backward_mma_smem(int Dq, int Dv) {
     return register_budget(L.DQP, L.DVP) ? L.bytes : attention_backward_wmma_smem(Dq, Dv);
 }
 
-template <int DQ_TILES, int DV_TILES>
+template <int DQ_TILES, int DV_TILES, int QUERY_BLOCKS>
 static Status launch_backward(Backend *be, const MmaAttentionShape *s, size_t bytes, void *dq, void *dk,
                               float *dk_shared_partial, void *dv, const void *dout, const float *lse, const void *q,
                               const void *k, const void *k_shared, const void *v, float scale, const float *delta) {
@@ -297,10 +307,10 @@ static Status launch_backward(Backend *be, const MmaAttentionShape *s, size_t by
         CUDA_TRY_LAUNCH();
     }
     if (dk || dv || dk_shared_partial) {
-        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DQ_TILES, DV_TILES>,
+        CUDA_TRY(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DQ_TILES, DV_TILES, QUERY_BLOCKS>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         dim3 grid((unsigned)(s->B * s->Hk), attention_row_tiles(s->T));
-        attention_backward_dkdv_kernel<DQ_TILES, DV_TILES><<<grid, MMA_THREADS, bytes, stream>>>(
+        attention_backward_dkdv_kernel<DQ_TILES, DV_TILES, QUERY_BLOCKS><<<grid, MMA_THREADS, bytes, stream>>>(
             (bf16 *)dk, dk_shared_partial, (bf16 *)dv, (const bf16 *)dout, lse, delta, (const bf16 *)q,
             (const bf16 *)k, (const bf16 *)k_shared, (const bf16 *)v, s->T, s->H, s->Hk, (int)s->Dk, (int)s->Ds,
             (int)s->Dv, s->group, scale);
@@ -319,13 +329,13 @@ Status attention_backward_mma(Backend *be, const MmaAttentionShape *s, void *dq,
     const BackwardLayout L = backward_layout((int)(s->Dk + s->Ds), (int)s->Dv);
     switch (register_budget(L.DQP, L.DVP)) {
     case 1:
-        return launch_backward<12, 8>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
+        return launch_backward<12, 8, 1>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
                                       scale, delta);
     case 2:
-        return launch_backward<16, 16>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
+        return launch_backward<16, 16, 2>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
                                        scale, delta);
     case 3:
-        return launch_backward<24, 16>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
+        return launch_backward<24, 16, 2>(be, s, L.bytes, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v,
                                        scale, delta);
     default:
         return attention_backward_wmma(be, s, dq, dk, dk_shared_partial, dv, dout, lse, q, k, k_shared, v, scale,

@@ -111,26 +111,31 @@ __device__ static void load_key_tile_async(bf16 *dst, int ld, const bf16 *k, con
     }
 }
 
-/* The warp-level products of the kernels, in warp_mma.cuh's register layouts. A warp's 16 x 64
- * block of scores (or probabilities, or score gradients) is acc[8][4]: piece n holds columns
- * 8n..8n+7, lane l rows l / 4 and l / 4 + 8 and of each piece the columns 2(l % 4), 2(l % 4) + 1. */
+/* The warp-level products of the kernels, in warp_mma.cuh's register layouts. A warp's 16 x 8P
+ * block of scores (or probabilities, or score gradients) is acc[P][4]: piece n holds columns
+ * 8n..8n+7, lane l rows l / 4 and l / 4 + 8 and of each piece the columns 2(l % 4), 2(l % 4) + 1.
+ * The kernels take a tile's 64 columns as one block (P = 8) or, where registers are short, as two
+ * (P = 4); each piece's sums run in the same order either way, so the bits do not change. */
 
-__device__ __forceinline__ void zero_pieces(float (&acc)[8][4]) {
+template <int P>
+__device__ __forceinline__ void zero_pieces(float (&acc)[P][4]) {
 #pragma unroll
-    for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int n = 0; n < P; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 }
 
-/* acc += A B^T: A the warp's 16 rows at a (ld lda), B the tile's 64 rows at b (ld ldb), both over
- * `width` columns (a multiple of 16). ldmatrix addresses: for A, lane l gives row l % 8 (+ 8 for
- * l / 8 odd) at column block l / 16 (a[0..3] = rows 0-7 / 8-15 at columns kk, then kk + 8); for B,
- * row l % 8 of piece n (n + 1 for l >= 16) at column block (l / 8) % 2. */
-__device__ __forceinline__ void rows_times_rows_t(float (&acc)[8][4], const bf16 *a, int lda, const bf16 *b, int ldb,
+/* acc += A B^T: A the warp's 16 rows at a (ld lda), B the 8P rows at b (ld ldb), both over `width`
+ * columns (a multiple of 16). ldmatrix addresses: for A, lane l gives row l % 8 (+ 8 for l / 8
+ * odd) at column block l / 16 (a[0..3] = rows 0-7 / 8-15 at columns kk, then kk + 8); for B, row
+ * l % 8 of piece n (n + 1 for l >= 16) at column block (l / 8) % 2. */
+template <int P>
+__device__ __forceinline__ void rows_times_rows_t(float (&acc)[P][4], const bf16 *a, int lda, const bf16 *b, int ldb,
                                                   int width, int lane) {
+    static_assert(P % 2 == 0, "pieces go in pairs");
     for (int kk = 0; kk < width; kk += 16) {
         uint32_t fa[4];
         ldmatrix_x4(fa, a + ((lane % 8) + 8 * ((lane / 8) % 2)) * lda + kk + 8 * (lane / 16));
 #pragma unroll
-        for (int n = 0; n < 8; n += 2) {
+        for (int n = 0; n < P; n += 2) {
             uint32_t fb[4];
             ldmatrix_x4(fb, b + (n * 8 + (lane % 8) + 8 * (lane / 16)) * ldb + kk + 8 * ((lane / 8) % 2));
             const uint32_t b0[2] = {fb[0], fb[1]}, b1[2] = {fb[2], fb[3]};
@@ -140,15 +145,16 @@ __device__ __forceinline__ void rows_times_rows_t(float (&acc)[8][4], const bf16
     }
 }
 
-/* out += P B: P the warp's 16 x 64 block in f32 pieces, rounded to bf16 as A operands (two
- * adjacent 8-column pieces are one 16-wide A fragment, no shuffles); B the tile's 64 rows at b
- * (ld ldb) read transposed by ldmatrix. out[N] covers columns up to 8N; pieces at or past `padded`
- * (a multiple of 16) are skipped. */
-template <int N>
-__device__ __forceinline__ void pieces_times_rows(float (&out)[N][4], const float (&p)[8][4], const bf16 *b, int ldb,
+/* out += P B: P the warp's 16 x 8P block in f32 pieces, rounded to bf16 as A operands (two
+ * adjacent 8-column pieces are one 16-wide A fragment, no shuffles); B the 8P rows at b (ld ldb)
+ * read transposed by ldmatrix. out[N] covers columns up to 8N; pieces at or past `padded` (a
+ * multiple of 16) are skipped. */
+template <int N, int P>
+__device__ __forceinline__ void pieces_times_rows(float (&out)[N][4], const float (&p)[P][4], const bf16 *b, int ldb,
                                                   int padded, int lane) {
+    static_assert(P % 2 == 0, "pieces go in pairs");
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
+    for (int kk = 0; kk < P / 2; kk++) {
         const uint32_t a[4] = {pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
                                pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                                pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
