@@ -1,5 +1,5 @@
-/* The conversion's thin SVD with both LAPACK drivers: dgesdd (svd_thin) and the QR-iteration dgesvd
- * it falls back to (svd_thin_qr), on full-rank, rank-deficient, tall and wide matrices. */
+/* The conversion's thin SVD and symmetric eigensolver with both LAPACK drivers each: divide and
+ * conquer, and the QR iteration they fall back to, on full-rank and rank-deficient matrices. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +110,71 @@ static void compare_drivers(const double *A, int64_t m, int64_t n, int64_t rank,
     free_factors(&qr);
 }
 
+typedef Status (*EigFn)(double *A, int64_t n, double *w, double *V);
+
+/* Factors the symmetric A (kept intact) with `eig` and checks what eig_sym promises: A V = V diag(w),
+ * V orthonormal, w descending, each column's largest-magnitude entry positive. */
+static double *eigen(EigFn eig, const char *driver, const double *A, int64_t n, double *w, const char *what) {
+    double *work = test_alloc((size_t)(n * n) * sizeof(double));
+    double *V = test_alloc((size_t)(n * n) * sizeof(double));
+    memcpy(work, A, (size_t)(n * n) * sizeof(double));
+    if (CHECK_OK(eig(work, n, w, V))) {
+        double norm = 0, resid = 0, ortho = 0;
+        int descending = 1, signs = 1;
+        for (int64_t i = 0; i < n * n; i++) norm += A[i] * A[i];
+        for (int64_t j = 0; j < n; j++) {
+            if (j > 0 && w[j] > w[j - 1]) descending = 0;
+            int64_t arg = 0;
+            for (int64_t i = 0; i < n; i++) {
+                double av = 0;
+                for (int64_t l = 0; l < n; l++) av += A[i * n + l] * V[l * n + j];
+                resid += (av - w[j] * V[i * n + j]) * (av - w[j] * V[i * n + j]);
+                if (fabs(V[i * n + j]) > fabs(V[arg * n + j])) arg = i;
+            }
+            if (V[arg * n + j] < 0) signs = 0;
+            for (int64_t k = 0; k < n; k++) {
+                double dot = 0;
+                for (int64_t i = 0; i < n; i++) dot += V[i * n + j] * V[i * n + k];
+                ortho = fmax(ortho, fabs(dot - (j == k)));
+            }
+        }
+        CHECK(sqrt(resid / norm) < 1e-12, "%s, %s: A V = V diag(w), rel residual %.3g", driver, what, sqrt(resid / norm));
+        CHECK(ortho < 1e-12, "%s, %s: V is orthonormal (worst %.3g)", driver, what, ortho);
+        CHECK(descending, "%s, %s: eigenvalues descending", driver, what);
+        CHECK(signs, "%s, %s: each eigenvector's largest-magnitude entry is positive", driver, what);
+    }
+    free(work);
+    return V;
+}
+
+/* A covariance-like A = X^T X / rows (rank min(rows, n)), as the conversion's moments are, through
+ * both drivers: the same eigenvalues, and the same leading eigenvectors. */
+static void compare_eigen(int64_t n, int64_t rows, const char *what) {
+    double *X = test_alloc((size_t)(rows * n) * sizeof(double));
+    double *XT = test_alloc((size_t)(n * rows) * sizeof(double));
+    double *A = test_alloc((size_t)(n * n) * sizeof(double));
+    double *w_dc = test_alloc((size_t)n * sizeof(double)), *w_qr = test_alloc((size_t)n * sizeof(double));
+    fill_normal_f64(X, rows * n, 40 + (uint64_t)n, 1.0);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t d = 0; d < n; d++) XT[d * rows + i] = X[i * n + d] / sqrt((double)rows) * (1.0 + 0.1 * (double)d);
+    matmul_f64_nt(XT, XT, A, n, rows, n);
+    double *V_dc = eigen(eig_sym, "dsyevd", A, n, w_dc, what);
+    double *V_qr = eigen(eig_sym_qr, "dsyev", A, n, w_qr, what);
+    double w_err = 0, v_err = 0;
+    for (int64_t j = 0; j < n; j++) w_err = fmax(w_err, fabs(w_dc[j] - w_qr[j]));
+    CHECK(w_err < 1e-12 * w_dc[0], "%s: eigenvalues agree between drivers (max diff %.3g of %.3g)", what, w_err, w_dc[0]);
+    for (int64_t j = 0; j < 4; j++)
+        for (int64_t i = 0; i < n; i++) v_err = fmax(v_err, fabs(V_dc[i * n + j] - V_qr[i * n + j]));
+    CHECK(v_err < 1e-8, "%s: the 4 leading eigenvectors agree between drivers (max diff %.3g)", what, v_err);
+    free(X);
+    free(XT);
+    free(A);
+    free(w_dc);
+    free(w_qr);
+    free(V_dc);
+    free(V_qr);
+}
+
 int main(void) {
     struct {
         int64_t m, n, rank;
@@ -127,9 +192,15 @@ int main(void) {
         free(A);
     }
 
+    compare_eigen(30, 200, "covariance of 200 rows, n 30");
+    compare_eigen(48, 12, "covariance of 12 rows, n 48 (rank 12)");
+
     double bad[6] = {1, 2, NAN, 4, 5, 6}, U[6], S[2], VT[6];
     CHECK_ERR(svd_thin(bad, 3, 2, U, S, VT), "NaN or Inf (element 2)");
     CHECK_ERR(svd_thin_qr(bad, 3, 2, U, S, VT), "NaN or Inf (element 2)");
     CHECK_ERR(svd_thin_qr(bad, 0, 2, U, S, VT), "empty matrix");
+    double bad_sym[4] = {1, INFINITY, INFINITY, 1}, w[2], V[4];
+    CHECK_ERR(eig_sym(bad_sym, 2, w, V), "NaN or Inf (element 1)");
+    CHECK_ERR(eig_sym_qr(bad_sym, 2, w, V), "NaN or Inf (element 1)");
     return test_finish("test_linalg");
 }

@@ -89,21 +89,9 @@ void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t 
     openblas_set_num_threads(saved);
 }
 
-Status eig_sym(double *A, int64_t n, double *w, double *V) {
-    if (n < 1 || n > INT32_MAX) return errorf("eigen: matrix size %lld out of range", (long long)n);
-    for (int64_t i = 0; i < n * n; i++)
-        if (!isfinite(A[i])) return errorf("eigen: the matrix holds a NaN or Inf (element %lld)", (long long)i);
-    double *asc = malloc((size_t)n * sizeof(double));
-    if (!asc) return errorf("eigen: out of memory");
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, A, (lapack_int)n, asc);
-    openblas_set_num_threads(saved);
-    if (info != 0) {
-        free(asc);
-        return errorf("eigen: LAPACK dsyevd failed on a [%lld, %lld] matrix (info %d)", (long long)n, (long long)n, (int)info);
-    }
-    /* LAPACK gives ascending order; reverse it, and fix each vector's sign. */
+/* Eigenvalues descending, and each vector's largest-magnitude entry made positive, from LAPACK's
+ * ascending output in A's columns. */
+static void eig_reorder(const double *A, const double *asc, int64_t n, double *w, double *V) {
     for (int64_t j = 0; j < n; j++) {
         int64_t src = n - 1 - j, arg = 0;
         w[j] = asc[src];
@@ -112,9 +100,50 @@ Status eig_sym(double *A, int64_t n, double *w, double *V) {
         double sign = A[arg * n + src] < 0 ? -1.0 : 1.0;
         for (int64_t i = 0; i < n; i++) V[i * n + j] = sign * A[i * n + src];
     }
+}
+
+/* divide_and_conquer: dsyevd, falling back to dsyev from a copy when it does not converge (as
+ * svd_thin does with dgesdd); otherwise dsyev alone. */
+static Status eig_sym_with(double *A, int64_t n, double *w, double *V, int divide_and_conquer) {
+    if (n < 1 || n > INT32_MAX) return errorf("eigen: matrix size %lld out of range", (long long)n);
+    for (int64_t i = 0; i < n * n; i++)
+        if (!isfinite(A[i])) return errorf("eigen: the matrix holds a NaN or Inf (element %lld)", (long long)i);
+    double *asc = malloc((size_t)n * sizeof(double));
+    double *copy = divide_and_conquer ? malloc((size_t)(n * n) * sizeof(double)) : NULL;
+    if (!asc || (divide_and_conquer && !copy)) {
+        free(asc);
+        free(copy);
+        return errorf("eigen: out of memory for a [%lld, %lld] matrix", (long long)n, (long long)n);
+    }
+    if (copy) memcpy(copy, A, (size_t)(n * n) * sizeof(double));
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = 1;
+    const char *routine = "dsyev";
+    if (divide_and_conquer) {
+        info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, A, (lapack_int)n, asc);
+        routine = "dsyevd";
+        if (info > 0) {
+            memcpy(A, copy, (size_t)(n * n) * sizeof(double));
+            routine = "dsyev (after dsyevd did not converge)";
+        }
+    }
+    if (info > 0) info = LAPACKE_dsyev(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n, A, (lapack_int)n, asc);
+    openblas_set_num_threads(saved);
+    free(copy);
+    if (info != 0) {
+        free(asc);
+        return errorf("eigen: LAPACK %s failed on a [%lld, %lld] matrix (info %d%s)", routine, (long long)n,
+                      (long long)n, (int)info, info > 0 ? ": did not converge" : "");
+    }
+    eig_reorder(A, asc, n, w, V);
     free(asc);
     return STATUS_OK;
 }
+
+Status eig_sym(double *A, int64_t n, double *w, double *V) { return eig_sym_with(A, n, w, V, 1); }
+
+Status eig_sym_qr(double *A, int64_t n, double *w, double *V) { return eig_sym_with(A, n, w, V, 0); }
 
 void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n) {
     int saved = openblas_get_num_threads();

@@ -1,5 +1,5 @@
-/* Dense linear algebra for the conversion, in float64 on the host: the thin SVD (LAPACK's dgesdd,
- * dgesvd where it fails to converge), run single-threaded so the result does not depend on thread count. */
+/* The conversion's float64 linear algebra (SVD and symmetric eigensolver, QR iteration where divide and
+ * conquer does not converge; products; SPD solve), single-threaded so the bits ignore the thread count. */
 #pragma once
 
 #include <stdint.h>
@@ -21,6 +21,9 @@ void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t 
 /* A [n, n] symmetric row-major (destroyed) = V diag(w) V^T: eigenvalues w descending, eigenvector j
  * in column j of V [n, n], its largest-magnitude entry made positive (deterministic signs). */
 Status eig_sym(double *A, int64_t n, double *w, double *V);
+
+/* The same by QR iteration alone (dsyev): what eig_sym falls back to when dsyevd does not converge. */
+Status eig_sym_qr(double *A, int64_t n, double *w, double *V);
 
 /* C [m, n] = A [m, k] B [n, k]^T (row-major float64, single-threaded). */
 void matmul_f64_nt(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n);
