@@ -8,32 +8,46 @@
 #include <stdlib.h>
 #include <string.h>
 
-static Status svd_check_input(const double *A, int64_t m, int64_t n) {
+/* divide_and_conquer: dgesdd, falling back to dgesvd from a copy when it does not converge (it can
+ * stop short on valid input: a product of rank far below its size, with a cluster of singular
+ * values at rounding level, did so in a real conversion); otherwise dgesvd alone. */
+static Status svd_with(double *A, int64_t m, int64_t n, double *U, double *S, double *VT, int divide_and_conquer) {
     if (m < 1 || n < 1) return errorf("svd: empty matrix [%lld, %lld]", (long long)m, (long long)n);
     if (m > INT32_MAX || n > INT32_MAX) return errorf("svd: matrix [%lld, %lld] too large for LAPACK", (long long)m, (long long)n);
     for (int64_t i = 0; i < m * n; i++)
         if (!isfinite(A[i])) return errorf("svd: the matrix holds a NaN or Inf (element %lld)", (long long)i);
-    return STATUS_OK;
-}
-
-/* LAPACK's QR-iteration SVD; the caller has pinned OpenBLAS to one thread. */
-static lapack_int svd_dgesvd(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
     int64_t k = m < n ? m : n;
     double *superb = malloc((size_t)(k > 1 ? k - 1 : 1) * sizeof(double));
-    if (!superb) return -1000;
-    lapack_int info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'S', 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S,
-                                     U, (lapack_int)k, VT, (lapack_int)n, superb);
+    double *copy = divide_and_conquer ? malloc((size_t)(m * n) * sizeof(double)) : NULL;
+    if (!superb || (divide_and_conquer && !copy)) {
+        free(superb);
+        free(copy);
+        return errorf("svd: out of memory for a [%lld, %lld] matrix", (long long)m, (long long)n);
+    }
+    if (copy) memcpy(copy, A, (size_t)(m * n) * sizeof(double));
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    lapack_int info = 1;
+    const char *routine = "dgesvd";
+    if (divide_and_conquer) {
+        info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
+                              (lapack_int)k, VT, (lapack_int)n);
+        routine = "dgesdd";
+        if (info > 0) {
+            memcpy(A, copy, (size_t)(m * n) * sizeof(double));
+            routine = "dgesvd (after dgesdd did not converge)";
+        }
+    }
+    if (info > 0)
+        info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'S', 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
+                              (lapack_int)k, VT, (lapack_int)n, superb);
+    openblas_set_num_threads(saved);
+    free(copy);
     free(superb);
-    return info;
-}
-
-static Status svd_finish(lapack_int info, const char *routine, int64_t m, int64_t n, double *U, double *VT) {
-    if (info == -1000) return errorf("svd: out of memory for a [%lld, %lld] matrix", (long long)m, (long long)n);
     if (info != 0)
         return errorf("svd: LAPACK %s failed on a [%lld, %lld] matrix (info %d%s)", routine, (long long)m,
                       (long long)n, (int)info, info > 0 ? ": did not converge" : "");
     /* Fix each singular vector pair's sign. */
-    int64_t k = m < n ? m : n;
     for (int64_t j = 0; j < k; j++) {
         int64_t arg = 0;
         for (int64_t i = 1; i < m; i++)
@@ -47,38 +61,11 @@ static Status svd_finish(lapack_int info, const char *routine, int64_t m, int64_
 }
 
 Status svd_thin(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
-    Status st = svd_check_input(A, m, n);
-    if (st != STATUS_OK) return st;
-    int64_t k = m < n ? m : n;
-    /* dgesdd's divide and conquer can stop short of convergence on valid input: a product of rank
-     * far below its size, with a cluster of singular values at rounding level, did so in a real
-     * conversion. The QR-iteration dgesvd then starts again from a copy of the input. */
-    double *copy = malloc((size_t)(m * n) * sizeof(double));
-    if (!copy) return errorf("svd: out of memory for a [%lld, %lld] matrix", (long long)m, (long long)n);
-    memcpy(copy, A, (size_t)(m * n) * sizeof(double));
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, A, (lapack_int)n, S, U,
-                                     (lapack_int)k, VT, (lapack_int)n);
-    const char *routine = "dgesdd";
-    if (info > 0) {
-        memcpy(A, copy, (size_t)(m * n) * sizeof(double));
-        info = svd_dgesvd(A, m, n, U, S, VT);
-        routine = "dgesvd (after dgesdd did not converge)";
-    }
-    openblas_set_num_threads(saved);
-    free(copy);
-    return svd_finish(info, routine, m, n, U, VT);
+    return svd_with(A, m, n, U, S, VT, 1);
 }
 
 Status svd_thin_qr(double *A, int64_t m, int64_t n, double *U, double *S, double *VT) {
-    Status st = svd_check_input(A, m, n);
-    if (st != STATUS_OK) return st;
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    lapack_int info = svd_dgesvd(A, m, n, U, S, VT);
-    openblas_set_num_threads(saved);
-    return svd_finish(info, "dgesvd", m, n, U, VT);
+    return svd_with(A, m, n, U, S, VT, 0);
 }
 
 void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t k, int64_t n) {
@@ -89,21 +76,8 @@ void matmul_f64(const double *A, const double *B, double *C, int64_t m, int64_t 
     openblas_set_num_threads(saved);
 }
 
-/* Eigenvalues descending, and each vector's largest-magnitude entry made positive, from LAPACK's
- * ascending output in A's columns. */
-static void eig_reorder(const double *A, const double *asc, int64_t n, double *w, double *V) {
-    for (int64_t j = 0; j < n; j++) {
-        int64_t src = n - 1 - j, arg = 0;
-        w[j] = asc[src];
-        for (int64_t i = 1; i < n; i++)
-            if (fabs(A[i * n + src]) > fabs(A[arg * n + src])) arg = i;
-        double sign = A[arg * n + src] < 0 ? -1.0 : 1.0;
-        for (int64_t i = 0; i < n; i++) V[i * n + j] = sign * A[i * n + src];
-    }
-}
-
 /* divide_and_conquer: dsyevd, falling back to dsyev from a copy when it does not converge (as
- * svd_thin does with dgesdd); otherwise dsyev alone. */
+ * svd_with does with dgesdd); otherwise dsyev alone. */
 static Status eig_sym_with(double *A, int64_t n, double *w, double *V, int divide_and_conquer) {
     if (n < 1 || n > INT32_MAX) return errorf("eigen: matrix size %lld out of range", (long long)n);
     for (int64_t i = 0; i < n * n; i++)
@@ -136,7 +110,15 @@ static Status eig_sym_with(double *A, int64_t n, double *w, double *V, int divid
         return errorf("eigen: LAPACK %s failed on a [%lld, %lld] matrix (info %d%s)", routine, (long long)n,
                       (long long)n, (int)info, info > 0 ? ": did not converge" : "");
     }
-    eig_reorder(A, asc, n, w, V);
+    /* LAPACK gives ascending order; reverse it, and fix each vector's sign. */
+    for (int64_t j = 0; j < n; j++) {
+        int64_t src = n - 1 - j, arg = 0;
+        w[j] = asc[src];
+        for (int64_t i = 1; i < n; i++)
+            if (fabs(A[i * n + src]) > fabs(A[arg * n + src])) arg = i;
+        double sign = A[arg * n + src] < 0 ? -1.0 : 1.0;
+        for (int64_t i = 0; i < n; i++) V[i * n + j] = sign * A[i * n + src];
+    }
     free(asc);
     return STATUS_OK;
 }
